@@ -1,0 +1,138 @@
+//! The JSON bodies of Pinion's HTTP contract (`shared/CONTRACT.md`), shared by
+//! the server that writes them and the client that reads them.
+//!
+//! These are wire shapes, not domain values: strings stay strings here, and
+//! the edge parses them into `pinion-core` types. Response types ignore
+//! unknown fields, so a client keeps working when the server adds some.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /cp/admin/runtime-image/promote`. Unknown fields are refused: a typo
+/// in an optional field must not be silently dropped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteRequest {
+    pub template_name: String,
+    pub image_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// A pin as every response shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pin {
+    pub template_name: String,
+    pub region: String,
+    pub image_digest: String,
+    /// `<repository>@<digest>`; null when the template has no repository.
+    pub image_ref: Option<String>,
+    pub git_sha: Option<String>,
+    pub notes: Option<String>,
+    /// RFC 3339, UTC, set by the server.
+    pub promoted_at: String,
+    /// The name of the token that moved the pin, never its secret.
+    pub promoted_by: String,
+}
+
+/// The body of a promote response (`201` moved, `200` already there).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinResponse {
+    pub pin: Pin,
+}
+
+/// `GET /cp/admin/runtime-image`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinList {
+    pub pins: Vec<Pin>,
+}
+
+/// `GET /cp/runtime-image/resolve`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resolved {
+    pub template_name: String,
+    /// The region that was asked for.
+    pub region: String,
+    /// The region whose pin answered: the one asked for, or `global`.
+    pub matched_region: String,
+    pub image_digest: String,
+    pub image_ref: Option<String>,
+}
+
+/// One entry of the template catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Runtime {
+    pub name: String,
+    /// The repository images of this template are pushed to.
+    pub image: Option<String>,
+    pub pinnable: bool,
+}
+
+/// `GET /cp/runtimes`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuntimeList {
+    pub runtimes: Vec<Runtime>,
+}
+
+/// `PUT /cp/admin/runtimes/{name}`. `pinnable` defaults to true.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeUpdate {
+    pub image: Option<String>,
+    #[serde(default = "default_pinnable")]
+    pub pinnable: bool,
+}
+
+fn default_pinnable() -> bool {
+    true
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// Stable snake_case; clients branch on this.
+    pub code: String,
+    /// One line for humans.
+    pub message: String,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promote_request_takes_the_existing_pipeline_shape() {
+        let body = r#"{"template_name":"codex","image_digest":"sha256:x","git_sha":"abc1234","notes":"auto-promote via publish-image.yml"}"#;
+        let request: PromoteRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(request.template_name, "codex");
+        assert_eq!(request.region, None);
+        assert_eq!(request.git_sha.as_deref(), Some("abc1234"));
+    }
+
+    #[test]
+    fn promote_request_refuses_unknown_fields() {
+        let body = r#"{"template_name":"codex","image_digest":"sha256:x","regoin":"eu"}"#;
+        assert!(serde_json::from_str::<PromoteRequest>(body).is_err());
+    }
+
+    #[test]
+    fn responses_tolerate_added_fields() {
+        let body = r#"{"pin":{"template_name":"codex","region":"global","image_digest":"d","image_ref":null,"git_sha":null,"notes":null,"promoted_at":"t","promoted_by":"ci","revision":7}}"#;
+        let response: PinResponse = serde_json::from_str(body).unwrap();
+        assert_eq!(response.pin.promoted_by, "ci");
+    }
+}

@@ -1,0 +1,161 @@
+//! The command line, as clap parses it. Nothing here does IO: `main` turns
+//! these into settings and runs one function per subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Pinion: which exact image each runtime template runs, and proof of it.
+#[derive(Debug, Parser)]
+#[command(name = "pinion", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control-plane HTTP service.
+    Serve(ServeArgs),
+    /// Create, list and revoke API tokens directly in the database.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Change the template catalog directly in the database.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Move a pin on one or more control planes; succeed only if it moved.
+    Promote(PromoteArgs),
+    /// Read pins back; succeed only if each equals the expected digest.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArg {
+    /// Database URL, e.g. `sqlite://pinion.db`.
+    #[arg(long, env = "PINION_DATABASE_URL", default_value = "sqlite://pinion.db")]
+    pub database: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "PINION_LISTEN", default_value = "127.0.0.1:7878")]
+    pub listen: String,
+    #[command(flatten)]
+    pub database: DatabaseArg,
+    /// Check that a promoted digest exists in the template's registry:
+    /// `off`, `warn` or `require`.
+    #[arg(long, env = "PINION_REGISTRY_CHECK", default_value = "require")]
+    pub registry_check: String,
+    /// Seconds a request may take before it is answered with 408.
+    #[arg(long, env = "PINION_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (and only the secret) on stdout.
+    Create {
+        /// The token's name; it is what `promoted_by` records.
+        #[arg(long)]
+        name: String,
+        /// `read`, `promote` or `admin` (admin implies promote implies read).
+        #[arg(long)]
+        scope: String,
+        /// Restrict the token to this template (repeatable).
+        #[arg(long = "template")]
+        templates: Vec<String>,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+    /// List tokens (names, scopes, restrictions; never secrets).
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+    /// Revoke the active token of that name.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Add or change a catalog entry.
+    Add {
+        name: String,
+        /// The repository images of this template are pushed to.
+        #[arg(long)]
+        repository: String,
+        /// Refuse promotions of this template.
+        #[arg(long)]
+        not_pinnable: bool,
+        #[command(flatten)]
+        database: DatabaseArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// Where to send a request and how.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The control plane's base URL.
+    #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
+    pub server: Option<String>,
+    /// `NAME=URL` (repeatable); the token comes from `PINION_TOKEN_<NAME>`.
+    #[arg(long = "target", value_name = "NAME=URL")]
+    pub targets: Vec<String>,
+    /// The environment variable holding the token for `--server`.
+    #[arg(long, value_name = "VAR", default_value = "PINION_TOKEN")]
+    pub token_env: String,
+    /// Seconds each request may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Allow plain `http://` to a host that is not loopback.
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Template name, e.g. `codex`.
+    #[arg(long)]
+    pub template: String,
+    /// The manifest digest, `sha256:` and 64 lowercase hex digits.
+    #[arg(long)]
+    pub digest: String,
+    /// Region; `global` is the default and the fallback.
+    #[arg(long, default_value = "global")]
+    pub region: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// The commit the image was built from.
+    #[arg(long)]
+    pub git_sha: Option<String>,
+    /// A note kept with the pin.
+    #[arg(long)]
+    pub notes: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    #[command(flatten)]
+    pub remote: Remote,
+}

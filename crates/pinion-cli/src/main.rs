@@ -1,0 +1,120 @@
+//! The `pinion` binary: arguments are parsed into settings before any IO,
+//! then one function per subcommand runs and returns an exit code:
+//! 0 yes, 1 the check ran and says no, 2 anything else.
+
+mod actions;
+mod admin;
+mod cli;
+mod client;
+mod gate;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use pinion_server::{RegistryCheck, Settings};
+use pinion_store::DatabaseUrl;
+
+use crate::cli::{Cli, Command, ServeArgs};
+
+/// The process's exit status, as the contract defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Success = 0,
+    /// The check ran and says no (verify: pin missing or different).
+    No = 1,
+    /// Usage, invalid input, auth, network, server error, unexpected answer.
+    Error = 2,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve(args) => report(serve(args)),
+        Command::Token(command) => report(admin::token(command)),
+        Command::Template(command) => report(admin::template(command)),
+        Command::Promote(args) => runtime(gate::promote(args)),
+        Command::Verify(args) => runtime(gate::verify(args)),
+    };
+    std::process::ExitCode::from(code as u8)
+}
+
+/// Prints an error as one line with its whole cause chain.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::Success,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::Error
+        }
+    }
+}
+
+fn runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(work),
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            ExitCode::Error
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let mut settings = Settings::new(DatabaseUrl::parse(&args.database.database)?);
+    settings.registry_check =
+        RegistryCheck::parse(&args.registry_check).map_err(anyhow::Error::msg)?;
+    if args.request_timeout == 0 {
+        anyhow::bail!("--request-timeout must be at least 1 second");
+    }
+    settings.request_timeout = Duration::from_secs(args.request_timeout);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("could not listen on `{}`", args.listen))?;
+        pinion_server::run(settings, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or ctrl-c (SIGINT).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Logs to stderr; `PINION_LOG` sets the filter (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PINION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}

@@ -1,0 +1,92 @@
+//! Pinion's domain: the values a pin is made of and the rules they obey.
+//!
+//! Every type here can only hold a valid value: the fields are private and the
+//! only way in is a parser (`FromStr` / `parse`). Code that holds a [`Digest`]
+//! never has to ask whether it is well-formed. This crate does no IO and reads
+//! no clock, so it can be tested exhaustively and used by every other crate.
+
+mod name;
+mod reference;
+mod scope;
+mod text;
+
+pub use name::{Region, TemplateName, TokenName};
+pub use reference::{Digest, ImageRef, Repository};
+pub use scope::Scope;
+pub use text::{GitSha, Notes};
+
+/// Why a value was refused. `kind` says which field it was for, so the edge
+/// can name it (for example as the error code `invalid_digest`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind}: {reason}")]
+pub struct ParseError {
+    kind: Kind,
+    reason: String,
+}
+
+/// The kinds of value this crate parses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    TemplateName,
+    Region,
+    TokenName,
+    Digest,
+    Repository,
+    GitSha,
+    Notes,
+    Scope,
+}
+
+impl Kind {
+    /// A stable snake_case name, used in error codes (`invalid_<name>`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::TemplateName => "template_name",
+            Kind::Region => "region",
+            Kind::TokenName => "token_name",
+            Kind::Digest => "digest",
+            Kind::Repository => "repository",
+            Kind::GitSha => "git_sha",
+            Kind::Notes => "notes",
+            Kind::Scope => "scope",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_str().replace('_', " "))
+    }
+}
+
+impl ParseError {
+    pub(crate) fn new(kind: Kind, reason: impl Into<String>) -> Self {
+        ParseError {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    /// Which field the refused value was for.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The reason alone, without the field name.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Shows a refused input in a message: quoted, escaped onto one line, and cut
+/// short, so a 10 KB or multi-line value cannot flood a log or a terminal.
+pub(crate) fn quote(input: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    let mut shown: String = input.chars().take(MAX_CHARS).collect();
+    let cut = shown.len() < input.len();
+    shown = format!("{shown:?}");
+    if cut {
+        shown.push_str(" (cut)");
+    }
+    format!("`{shown}`")
+}

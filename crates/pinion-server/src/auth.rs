@@ -1,0 +1,86 @@
+//! Who is calling, and may they do this. The token table is read from the
+//! in-memory view (refreshed when the database changes); the decision is made
+//! per request.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use pinion_core::{Scope, TemplateName, TokenName};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::token;
+
+/// An authenticated caller: the token's name and what it may do.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: TokenName,
+    pub scope: Scope,
+    pub templates: Option<Vec<TemplateName>>,
+}
+
+impl Caller {
+    /// 403 unless the token's scope covers `needed`.
+    pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
+        if self.scope.allows(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "token `{}` has scope `{}`; this needs `{}`",
+                self.name, self.scope, needed
+            )))
+        }
+    }
+
+    /// Whether the token may touch this template.
+    pub fn may_use(&self, template: &TemplateName) -> bool {
+        self.templates
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(template))
+    }
+
+    /// 403 unless the token may touch this template.
+    pub fn require_template(&self, template: &TemplateName) -> Result<(), ApiError> {
+        if self.may_use(template) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "token `{}` is not allowed to use template `{}`",
+                self.name, template
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+        let presented = header
+            .to_str()
+            .ok()
+            .and_then(|value| {
+                let (scheme, rest) = value.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|secret| !secret.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`"))?;
+        let presented = token::hash(presented);
+        let view = state.view();
+        let record = token::find_constant_time(
+            &presented,
+            view.tokens.iter().map(|record| (&record.secret_hash, record)),
+        )
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        tracing::Span::current().record("actor", record.name.as_str());
+        Ok(Caller {
+            name: record.name.clone(),
+            scope: record.scope,
+            templates: record.templates.clone(),
+        })
+    }
+}

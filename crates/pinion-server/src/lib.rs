@@ -1,0 +1,149 @@
+//! Pinion's control-plane HTTP service. This is the only crate that knows
+//! HTTP: it maps requests to domain values, asks the store, and maps answers
+//! and errors back to the wire contract.
+//!
+//! [`run`] takes a listener the caller bound and a shutdown future, so tests
+//! start it on port 0 and `pinion serve` passes SIGTERM / ctrl-c.
+
+mod auth;
+mod error;
+mod handlers;
+mod middleware;
+mod state;
+pub mod token;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use pinion_store::{DatabaseUrl, StoreError};
+use tokio::net::TcpListener;
+use tower_http::timeout::TimeoutLayer;
+
+pub use error::ApiError;
+use state::AppState;
+
+/// Whether a promotion must name a digest that exists in the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegistryCheck {
+    /// Don't look.
+    Off,
+    /// Look, and log a missing digest, but write anyway.
+    Warn,
+    /// Refuse a digest the registry does not have.
+    #[default]
+    Require,
+}
+
+impl RegistryCheck {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        match input {
+            "off" => Ok(RegistryCheck::Off),
+            "warn" => Ok(RegistryCheck::Warn),
+            "require" => Ok(RegistryCheck::Require),
+            other => Err(format!(
+                "registry check `{}` must be `off`, `warn` or `require`",
+                other.escape_debug()
+            )),
+        }
+    }
+}
+
+/// Everything `run` needs, resolved before any IO.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseUrl,
+    pub registry_check: RegistryCheck,
+    /// Bounds each request from the first byte of its body to its answer.
+    pub request_timeout: Duration,
+    /// Largest request body accepted.
+    pub body_limit: usize,
+    /// How often the database is checked for changes made by other processes
+    /// (`pinion token create`, `pinion template add`, other replicas).
+    pub reload_interval: Duration,
+}
+
+impl Settings {
+    pub fn new(database: DatabaseUrl) -> Settings {
+        Settings {
+            database,
+            registry_check: RegistryCheck::default(),
+            request_timeout: Duration::from_secs(30),
+            body_limit: 64 * 1024,
+            reload_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not open the database")]
+    Store(#[from] StoreError),
+    #[error("the listener failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// The router with every endpoint and layer; shared by `run` and tests.
+fn router(state: AppState) -> Router {
+    let timeout = state.settings().request_timeout;
+    Router::new()
+        .route("/cp/admin/runtime-image/promote", post(handlers::promote))
+        .route("/cp/admin/runtime-image", get(handlers::list_pins))
+        .route("/cp/runtime-image/resolve", get(handlers::resolve))
+        .route("/cp/runtimes", get(handlers::list_runtimes))
+        .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .fallback(handlers::not_found)
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(axum::middleware::from_fn(middleware::observe))
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    if settings.registry_check != RegistryCheck::Off {
+        tracing::warn!(
+            mode = ?settings.registry_check,
+            "registry existence checks are not available in this build; promotions are not checked against a registry"
+        );
+    }
+    let reload_interval = settings.reload_interval;
+    let open_settings = settings.clone();
+    let state = tokio::task::spawn_blocking(move || AppState::open(open_settings))
+        .await
+        .map_err(std::io::Error::other)??;
+    let watcher = tokio::spawn(watch_database(state.clone(), reload_interval));
+    let address = listener.local_addr()?;
+    tracing::info!("listening on http://{address}");
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    watcher.abort();
+    tracing::info!("stopped");
+    Ok(result?)
+}
+
+/// Picks up changes other processes commit, so a token created or revoked
+/// offline takes effect within `interval`.
+async fn watch_database(state: AppState, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let polled = state.clone();
+        match tokio::task::spawn_blocking(move || polled.reload(false)).await {
+            Ok(Ok(true)) => tracing::debug!("view reloaded after an outside change"),
+            Ok(Ok(false)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not check the database for changes"),
+            Err(err) => tracing::warn!(error = %err, "database watcher task failed"),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The server's shared state: two store connections and the in-memory view
+//! that the read path serves.
+//!
+//! Reads never touch the database. Every write, and every change another
+//! process commits (seen through SQLite's `data_version`), replaces the view
+//! with a fresh snapshot. A write answers only after the view holds it, so a
+//! client reads its own write from the very next request.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use pinion_core::{Region, TemplateName};
+use pinion_store::{PinRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRecord};
+
+use crate::Settings;
+use crate::error::ApiError;
+
+/// What the read path serves, indexed for lookups.
+#[derive(Debug, Default)]
+pub struct View {
+    /// Keyed by (template, region): iteration is the contract's list order.
+    pub pins: BTreeMap<(TemplateName, Region), PinRecord>,
+    pub runtimes: BTreeMap<TemplateName, RuntimeRecord>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl View {
+    fn from_snapshot(snapshot: Snapshot) -> View {
+        View {
+            pins: snapshot
+                .pins
+                .into_iter()
+                .map(|pin| ((pin.template.clone(), pin.region.clone()), pin))
+                .collect(),
+            runtimes: snapshot
+                .runtimes
+                .into_iter()
+                .map(|runtime| (runtime.name.clone(), runtime))
+                .collect(),
+            tokens: snapshot.tokens,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    /// The one connection that writes; SQLite allows one writer at a time.
+    writer: Mutex<Store>,
+    /// Reads snapshots and pings. Its lock also orders view replacements, so
+    /// an older snapshot can never replace a newer one.
+    reader: Mutex<ReaderState>,
+    view: RwLock<Arc<View>>,
+}
+
+struct ReaderState {
+    store: Store,
+    /// The `data_version` the current view was read at.
+    seen_version: i64,
+}
+
+impl AppState {
+    /// Opens both connections (running migrations) and loads the first view.
+    pub fn open(settings: Settings) -> Result<AppState, StoreError> {
+        let writer = Store::open(&settings.database)?;
+        let mut reader = Store::open(&settings.database)?;
+        let seen_version = reader.data_version()?;
+        let view = View::from_snapshot(reader.snapshot()?);
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                settings,
+                writer: Mutex::new(writer),
+                reader: Mutex::new(ReaderState {
+                    store: reader,
+                    seen_version,
+                }),
+                view: RwLock::new(Arc::new(view)),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The current view; cheap (one `Arc` clone).
+    pub fn view(&self) -> Arc<View> {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `work` on the writer connection on the blocking pool, then makes
+    /// the view current before returning, so the caller's answer and every
+    /// later read agree.
+    pub async fn write<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = {
+                let mut writer = state
+                    .inner
+                    .writer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                work(&mut writer)?
+            };
+            state.reload(true)?;
+            Ok(result)
+        })
+        .await
+        .map_err(|join| {
+            tracing::error!(error = %join, "write task failed");
+            ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+        })?
+    }
+
+    /// Replaces the view if the database changed since it was read, or
+    /// always when `force` is set. Blocking: call from the blocking pool.
+    pub fn reload(&self, force: bool) -> Result<bool, StoreError> {
+        let mut reader = self
+            .inner
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let version = reader.store.data_version()?;
+        if !force && version == reader.seen_version {
+            return Ok(false);
+        }
+        let view = View::from_snapshot(reader.store.snapshot()?);
+        reader.seen_version = version;
+        *self
+            .inner
+            .view
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        Ok(true)
+    }
+
+    /// Whether the database answers. Blocking: call from the blocking pool.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.inner
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .store
+            .ping()
+    }
+}
