@@ -69,7 +69,10 @@ pub fn write_summary(command: &str, report: &Report) {
             .as_deref()
             .unwrap_or(target.server.as_str())
             .replace('|', "\\|");
-        text.push_str(&format!("| {} | {} | {} |\n", target.target, target.outcome, detail));
+        text.push_str(&format!(
+            "| {} | {} | {} |\n",
+            target.target, target.outcome, detail
+        ));
     }
     text.push('\n');
     append("GITHUB_STEP_SUMMARY", &text);

@@ -49,7 +49,9 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                 created_at: OffsetDateTime::now_utc(),
             })?;
             println!("{}", secret.secret);
-            eprintln!("created token `{name}` with scope `{scope}`; the secret above is shown only once");
+            eprintln!(
+                "created token `{name}` with scope `{scope}`; the secret above is shown only once"
+            );
             Ok(())
         }
         TokenCommand::List { format, database } => {
@@ -77,17 +79,29 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                 })
                 .collect();
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tokens": listed }))?),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "tokens": listed }))?
+                ),
                 Format::Human => {
-                    println!("{:<24} {:<8} {:<24} {:<28} status", "name", "scope", "templates", "created");
+                    println!(
+                        "{:<24} {:<8} {:<24} {:<28} status",
+                        "name", "scope", "templates", "created"
+                    );
                     for token in &listed {
                         println!(
                             "{:<24} {:<8} {:<24} {:<28} {}",
                             token.name,
                             token.scope,
-                            token.templates.as_ref().map_or("(all)".to_owned(), |names| names.join(",")),
+                            token
+                                .templates
+                                .as_ref()
+                                .map_or("(all)".to_owned(), |names| names.join(",")),
                             token.created_at,
-                            token.revoked_at.as_ref().map_or("active".to_owned(), |at| format!("revoked {at}"))
+                            token
+                                .revoked_at
+                                .as_ref()
+                                .map_or("active".to_owned(), |at| format!("revoked {at}"))
                         );
                     }
                 }

@@ -30,7 +30,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DatabaseArg {
     /// Database URL, e.g. `sqlite://pinion.db`.
-    #[arg(long, env = "PINION_DATABASE_URL", default_value = "sqlite://pinion.db")]
+    #[arg(
+        long,
+        env = "PINION_DATABASE_URL",
+        default_value = "sqlite://pinion.db"
+    )]
     pub database: String,
 }
 

@@ -43,7 +43,11 @@ impl Client {
     }
 
     /// Promotes; succeeds only on 200/201 whose pin carries the digest asked for.
-    pub async fn promote(&self, target: &Target, request: &PromoteRequest) -> Result<Promoted, String> {
+    pub async fn promote(
+        &self,
+        target: &Target,
+        request: &PromoteRequest,
+    ) -> Result<Promoted, String> {
         let url = endpoint(&target.base, "cp/admin/runtime-image/promote");
         let (status, body) = self
             .send(target, || self.http.post(url.clone()).json(request))
@@ -81,7 +85,12 @@ impl Client {
 
     /// Lists the pins of one template and region (the server filters; the
     /// caller still checks each row).
-    pub async fn list_pins(&self, target: &Target, template: &str, region: &str) -> Result<Vec<Pin>, String> {
+    pub async fn list_pins(
+        &self,
+        target: &Target,
+        template: &str,
+        region: &str,
+    ) -> Result<Vec<Pin>, String> {
         let mut url = endpoint(&target.base, "cp/admin/runtime-image");
         url.query_pairs_mut()
             .append_pair("template_name", template)
@@ -91,7 +100,10 @@ impl Client {
             return Err(unexpected_status(status, &body));
         }
         let list: PinList = serde_json::from_slice(&body).map_err(|err| {
-            format!("server answered 200 but the body is not a pin list ({err}): {}", preview(&body))
+            format!(
+                "server answered 200 but the body is not a pin list ({err}): {}",
+                preview(&body)
+            )
         })?;
         Ok(list.pins)
     }
@@ -115,7 +127,10 @@ impl Client {
                         Ok(body) if !is_transient(status) => return Ok((status, body.to_vec())),
                         Ok(body) => unexpected_status(status, &body),
                         Err(err) if err.is_timeout() => {
-                            return Err(format!("no complete answer within {}s", self.timeout.as_secs()));
+                            return Err(format!(
+                                "no complete answer within {}s",
+                                self.timeout.as_secs()
+                            ));
                         }
                         Err(err) => format!("could not read the answer: {}", describe(&err)),
                     }
@@ -171,7 +186,9 @@ fn unexpected_status(status: StatusCode, body: &[u8]) -> String {
             one_line(&error.error.code),
             one_line(&error.error.message)
         ),
-        Err(_) if body.is_empty() => format!("server answered {} with an empty body", status.as_u16()),
+        Err(_) if body.is_empty() => {
+            format!("server answered {} with an empty body", status.as_u16())
+        }
         Err(_) => format!("server answered {}: {}", status.as_u16(), preview(body)),
     }
 }

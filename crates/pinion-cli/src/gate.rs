@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use pinion_api::{Pin, PromoteRequest};
 use pinion_core::{Digest, GitSha, Notes, Region, TemplateName};
-use reqwest::Url;
 use reqwest::StatusCode;
+use reqwest::Url;
 use serde::Serialize;
 
 use crate::ExitCode;
@@ -52,14 +52,18 @@ struct PinSpec {
 
 fn parse_pin(args: &PinArgs) -> Result<PinSpec, String> {
     Ok(PinSpec {
-        template: TemplateName::parse(&args.template).map_err(|err| format!("--template: {err}"))?,
+        template: TemplateName::parse(&args.template)
+            .map_err(|err| format!("--template: {err}"))?,
         digest: Digest::parse(&args.digest).map_err(|err| format!("--digest: {err}"))?,
         region: Region::parse(&args.region).map_err(|err| format!("--region: {err}"))?,
     })
 }
 
 /// Resolves `--server` / `--target` and their tokens before any request.
-fn parse_targets(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Target>, String> {
+fn parse_targets(
+    remote: &Remote,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<Target>, String> {
     let mut named: Vec<(String, String, String)> = Vec::new();
     if let Some(server) = &remote.server {
         named.push(("server".into(), server.clone(), remote.token_env.clone()));
@@ -70,17 +74,25 @@ fn parse_targets(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> Resul
             .ok_or_else(|| format!("--target `{}` must be NAME=URL", spec.escape_debug()))?;
         let valid_name = !name.is_empty()
             && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid_name {
             return Err(format!(
                 "--target name `{}` must be letters, digits, `-` or `_`",
                 name.escape_debug()
             ));
         }
-        if named.iter().any(|(other, _, _)| other.eq_ignore_ascii_case(name)) {
+        if named
+            .iter()
+            .any(|(other, _, _)| other.eq_ignore_ascii_case(name))
+        {
             return Err(format!("--target `{name}` is given twice"));
         }
-        let variable = format!("PINION_TOKEN_{}", name.to_ascii_uppercase().replace('-', "_"));
+        let variable = format!(
+            "PINION_TOKEN_{}",
+            name.to_ascii_uppercase().replace('-', "_")
+        );
         named.push((name.to_owned(), url.to_owned(), variable));
     }
     if named.is_empty() {
@@ -93,7 +105,9 @@ fn parse_targets(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 .map_err(|err| format!("{name}: {err}"))?;
             let token = env(&variable)
                 .filter(|token| !token.trim().is_empty())
-                .ok_or_else(|| format!("{name}: the token variable `{variable}` is unset or empty"))?;
+                .ok_or_else(|| {
+                    format!("{name}: the token variable `{variable}` is unset or empty")
+                })?;
             Ok(Target {
                 name,
                 base,
@@ -104,12 +118,15 @@ fn parse_targets(remote: &Remote, env: &dyn Fn(&str) -> Option<String>) -> Resul
 }
 
 fn parse_server_url(text: &str, allow_insecure_http: bool) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|err| format!("server URL `{}` is not a URL: {err}", text.escape_debug()))?;
+    let url = Url::parse(text)
+        .map_err(|err| format!("server URL `{}` is not a URL: {err}", text.escape_debug()))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err("the server URL must not carry credentials; use the token variable".into());
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("server URL `{url}` must not have a query or fragment"));
+        return Err(format!(
+            "server URL `{url}` must not have a query or fragment"
+        ));
     }
     match url.scheme() {
         "https" => Ok(url),
@@ -172,7 +189,11 @@ pub async fn promote(args: PromoteArgs) -> ExitCode {
                 target: target.name.clone(),
                 server: target.base.to_string(),
                 ok: true,
-                outcome: if promoted.status == StatusCode::CREATED { "moved" } else { "unchanged" },
+                outcome: if promoted.status == StatusCode::CREATED {
+                    "moved"
+                } else {
+                    "unchanged"
+                },
                 status: Some(promoted.status.as_u16()),
                 pin: Some(promoted.pin),
                 error: None,
@@ -202,9 +223,9 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
             .await;
         let report = match listed {
             Ok(pins) => {
-                let found = pins
-                    .into_iter()
-                    .find(|row| row.template_name == pin.template.as_str() && row.region == pin.region.as_str());
+                let found = pins.into_iter().find(|row| {
+                    row.template_name == pin.template.as_str() && row.region == pin.region.as_str()
+                });
                 let (ok, outcome, error) = match &found {
                     Some(row) if row.image_digest == pin.digest.as_str() => (true, "match", None),
                     Some(row) => (
@@ -265,7 +286,12 @@ fn fail_early(command: &str, reason: &str) -> ExitCode {
     ExitCode::Error
 }
 
-fn finish(command: &'static str, pin: &PinSpec, targets: Vec<TargetReport>, format: Format) -> ExitCode {
+fn finish(
+    command: &'static str,
+    pin: &PinSpec,
+    targets: Vec<TargetReport>,
+    format: Format,
+) -> ExitCode {
     let any_error = targets.iter().any(|report| report.outcome == "error");
     let any_refused = targets
         .iter()
@@ -329,10 +355,23 @@ fn finish(command: &'static str, pin: &PinSpec, targets: Vec<TargetReport>, form
 fn human_line(command: &str, report: &Report, target: &TargetReport) -> String {
     let what = format!("`{}`/`{}`", report.template_name, report.region);
     match (command, target.outcome) {
-        (_, "error") => format!("{}: FAILED: {}", target.target, target.error.as_deref().unwrap_or("")),
-        ("promote", "moved") => format!("{}: moved {what} to `{}`", target.target, report.image_digest),
-        ("promote", _) => format!("{}: {what} already at `{}`", target.target, report.image_digest),
-        (_, "match") => format!("{}: {what} is `{}` as expected", target.target, report.image_digest),
+        (_, "error") => format!(
+            "{}: FAILED: {}",
+            target.target,
+            target.error.as_deref().unwrap_or("")
+        ),
+        ("promote", "moved") => format!(
+            "{}: moved {what} to `{}`",
+            target.target, report.image_digest
+        ),
+        ("promote", _) => format!(
+            "{}: {what} already at `{}`",
+            target.target, report.image_digest
+        ),
+        (_, "match") => format!(
+            "{}: {what} is `{}` as expected",
+            target.target, report.image_digest
+        ),
         (_, outcome) => format!(
             "{}: {}: {}",
             target.target,
@@ -348,7 +387,12 @@ mod tests {
 
     #[test]
     fn plain_http_is_only_for_loopback() {
-        for ok in ["http://127.0.0.1:7878", "http://localhost:1", "http://[::1]:80/", "https://cp.example.com"] {
+        for ok in [
+            "http://127.0.0.1:7878",
+            "http://localhost:1",
+            "http://[::1]:80/",
+            "https://cp.example.com",
+        ] {
             assert!(parse_server_url(ok, false).is_ok(), "{ok}");
         }
         assert!(parse_server_url("http://cp.example.com", false).is_err());

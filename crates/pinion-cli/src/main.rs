@@ -51,7 +51,10 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn runtime(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(work),
         Err(err) => {
             eprintln!("error: could not start the async runtime: {err}");

@@ -157,9 +157,9 @@ mod tests {
             "../etc",
             "codex/../x",
             "codex'; DROP TABLE pins; --",
-            "сodex", // Cyrillic 'с'
+            "сodex",  // Cyrillic 'с'
             "ｃodex", // full-width 'c'
-            "codeх", // Cyrillic 'х'
+            "codeх",  // Cyrillic 'х'
             long.as_str(),
             huge.as_str(),
             "-",

@@ -26,7 +26,9 @@ impl Digest {
             )));
         }
         if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(fail("must have only lowercase hex digits (0-9, a-f) after `sha256:`"));
+            return Err(fail(
+                "must have only lowercase hex digits (0-9, a-f) after `sha256:`",
+            ));
         }
         Ok(Digest(input.to_owned()))
     }
@@ -293,7 +295,10 @@ mod tests {
             let err = Digest::parse(bad).unwrap_err();
             assert_eq!(err.kind(), Kind::Digest);
             let message = err.to_string();
-            assert!(!message.contains('\n') && !message.contains('\0'), "{message}");
+            assert!(
+                !message.contains('\n') && !message.contains('\0'),
+                "{message}"
+            );
             assert!(message.len() < 400, "{message}");
         }
     }

@@ -37,10 +37,17 @@ impl Notes {
         if input.len() > Self::MAX_LEN {
             return Err(ParseError::new(
                 Kind::Notes,
-                format!("are {} bytes long, at most {} are allowed", input.len(), Self::MAX_LEN),
+                format!(
+                    "are {} bytes long, at most {} are allowed",
+                    input.len(),
+                    Self::MAX_LEN
+                ),
             ));
         }
-        if let Some(bad) = input.chars().find(|c| c.is_control() && *c != '\n' && *c != '\t') {
+        if let Some(bad) = input
+            .chars()
+            .find(|c| c.is_control() && *c != '\n' && *c != '\t')
+        {
             return Err(ParseError::new(
                 Kind::Notes,
                 format!("contain the control character {bad:?} in {}", quote(input)),
@@ -63,7 +70,15 @@ mod tests {
         assert_eq!(GitSha::parse("abc1234").unwrap().as_str(), "abc1234");
         assert_eq!(GitSha::parse("ABC1234").unwrap().as_str(), "abc1234");
         assert!(GitSha::parse(&"a".repeat(40)).is_ok());
-        for bad in ["", "abc", "abc123g", " abc1234", "abc1234\n", &"a".repeat(65), "'; --"] {
+        for bad in [
+            "",
+            "abc",
+            "abc123g",
+            " abc1234",
+            "abc1234\n",
+            &"a".repeat(65),
+            "'; --",
+        ] {
             assert!(GitSha::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -56,10 +56,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing `Authorization: Bearer <token>` header"))?;
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
+        })?;
         let presented = header
             .to_str()
             .ok()
@@ -68,12 +67,16 @@ impl FromRequestParts<AppState> for Caller {
                 scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
             })
             .filter(|secret| !secret.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
+            })?;
         let presented = token::hash(presented);
         let view = state.view();
         let record = token::find_constant_time(
             &presented,
-            view.tokens.iter().map(|record| (&record.secret_hash, record)),
+            view.tokens
+                .iter()
+                .map(|record| (&record.secret_hash, record)),
         )
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
         tracing::Span::current().record("actor", record.name.as_str());

@@ -71,9 +71,10 @@ impl ApiError {
     pub(crate) fn from_status(status: StatusCode) -> Self {
         let (code, message) = match status {
             StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                ("method_not_allowed", "this endpoint does not take that method")
-            }
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            ),
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
             StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {

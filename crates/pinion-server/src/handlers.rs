@@ -59,11 +59,21 @@ pub async fn promote(
                 previous = previous.as_ref().map(Digest::as_str).unwrap_or("none"),
                 "pin moved"
             );
-            Ok((StatusCode::CREATED, Json(PinResponse { pin: pin_body(&view, &pin) })).into_response())
+            Ok((
+                StatusCode::CREATED,
+                Json(PinResponse {
+                    pin: pin_body(&view, &pin),
+                }),
+            )
+                .into_response())
         }
-        PromoteOutcome::Unchanged { pin } => {
-            Ok((StatusCode::OK, Json(PinResponse { pin: pin_body(&view, &pin) })).into_response())
-        }
+        PromoteOutcome::Unchanged { pin } => Ok((
+            StatusCode::OK,
+            Json(PinResponse {
+                pin: pin_body(&view, &pin),
+            }),
+        )
+            .into_response()),
         PromoteOutcome::UnknownTemplate => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_template",
@@ -75,7 +85,10 @@ pub async fn promote(
         PromoteOutcome::NotPinnable => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "template_not_pinnable",
-            format!("template `{}` is marked not pinnable in the catalog", request.template_name),
+            format!(
+                "template `{}` is marked not pinnable in the catalog",
+                request.template_name
+            ),
         )),
     }
 }
@@ -185,8 +198,18 @@ pub async fn put_runtime(
         .write(move |store| store.put_runtime(&stored, now()))
         .await?;
     tracing::info!(template = %runtime.name, created, "catalog entry stored");
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(RuntimeResponse { runtime: runtime_body(&runtime) })).into_response())
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RuntimeResponse {
+            runtime: runtime_body(&runtime),
+        }),
+    )
+        .into_response())
 }
 
 pub async fn healthz() -> Json<Health> {
@@ -247,7 +270,10 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
     })
 }
 
-fn parse_field<T>(field: &'static str, value: Result<T, pinion_core::ParseError>) -> Result<T, ApiError> {
+fn parse_field<T>(
+    field: &'static str,
+    value: Result<T, pinion_core::ParseError>,
+) -> Result<T, ApiError> {
     value.map_err(|err| ApiError::invalid(field, &err))
 }
 
@@ -256,13 +282,16 @@ fn optional_field<T>(
     value: Option<&str>,
     parse: impl Fn(&str) -> Result<T, pinion_core::ParseError>,
 ) -> Result<Option<T>, ApiError> {
-    value.map(|value| parse_field(field, parse(value))).transpose()
+    value
+        .map(|value| parse_field(field, parse(value)))
+        .transpose()
 }
 
 fn now() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     // Microseconds are plenty and keep the text a fixed, sortable width.
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now)
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
 }
 
 fn image_ref(view: &View, pin: &PinRecord) -> Option<String> {

@@ -99,7 +99,10 @@ fn router(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(axum::middleware::from_fn(middleware::observe))
 }
 
@@ -142,7 +145,9 @@ async fn watch_database(state: AppState, interval: Duration) {
         match tokio::task::spawn_blocking(move || polled.reload(false)).await {
             Ok(Ok(true)) => tracing::debug!("view reloaded after an outside change"),
             Ok(Ok(false)) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, "could not check the database for changes"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "could not check the database for changes")
+            }
             Err(err) => tracing::warn!(error = %err, "database watcher task failed"),
         }
     }

@@ -44,7 +44,11 @@ pub async fn observe(request: Request, next: Next) -> Response {
     }
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     span.in_scope(|| {
-        tracing::info!(status = status.as_u16(), elapsed_ms = format!("{elapsed_ms:.2}"), "answered")
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_ms = format!("{elapsed_ms:.2}"),
+            "answered"
+        )
     });
     response
 }

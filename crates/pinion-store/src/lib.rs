@@ -34,7 +34,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The database was written by a newer Pinion.
-    #[error("database schema version {found} is newer than this binary knows ({known}); upgrade pinion")]
+    #[error(
+        "database schema version {found} is newer than this binary knows ({known}); upgrade pinion"
+    )]
     SchemaTooNew { found: i64, known: i64 },
     /// An active token already has that name.
     #[error("an active token named `{0}` already exists; revoke it first")]

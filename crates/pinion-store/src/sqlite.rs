@@ -153,7 +153,10 @@ impl Store {
             )
             .optional()?
             .transpose()?;
-        if let Some(pin) = current.as_ref().filter(|pin| pin.digest == promotion.digest) {
+        if let Some(pin) = current
+            .as_ref()
+            .filter(|pin| pin.digest == promotion.digest)
+        {
             return Ok(PromoteOutcome::Unchanged { pin: pin.clone() });
         }
         let pin = PinRecord {
@@ -261,7 +264,11 @@ impl Store {
     }
 
     /// Revokes the active token of that name. Returns false if there was none.
-    pub fn revoke_token(&mut self, name: &TokenName, at: OffsetDateTime) -> Result<bool, StoreError> {
+    pub fn revoke_token(
+        &mut self,
+        name: &TokenName,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let changed = self.conn.execute(
             "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
             params![name.as_str(), format_time(at)],

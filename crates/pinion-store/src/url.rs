@@ -61,7 +61,13 @@ mod tests {
 
     #[test]
     fn refuses_other_urls() {
-        for bad in ["", "pinion.db", "sqlite://", "mysql://x", "postgres://localhost/x"] {
+        for bad in [
+            "",
+            "pinion.db",
+            "sqlite://",
+            "mysql://x",
+            "postgres://localhost/x",
+        ] {
             assert!(DatabaseUrl::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,7 +1,12 @@
 //! The store against real SQLite files in temporary directories.
 
+// Tests fail by panicking; helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use pinion_core::{Digest, Region, Repository, Scope, TemplateName, TokenName};
-use pinion_store::{DatabaseUrl, NewToken, PromoteOutcome, Promotion, RuntimeRecord, Store, StoreError};
+use pinion_store::{
+    DatabaseUrl, NewToken, PromoteOutcome, Promotion, RuntimeRecord, Store, StoreError,
+};
 use time::OffsetDateTime;
 
 fn digest(n: u8) -> Digest {
@@ -9,7 +14,8 @@ fn digest(n: u8) -> Digest {
 }
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    let url = DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
+    let url =
+        DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
     Store::open(&url).unwrap()
 }
 
@@ -31,7 +37,9 @@ fn add_template(store: &mut Store, name: &str, pinnable: bool) {
         repository: Some(Repository::parse(&format!("localhost:5000/{name}")).unwrap()),
         pinnable,
     };
-    store.put_runtime(&runtime, OffsetDateTime::now_utc()).unwrap();
+    store
+        .put_runtime(&runtime, OffsetDateTime::now_utc())
+        .unwrap();
 }
 
 #[test]
@@ -40,11 +48,20 @@ fn promote_moves_then_reports_unchanged() {
     let mut store = open(&dir);
     add_template(&mut store, "codex", true);
 
-    let first = store.promote(&promotion("codex", "global", digest(1))).unwrap();
-    assert!(matches!(first, PromoteOutcome::Moved { previous: None, .. }));
-    let again = store.promote(&promotion("codex", "global", digest(1))).unwrap();
+    let first = store
+        .promote(&promotion("codex", "global", digest(1)))
+        .unwrap();
+    assert!(matches!(
+        first,
+        PromoteOutcome::Moved { previous: None, .. }
+    ));
+    let again = store
+        .promote(&promotion("codex", "global", digest(1)))
+        .unwrap();
     assert!(matches!(again, PromoteOutcome::Unchanged { .. }));
-    let moved = store.promote(&promotion("codex", "global", digest(2))).unwrap();
+    let moved = store
+        .promote(&promotion("codex", "global", digest(2)))
+        .unwrap();
     match moved {
         PromoteOutcome::Moved { pin, previous } => {
             assert_eq!(previous, Some(digest(1)));
@@ -63,11 +80,15 @@ fn promote_refuses_unknown_and_unpinnable_templates_without_writing() {
     let mut store = open(&dir);
     add_template(&mut store, "frozen", false);
     assert_eq!(
-        store.promote(&promotion("codx", "global", digest(1))).unwrap(),
+        store
+            .promote(&promotion("codx", "global", digest(1)))
+            .unwrap(),
         PromoteOutcome::UnknownTemplate
     );
     assert_eq!(
-        store.promote(&promotion("frozen", "global", digest(1))).unwrap(),
+        store
+            .promote(&promotion("frozen", "global", digest(1)))
+            .unwrap(),
         PromoteOutcome::NotPinnable
     );
     assert!(store.snapshot().unwrap().pins.is_empty());
@@ -79,7 +100,9 @@ fn state_survives_reopening_and_migrations_are_idempotent() {
     {
         let mut store = open(&dir);
         add_template(&mut store, "codex", true);
-        store.promote(&promotion("codex", "eu-west-1", digest(7))).unwrap();
+        store
+            .promote(&promotion("codex", "eu-west-1", digest(7)))
+            .unwrap();
     }
     let mut store = open(&dir);
     let snapshot = store.snapshot().unwrap();
@@ -138,8 +161,16 @@ fn token_names_are_unique_among_active_tokens_only() {
         Err(StoreError::TokenNameTaken(_))
     ));
     let name = TokenName::parse("ci").unwrap();
-    assert!(store.revoke_token(&name, OffsetDateTime::now_utc()).unwrap());
-    assert!(!store.revoke_token(&name, OffsetDateTime::now_utc()).unwrap());
+    assert!(
+        store
+            .revoke_token(&name, OffsetDateTime::now_utc())
+            .unwrap()
+    );
+    assert!(
+        !store
+            .revoke_token(&name, OffsetDateTime::now_utc())
+            .unwrap()
+    );
     store.create_token(&token("ci", 3)).unwrap();
 
     let all = store.tokens().unwrap();
@@ -167,8 +198,12 @@ fn refuses_a_database_from_a_newer_pinion() {
     drop(open(&dir));
     let raw = bump_schema_version(&dir);
     assert!(raw, "bumped the schema version");
-    let url = DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
-    assert!(matches!(Store::open(&url), Err(StoreError::SchemaTooNew { .. })));
+    let url =
+        DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
+    assert!(matches!(
+        Store::open(&url),
+        Err(StoreError::SchemaTooNew { .. })
+    ));
 }
 
 /// Raises the schema version with the sqlite3 shell, as a newer release would.

@@ -1,0 +1,334 @@
+//! The HTTP API per the contract: promote, list, resolve, catalog, health.
+
+use crate::support::{Env, Fixture, Server, digest, http};
+
+fn promote_body(template: &str, digest: &str, region: Option<&str>) -> String {
+    match region {
+        Some(region) => format!(
+            r#"{{"template_name":"{template}","image_digest":"{digest}","region":"{region}"}}"#
+        ),
+        None => format!(r#"{{"template_name":"{template}","image_digest":"{digest}"}}"#),
+    }
+}
+
+#[test]
+fn promote_answers_201_then_200_and_returns_the_stored_pin() {
+    let fixture = Fixture::new();
+    let path = "/cp/admin/runtime-image/promote";
+    let body = promote_body("codex", &digest(1), Some("us-east-2"));
+    let first = fixture.server.post(path, &fixture.promote, &body);
+    assert_eq!(first.status, 201, "{first:?}");
+    let pin = &first.json()["pin"];
+    assert_eq!(pin["template_name"], "codex");
+    assert_eq!(pin["region"], "us-east-2");
+    assert_eq!(pin["image_digest"], digest(1));
+    assert_eq!(pin["promoted_by"], "ci");
+    assert_eq!(pin["git_sha"], serde_json::Value::Null);
+    let promoted_at = pin["promoted_at"].as_str().unwrap();
+    assert!(
+        promoted_at.ends_with('Z') && promoted_at.contains('T'),
+        "{promoted_at}"
+    );
+
+    let again = fixture.server.post(path, &fixture.promote, &body);
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.json()["pin"]["promoted_at"],
+        promoted_at,
+        "nothing was written"
+    );
+    assert!(first.header("x-request-id").is_some());
+}
+
+#[test]
+fn resolve_falls_back_to_global_and_never_to_a_tag() {
+    let fixture = Fixture::new();
+    let path = "/cp/admin/runtime-image/promote";
+    let resolve = |region: &str| {
+        fixture.server.get(
+            &format!("/cp/runtime-image/resolve?template_name=codex&region={region}"),
+            &fixture.read,
+        )
+    };
+    let missing = resolve("eu-west-1");
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "runtime_pin_missing");
+
+    assert_eq!(
+        fixture
+            .server
+            .post(
+                path,
+                &fixture.promote,
+                &promote_body("codex", &digest(1), None)
+            )
+            .status,
+        201
+    );
+    let fallback = resolve("eu-west-1").json();
+    assert_eq!(fallback["region"], "eu-west-1");
+    assert_eq!(fallback["matched_region"], "global");
+    assert_eq!(fallback["image_digest"], digest(1));
+    assert_eq!(
+        fallback["image_ref"],
+        format!(
+            "registry.example.com/team/workspace-template-codex@{}",
+            digest(1)
+        )
+    );
+
+    assert_eq!(
+        fixture
+            .server
+            .post(
+                path,
+                &fixture.promote,
+                &promote_body("codex", &digest(2), Some("eu-west-1"))
+            )
+            .status,
+        201
+    );
+    let own = resolve("eu-west-1").json();
+    assert_eq!(own["matched_region"], "eu-west-1");
+    assert_eq!(own["image_digest"], digest(2));
+    let global = fixture
+        .server
+        .get(
+            "/cp/runtime-image/resolve?template_name=codex",
+            &fixture.read,
+        )
+        .json();
+    assert_eq!(global["region"], "global");
+    assert_eq!(global["image_digest"], digest(1));
+
+    let bad = resolve("EU");
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.error_code(), "invalid_region");
+}
+
+#[test]
+fn list_is_ordered_and_filtered() {
+    let fixture = Fixture::new();
+    let path = "/cp/admin/runtime-image/promote";
+    for (template, region, n) in [
+        ("hermes", "global", 1),
+        ("codex", "us-east-2", 2),
+        ("codex", "global", 3),
+        ("hermes", "ap-south-1", 4),
+    ] {
+        let body = promote_body(template, &digest(n), Some(region));
+        assert_eq!(
+            fixture.server.post(path, &fixture.promote, &body).status,
+            201
+        );
+    }
+    let rows = |query: &str| -> Vec<String> {
+        let response = fixture
+            .server
+            .get(&format!("/cp/admin/runtime-image{query}"), &fixture.read);
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()["pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pin| {
+                format!(
+                    "{}/{}",
+                    pin["template_name"].as_str().unwrap(),
+                    pin["region"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows(""),
+        [
+            "codex/global",
+            "codex/us-east-2",
+            "hermes/ap-south-1",
+            "hermes/global"
+        ]
+    );
+    assert_eq!(
+        rows("?template_name=hermes"),
+        ["hermes/ap-south-1", "hermes/global"]
+    );
+    assert_eq!(rows("?region=global"), ["codex/global", "hermes/global"]);
+    assert_eq!(
+        rows("?template_name=codex&region=us-east-2"),
+        ["codex/us-east-2"]
+    );
+    assert_eq!(rows("?template_name=&region="), rows(""));
+    assert!(rows("?template_name=nothing").is_empty());
+}
+
+#[test]
+fn catalog_put_and_get_with_admin_scope_only() {
+    let fixture = Fixture::new();
+    let body = r#"{"image": "registry.example.com/team/workspace-template-claude-code", "pinnable": true}"#;
+    let put = |token: &str, name: &str, body: &str| {
+        http(
+            fixture.server.addr,
+            "PUT",
+            &format!("/cp/admin/runtimes/{name}"),
+            Some(token),
+            Some(body.as_bytes()),
+        )
+    };
+    let refused = put(&fixture.promote, "claude-code", body);
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error_code(), "forbidden");
+
+    let created = put(&fixture.admin, "claude-code", body);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.json()["runtime"]["name"], "claude-code");
+    let updated = put(
+        &fixture.admin,
+        "claude-code",
+        r#"{"image": "localhost:5000/cc", "pinnable": false}"#,
+    );
+    assert_eq!(updated.status, 200);
+
+    let listed = fixture.server.get("/cp/runtimes", &fixture.read).json();
+    let runtimes = listed["runtimes"].as_array().unwrap();
+    let names: Vec<&str> = runtimes
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["claude-code", "codex", "hermes"]);
+    assert_eq!(runtimes[0]["image"], "localhost:5000/cc");
+    assert_eq!(runtimes[0]["pinnable"], false);
+
+    let not_pinnable = fixture.server.post(
+        "/cp/admin/runtime-image/promote",
+        &fixture.promote,
+        &promote_body("claude-code", &digest(1), None),
+    );
+    assert_eq!(not_pinnable.status, 422);
+    assert_eq!(not_pinnable.error_code(), "template_not_pinnable");
+
+    for (name, body, code) in [
+        ("Bad_Name", body, "invalid_template_name"),
+        ("ok", r#"{"image": "Registry/Upper"}"#, "invalid_repository"),
+        ("ok", r#"{"image": "x:tag"}"#, "invalid_repository"),
+        ("ok", r#"{"image": 7}"#, "invalid_request"),
+        ("ok", "{", "malformed_json"),
+    ] {
+        let response = put(&fixture.admin, name, body);
+        assert_eq!(response.error_code(), code, "{name} {body}");
+    }
+    let after = fixture.server.get("/cp/runtimes", &fixture.read).json();
+    assert_eq!(
+        after["runtimes"].as_array().unwrap().len(),
+        3,
+        "refusals changed nothing"
+    );
+}
+
+#[test]
+fn template_with_no_repository_has_a_null_image_ref() {
+    let fixture = Fixture::new();
+    let put = http(
+        fixture.server.addr,
+        "PUT",
+        "/cp/admin/runtimes/bare",
+        Some(&fixture.admin),
+        Some(br#"{"image": null}"#),
+    );
+    assert_eq!(put.status, 201, "{put:?}");
+    let promoted = fixture.server.post(
+        "/cp/admin/runtime-image/promote",
+        &fixture.promote,
+        &promote_body("bare", &digest(5), None),
+    );
+    assert_eq!(promoted.status, 201);
+    assert_eq!(promoted.json()["pin"]["image_ref"], serde_json::Value::Null);
+}
+
+#[test]
+fn tokens_restricted_to_templates_see_and_touch_only_those() {
+    let env = Env::new();
+    env.add_template("codex", "localhost:5000/codex");
+    env.add_template("hermes", "localhost:5000/hermes");
+    let codex_only = env.token("codex-ci", "promote", &["codex"]);
+    let admin = env.token("admin", "admin", &[]);
+    let server = env.start();
+    let path = "/cp/admin/runtime-image/promote";
+    assert_eq!(
+        server
+            .post(path, &admin, &promote_body("hermes", &digest(1), None))
+            .status,
+        201
+    );
+    assert_eq!(
+        server
+            .post(path, &codex_only, &promote_body("codex", &digest(2), None))
+            .status,
+        201
+    );
+    let refused = server.post(path, &codex_only, &promote_body("hermes", &digest(3), None));
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.error_code(), "forbidden");
+    assert_eq!(server.pinned(&admin, "hermes", "global"), Some(digest(1)));
+
+    let listed = server.get("/cp/admin/runtime-image", &codex_only).json();
+    assert_eq!(listed["pins"].as_array().unwrap().len(), 1);
+    let resolve = server.get(
+        "/cp/runtime-image/resolve?template_name=hermes",
+        &codex_only,
+    );
+    assert_eq!(resolve.status, 403);
+}
+
+#[test]
+fn auth_errors_are_401_with_the_contract_body() {
+    let fixture = Fixture::new();
+    let addr = fixture.server.addr;
+    let path = "/cp/admin/runtime-image";
+    let none = http(addr, "GET", path, None, None);
+    assert_eq!(
+        (none.status, none.error_code().as_str()),
+        (401, "unauthorized")
+    );
+    let wrong = http(addr, "GET", path, Some("pinion_0000"), None);
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (401, "unauthorized")
+    );
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Zm9vOmJhcg==\r\nConnection: close\r\n\r\n"
+    );
+    let basic = crate::support::raw_http(addr, head.as_bytes(), b"");
+    assert_eq!(basic.status, 401);
+    assert_eq!(basic.error_code(), "unauthorized");
+}
+
+#[test]
+fn health_and_readiness() {
+    let fixture = Fixture::new();
+    let health = http(fixture.server.addr, "GET", "/healthz", None, None);
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let ready = http(fixture.server.addr, "GET", "/readyz", None, None);
+    assert_eq!(
+        (ready.status, ready.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    let env = Env::new();
+    let server = Server::start(&env.database(), &[]);
+    let logs = server.logs.clone();
+    assert_eq!(server.terminate(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let logs = logs.lock().unwrap();
+    assert!(
+        logs.iter().any(|line| line.contains("shutting down")),
+        "{logs:?}"
+    );
+    assert!(logs.iter().any(|line| line.contains("stopped")), "{logs:?}");
+}

@@ -1,0 +1,413 @@
+//! Every failure of the gate is red (exit 2, or 1 for a verify that says no),
+//! says why in one line, and moves nothing.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{Env, Fault, FaultServer, Fixture, closed_port, digest, pinion, run};
+
+const DIGEST_BEFORE: u32 = 0x1000;
+
+/// A fixture whose `codex`/`global` pin is at a known digest.
+fn pinned_fixture() -> Fixture {
+    let fixture = Fixture::new();
+    let out = run(pinion()
+        .args([
+            "promote",
+            "--server",
+            &fixture.server.url(),
+            "--template",
+            "codex",
+            "--digest",
+            &digest(DIGEST_BEFORE),
+        ])
+        .env("PINION_TOKEN", &fixture.promote));
+    assert_eq!(out.code, 0, "{out:?}");
+    fixture
+}
+
+fn assert_unmoved(fixture: &Fixture) {
+    assert_eq!(
+        fixture.server.pinned(&fixture.read, "codex", "global"),
+        Some(digest(DIGEST_BEFORE)),
+        "the pin must not move"
+    );
+}
+
+fn promote_to(
+    server: &str,
+    token: Option<&str>,
+    template: &str,
+    digest: &str,
+) -> crate::support::Output {
+    let mut command = pinion();
+    command.args([
+        "promote",
+        "--server",
+        server,
+        "--template",
+        template,
+        "--digest",
+        digest,
+        "--timeout",
+        "2",
+    ]);
+    if let Some(token) = token {
+        command.env("PINION_TOKEN", token);
+    }
+    run(&mut command)
+}
+
+fn assert_red(out: &crate::support::Output, code: i32, reason_contains: &str) {
+    assert_eq!(out.code, code, "{out:?}");
+    let reason = out.reason();
+    assert!(
+        reason.starts_with("error: "),
+        "one-line reason last on stderr: {out:?}"
+    );
+    assert!(
+        reason.contains(reason_contains),
+        "reason {reason:?} should mention {reason_contains:?}"
+    );
+}
+
+#[test]
+fn missing_or_empty_token_fails_before_any_request() {
+    let fault = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let out = promote_to(&fault.url(), None, "codex", &digest(1));
+    assert_red(&out, 2, "`PINION_TOKEN` is unset or empty");
+    let out = promote_to(&fault.url(), Some(""), "codex", &digest(1));
+    assert_red(&out, 2, "`PINION_TOKEN` is unset or empty");
+    let out = run(pinion()
+        .args([
+            "verify",
+            "--server",
+            &fault.url(),
+            "--template",
+            "codex",
+            "--digest",
+            &digest(1),
+        ])
+        .args(["--token-env", "CP_ADMIN_API_TOKEN"])
+        .env("CP_ADMIN_API_TOKEN", "  "));
+    assert_red(&out, 2, "`CP_ADMIN_API_TOKEN` is unset or empty");
+    assert_eq!(fault.count(), 0, "no request was sent");
+}
+
+#[test]
+fn auth_and_catalog_refusals_move_nothing() {
+    let fixture = pinned_fixture();
+    let env = &fixture.env;
+    let hermes_only = env.token("hermes-ci", "promote", &["hermes"]);
+    std::thread::sleep(Duration::from_millis(1500)); // the server picks new tokens up within its reload interval
+    let url = fixture.server.url();
+    let d = digest(2);
+    assert_red(
+        &promote_to(&url, Some("pinion_not-a-real-token"), "codex", &d),
+        2,
+        "401 unauthorized",
+    );
+    assert_red(
+        &promote_to(&url, Some(&fixture.read), "codex", &d),
+        2,
+        "403 forbidden",
+    );
+    assert_red(
+        &promote_to(&url, Some(&hermes_only), "codex", &d),
+        2,
+        "403 forbidden",
+    );
+    assert_red(
+        &promote_to(&url, Some(&fixture.promote), "codx", &d),
+        2,
+        "422 unknown_template",
+    );
+    assert_unmoved(&fixture);
+}
+
+#[test]
+fn malformed_digests_are_refused_by_the_cli_before_any_request_and_by_the_server() {
+    let fixture = pinned_fixture();
+    let fault = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let hex = format!("{:064x}", 7);
+    let shapes = [
+        String::new(),
+        "latest".into(),
+        hex.clone(),
+        format!("sha256:{}", &hex[..63]),
+        format!("sha256:{hex}0"),
+        format!("sha256:{}", hex.to_uppercase().replace('0', "A")),
+        format!("sha512:{hex}{hex}"),
+        format!(" sha256:{hex}"),
+        format!("sha256:{hex} "),
+        format!("sha256:{hex}\n"),
+        format!("SHA256:{hex}"),
+        format!("sha256:{}а", &hex[..63]),
+        format!("sha256:{}'", &hex[..63]),
+        format!("codex@sha256:{hex}"),
+        format!("sha256:{}", "a".repeat(10_000)),
+    ];
+    for shape in &shapes {
+        let out = promote_to(&fault.url(), Some(&fixture.promote), "codex", shape);
+        assert_red(&out, 2, "--digest: invalid digest");
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {out:?}");
+        let out = run(pinion()
+            .args([
+                "verify",
+                "--server",
+                &fault.url(),
+                "--template",
+                "codex",
+                "--digest",
+                shape,
+            ])
+            .env("PINION_TOKEN", &fixture.read));
+        assert_red(&out, 2, "--digest: invalid digest");
+
+        let body = serde_json::json!({"template_name": "codex", "image_digest": shape}).to_string();
+        let raw = fixture
+            .server
+            .post("/cp/admin/runtime-image/promote", &fixture.promote, &body);
+        assert_eq!(raw.status, 422, "{shape:?}: {raw:?}");
+        assert_eq!(raw.error_code(), "invalid_digest");
+    }
+    assert_eq!(fault.count(), 0, "the CLI sent nothing");
+    assert_unmoved(&fixture);
+}
+
+#[test]
+fn other_invalid_input_is_refused_before_any_request() {
+    let fault = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let url = fault.url();
+    let d = digest(1);
+    for (args, reason) in [
+        (
+            vec!["--template", "Codex", "--digest", &d],
+            "--template: invalid template name",
+        ),
+        (
+            vec!["--template", "codex", "--digest", &d, "--region", "us east"],
+            "--region: invalid region",
+        ),
+        (
+            vec!["--template", "codex", "--digest", &d, "--git-sha", "xyz"],
+            "--git-sha: invalid git sha",
+        ),
+        (
+            vec!["--template", "codex", "--digest", &d, "--timeout", "0"],
+            "--timeout",
+        ),
+    ] {
+        let out = run(pinion()
+            .args(["promote", "--server", &url])
+            .args(&args)
+            .env("PINION_TOKEN", "pinion_x"));
+        assert_red(&out, 2, reason);
+    }
+    let insecure = run(pinion()
+        .args([
+            "promote",
+            "--server",
+            "http://cp.example.com",
+            "--template",
+            "codex",
+            "--digest",
+            &d,
+        ])
+        .env("PINION_TOKEN", "pinion_x"));
+    assert_red(&insecure, 2, "refusing plain http");
+    let usage = run(pinion().args(["promote", "--template", "codex", "--digest", &d]));
+    assert_eq!(usage.code, 2, "usage error: {usage:?}");
+    let bad_target = run(pinion().args([
+        "promote",
+        "--target",
+        "staging",
+        "--template",
+        "codex",
+        "--digest",
+        &d,
+    ]));
+    assert_red(&bad_target, 2, "must be NAME=URL");
+    assert_eq!(fault.count(), 0);
+}
+
+#[test]
+fn server_not_listening_is_red() {
+    let out = promote_to(
+        &format!("http://127.0.0.1:{}", closed_port()),
+        Some("pinion_x"),
+        "codex",
+        &digest(1),
+    );
+    assert_red(&out, 2, "gave up after 3 attempts");
+    assert!(
+        out.stderr.contains("attempt 1/3 failed"),
+        "each attempt is reported: {out:?}"
+    );
+}
+
+#[test]
+fn hanging_server_ends_within_the_timeout() {
+    let fault = FaultServer::start(Fault::Hang);
+    let started = Instant::now();
+    let out = promote_to(&fault.url(), Some("pinion_x"), "codex", &digest(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_red(&out, 2, "no answer within 2s");
+    assert_eq!(fault.count(), 1, "a timeout is not retried");
+}
+
+#[test]
+fn server_errors_are_retried_then_red() {
+    let fault = FaultServer::start(Fault::Answer(
+        500,
+        "application/json",
+        r#"{"error":{"code":"internal","message":"boom"}}"#.into(),
+    ));
+    let out = promote_to(&fault.url(), Some("pinion_x"), "codex", &digest(1));
+    assert_red(&out, 2, "server answered 500 internal: boom");
+    assert_eq!(fault.count(), 3);
+    assert_eq!(out.stderr.matches("retrying in").count(), 2, "{out:?}");
+}
+
+#[test]
+fn client_errors_are_not_retried() {
+    let fault = FaultServer::start(Fault::Answer(
+        422,
+        "application/json",
+        r#"{"error":{"code":"unknown_template","message":"no"}}"#.into(),
+    ));
+    let out = promote_to(&fault.url(), Some("pinion_x"), "codex", &digest(1));
+    assert_red(&out, 2, "422 unknown_template");
+    assert_eq!(fault.count(), 1);
+}
+
+#[test]
+fn success_status_with_a_wrong_body_is_red() {
+    let d = digest(1);
+    let other_pin = serde_json::json!({"pin": {
+        "template_name": "codex", "region": "global", "image_digest": digest(2), "image_ref": null,
+        "git_sha": null, "notes": null, "promoted_at": "2026-01-01T00:00:00Z", "promoted_by": "ci"
+    }})
+    .to_string();
+    for (status, content_type, body, reason) in [
+        (200, "application/json", String::new(), "body is not a pin"),
+        (
+            201,
+            "text/html",
+            "<html><body>Welcome to nginx!</body></html>".to_owned(),
+            "body is not a pin",
+        ),
+        (
+            201,
+            "application/json",
+            "{}".to_owned(),
+            "body is not a pin",
+        ),
+        (200, "application/json", other_pin, "the returned pin is"),
+        (
+            204,
+            "application/json",
+            String::new(),
+            "server answered 204",
+        ),
+    ] {
+        let fault = FaultServer::start(Fault::Answer(status, content_type, body));
+        let out = promote_to(&fault.url(), Some("pinion_x"), "codex", &d);
+        assert_red(&out, 2, reason);
+    }
+    let html = FaultServer::start(Fault::Answer(200, "text/html", "<html></html>".into()));
+    let out = run(pinion()
+        .args([
+            "verify",
+            "--server",
+            &html.url(),
+            "--template",
+            "codex",
+            "--digest",
+            &d,
+        ])
+        .env("PINION_TOKEN", "pinion_x"));
+    assert_red(&out, 2, "not a pin list");
+}
+
+#[test]
+fn redirects_are_not_followed_and_the_token_stays_home() {
+    let elsewhere = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let redirector = FaultServer::start(Fault::Redirect(format!(
+        "{}/cp/admin/runtime-image/promote",
+        elsewhere.url()
+    )));
+    let out = promote_to(&redirector.url(), Some("pinion_x"), "codex", &digest(1));
+    assert_red(&out, 2, "redirects are not followed");
+    assert_eq!(elsewhere.count(), 0, "nothing reached the other host");
+}
+
+#[test]
+fn one_failing_target_fails_the_command_but_the_other_is_promoted() {
+    let staging = pinned_fixture();
+    let prod = pinned_fixture();
+    let d = digest(3);
+    let out = run(pinion()
+        .args(["promote", "--template", "codex", "--digest", &d])
+        .args(["--target", &format!("prod={}", prod.server.url())])
+        .args(["--target", &format!("staging={}", staging.server.url())])
+        .env("PINION_TOKEN_STAGING", &staging.promote)
+        .env("PINION_TOKEN_PROD", &prod.read));
+    assert_red(&out, 2, "promote failed on 1 of 2 targets: prod");
+    assert!(
+        out.stdout.contains("prod: FAILED: server answered 403"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("staging: moved"), "{out:?}");
+    assert_eq!(
+        staging.server.pinned(&staging.read, "codex", "global"),
+        Some(d.clone())
+    );
+    assert_unmoved(&prod);
+
+    let verify = run(pinion()
+        .args([
+            "verify",
+            "--template",
+            "codex",
+            "--digest",
+            &d,
+            "--format",
+            "json",
+        ])
+        .args(["--target", &format!("staging={}", staging.server.url())])
+        .args(["--target", &format!("prod={}", prod.server.url())])
+        .env("PINION_TOKEN_STAGING", &staging.read)
+        .env("PINION_TOKEN_PROD", &prod.read));
+    assert_eq!(verify.code, 1, "{verify:?}");
+    let report: serde_json::Value = serde_json::from_str(&verify.stdout).unwrap();
+    assert_eq!(report["targets"][0]["outcome"], "match");
+    assert_eq!(report["targets"][1]["outcome"], "mismatch");
+    assert!(
+        verify
+            .reason()
+            .contains("verify failed on 1 of 2 targets: prod"),
+        "{verify:?}"
+    );
+}
+
+#[test]
+fn a_target_whose_token_is_missing_stops_everything_before_any_request() {
+    let env = Env::new();
+    let fault = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let out = run(pinion()
+        .args(["promote", "--template", "codex", "--digest", &digest(1)])
+        .args(["--target", &format!("staging={}", fault.url())])
+        .args(["--target", &format!("prod={}", fault.url())])
+        .env("PINION_TOKEN_STAGING", "pinion_x"));
+    assert_red(
+        &out,
+        2,
+        "prod: the token variable `PINION_TOKEN_PROD` is unset or empty",
+    );
+    assert_eq!(fault.count(), 0);
+    drop(env);
+}

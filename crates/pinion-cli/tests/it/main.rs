@@ -1,0 +1,15 @@
+//! End-to-end tests: the real `pinion` binary, a real server on a free port,
+//! real SQLite files in temporary directories.
+
+// Tests fail by panicking; helpers outside #[test] functions may unwrap too.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod api;
+mod durability;
+mod gate;
+mod gate_failures;
+mod hostile;
+mod offline;
+mod pipeline;

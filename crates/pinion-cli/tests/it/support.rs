@@ -1,0 +1,510 @@
+//! Test support: the real `pinion` binary, a real server on a free port with
+//! a temporary database, a plain HTTP/1.1 client, and fault servers.
+//!
+//! Every byte the suite sees (server log lines, CLI stdout and stderr, HTTP
+//! response bodies) passes through [`assert_no_secret`], which fails the test
+//! if any token secret created in this process appears in it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Every secret this test process has created.
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Fails if `text` contains any token secret, whole or as its hex part.
+pub fn assert_no_secret(what: &str, text: &str) {
+    for secret in SECRETS.lock().unwrap().iter() {
+        let hex = secret.trim_start_matches("pinion_");
+        assert!(
+            !text.contains(secret.as_str()) && !text.contains(hex),
+            "a token secret leaked into {what}: {text}"
+        );
+    }
+}
+
+pub fn digest(n: u32) -> String {
+    format!("sha256:{n:064x}")
+}
+
+/// A binary command with no stray `PINION_*` or Actions variables inherited.
+pub fn pinion() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pinion"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PINION_") || key.starts_with("GITHUB_") || key.starts_with("GITEA_") {
+            command.env_remove(key);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// What a finished CLI run printed.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The last line on stderr: the one-line reason of a failure.
+    pub fn reason(&self) -> &str {
+        self.stderr.lines().last().unwrap_or_default()
+    }
+}
+
+pub fn run(command: &mut Command) -> Output {
+    let output = command.output().expect("run pinion");
+    let result = Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_no_secret("CLI stdout", &result.stdout);
+    assert_no_secret("CLI stderr", &result.stderr);
+    result
+}
+
+/// A temporary directory holding one database.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn database(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("pinion.db").display())
+    }
+
+    pub fn add_template(&self, name: &str, repository: &str) {
+        let out = run(pinion()
+            .args([
+                "template",
+                "add",
+                name,
+                "--repository",
+                repository,
+                "--database",
+            ])
+            .arg(self.database()));
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+
+    /// Creates a token and returns its secret (registered as a secret).
+    pub fn token(&self, name: &str, scope: &str, templates: &[&str]) -> String {
+        let mut command = pinion();
+        command.args([
+            "token",
+            "create",
+            "--name",
+            name,
+            "--scope",
+            scope,
+            "--database",
+        ]);
+        command.arg(self.database());
+        for template in templates {
+            command.args(["--template", template]);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let secret = stdout.trim().to_owned();
+        assert!(
+            secret.starts_with("pinion_"),
+            "only the secret on stdout: {stdout:?}"
+        );
+        assert_eq!(stdout, format!("{secret}\n"), "only the secret on stdout");
+        SECRETS.lock().unwrap().push(secret.clone());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_no_secret("token create stderr", &stderr);
+        secret
+    }
+
+    pub fn start(&self) -> Server {
+        Server::start(&self.database(), &[])
+    }
+}
+
+/// A `pinion serve` process on a free port.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn start(database: &str, env: &[(&str, &str)]) -> Server {
+        let mut child = pinion()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
+            .env("PINION_REGISTRY_CHECK", "off")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pinion serve");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (found, listening) = std::sync::mpsc::channel();
+        let collected = logs.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = found.send(addr.trim().to_owned());
+                }
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let addr = listening
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("server did not start: {:?}", logs.lock().unwrap()));
+        Server {
+            child,
+            addr: addr.parse().unwrap(),
+            logs,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`: no chance to flush or finish anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Response {
+        http(self.addr, "GET", path, Some(token), None)
+    }
+
+    pub fn post(&self, path: &str, token: &str, body: &str) -> Response {
+        http(self.addr, "POST", path, Some(token), Some(body.as_bytes()))
+    }
+
+    /// The digest `(template, region)` is pinned to, read through the API.
+    pub fn pinned(&self, token: &str, template: &str, region: &str) -> Option<String> {
+        let response = self.get(
+            &format!("/cp/admin/runtime-image?template_name={template}&region={region}"),
+            token,
+        );
+        assert_eq!(response.status, 200, "{response:?}");
+        response.json()["pins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|pin| pin["template_name"] == template && pin["region"] == region)
+            .map(|pin| pin["image_digest"].as_str().unwrap().to_owned())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !thread::panicking() {
+            for line in self.logs.lock().unwrap().iter() {
+                assert_no_secret("server log", line);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|err| panic!("not JSON ({err}): {self:?}"))
+    }
+
+    /// The contract's error code, asserting the body has the contract's shape.
+    pub fn error_code(&self) -> String {
+        let json = self.json();
+        let error = json["error"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no error body: {self:?}"));
+        assert_eq!(error.len(), 2, "error has code and message: {self:?}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            !message.is_empty() && !message.contains('\n'),
+            "one-line message: {self:?}"
+        );
+        error["code"].as_str().unwrap().to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 client over a raw socket, so tests control every byte
+/// they send (wrong methods, broken JSON, huge bodies).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Response {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    raw_http(addr, head.as_bytes(), body.unwrap_or_default())
+}
+
+pub fn raw_http(addr: SocketAddr, head: &[u8], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head).unwrap();
+    // The server may answer (413) and stop reading before a huge body is
+    // sent; the answer is what matters, so a failed write is not an error.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let response = parse_response(&raw);
+    assert_no_secret("HTTP response", &response.body);
+    response
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers.iter().any(|(key, value)| {
+        key.eq_ignore_ascii_case("transfer-encoding") && value.contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    body
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// How a [`FaultServer`] misbehaves. This is fault injection, not a stand-in
+/// for Pinion: it lets tests see the CLI face servers that fail or lie.
+#[derive(Clone)]
+pub enum Fault {
+    /// Answer every request with this status, content type and body.
+    Answer(u16, &'static str, String),
+    /// Accept the connection and never answer.
+    Hang,
+    /// Redirect to this URL.
+    Redirect(String),
+}
+
+/// A fault-injecting HTTP server on a free port; it records what it received.
+pub struct FaultServer {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<String>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl FaultServer {
+    pub fn start(fault: Fault) -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (seen, counted) = (requests.clone(), count.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let fault = fault.clone();
+                let (seen, counted) = (seen.clone(), counted.clone());
+                thread::spawn(move || {
+                    let head = read_head(&mut stream);
+                    seen.lock().unwrap().push(head);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    match fault {
+                        Fault::Hang => thread::sleep(Duration::from_secs(120)),
+                        Fault::Answer(status, content_type, body) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                        }
+                        Fault::Redirect(location) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            );
+                        }
+                    }
+                });
+            }
+        });
+        FaultServer {
+            addr,
+            requests,
+            count,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// The request heads received (method, path, headers).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn read_head(stream: &mut TcpStream) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A populated environment: a template `codex` (and `hermes`), tokens of each
+/// kind, and a running server.
+pub struct Fixture {
+    pub env: Env,
+    pub server: Server,
+    pub admin: String,
+    pub promote: String,
+    pub read: String,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let env = Env::new();
+        env.add_template(
+            "codex",
+            "registry.example.com/team/workspace-template-codex",
+        );
+        env.add_template(
+            "hermes",
+            "registry.example.com/team/workspace-template-hermes",
+        );
+        let admin = env.token("platform", "admin", &[]);
+        let promote = env.token("ci", "promote", &[]);
+        let read = env.token("provisioner", "read", &[]);
+        let server = env.start();
+        Fixture {
+            env,
+            server,
+            admin,
+            promote,
+            read,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.env.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.env.dir.path().join(name)
+    }
+}
