@@ -20,6 +20,85 @@ pub struct PromoteRequest {
     pub notes: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Compare-and-swap: refuse with 409 `pin_conflict` unless the pin is at
+    /// this digest now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_digest: Option<String>,
+    /// A CI run number or similar; a promotion older than the pin's newest is
+    /// refused with 409 `stale_build` unless `force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_sequence: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// CI provenance, kept in history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_run_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<String>,
+}
+
+/// `POST /cp/admin/runtime-image/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub template_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Default: the digest the pin had before its current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+/// One entry of `GET /cp/admin/runtime-image/history`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub revision: i64,
+    pub template_name: String,
+    pub region: String,
+    pub from_digest: Option<String>,
+    pub to_digest: String,
+    pub git_sha: Option<String>,
+    pub notes: Option<String>,
+    pub actor: String,
+    /// `promote` or `rollback`.
+    pub action: String,
+    pub at: String,
+    pub ci_run_url: Option<String>,
+    pub repository: Option<String>,
+    pub workflow: Option<String>,
+    pub build_sequence: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HistoryList {
+    pub history: Vec<HistoryEntry>,
+    /// Pass as `before` to get the next page; null on the last page.
+    #[serde(default)]
+    pub next_before: Option<i64>,
+}
+
+/// One refused write in `GET /cp/admin/audit`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: Option<String>,
+    pub template_name: Option<String>,
+    pub region: Option<String>,
+    pub action: String,
+    pub status: u16,
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditList {
+    pub audit: Vec<AuditEntry>,
+    #[serde(default)]
+    pub next_before: Option<i64>,
 }
 
 /// A pin as every response shows it.
@@ -36,6 +115,12 @@ pub struct Pin {
     pub promoted_at: String,
     /// The name of the token that moved the pin, never its secret.
     pub promoted_by: String,
+    /// The history revision of the pin's last change (its ETag on promote).
+    #[serde(default)]
+    pub revision: i64,
+    /// The newest build sequence that promoted this pin.
+    #[serde(default)]
+    pub build_sequence: Option<i64>,
 }
 
 /// The body of a promote response (`201` moved, `200` already there).
@@ -94,6 +179,9 @@ fn default_pinnable() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// On 409 `pin_conflict` and `stale_build`: the pin as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use crate::gate::Report;
 
-fn in_actions() -> bool {
+pub fn in_actions() -> bool {
     let set = |name: &str| std::env::var(name).is_ok_and(|value| value == "true");
     set("GITHUB_ACTIONS") || set("GITEA_ACTIONS")
 }
@@ -60,7 +60,7 @@ pub fn write_summary(command: &str, report: &Report) {
         "### pinion {command}: `{}`/`{}` → `{}`: {}\n\n| target | outcome | detail |\n|---|---|---|\n",
         report.template_name,
         report.region,
-        report.image_digest,
+        report.image_digest.as_deref().unwrap_or("(previous)"),
         if report.ok { "ok" } else { "FAILED" }
     );
     for target in &report.targets {

@@ -25,6 +25,10 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Read pins back; succeed only if each equals the expected digest.
     Verify(VerifyArgs),
+    /// Move a pin back to a digest it had before.
+    Rollback(RollbackArgs),
+    /// Show who moved which pin, when, from what, newest first.
+    History(HistoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +56,12 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered with 408.
     #[arg(long, env = "PINION_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
+    /// Refuse promotions that carry no `git_sha` and `ci_run_url`.
+    #[arg(long, env = "PINION_REQUIRE_PROVENANCE", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub require_provenance: bool,
+    /// How many refused writes the audit log keeps.
+    #[arg(long, env = "PINION_AUDIT_RETENTION", default_value_t = 10_000)]
+    pub audit_retention: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +162,52 @@ pub struct PromoteArgs {
     /// A note kept with the pin.
     #[arg(long)]
     pub notes: Option<String>,
+    /// Compare-and-swap: move only if the pin is at this digest now.
+    #[arg(long, value_name = "DIGEST")]
+    pub expect: Option<String>,
+    /// A CI run number or similar; an older build than the pin's is refused.
+    #[arg(long, value_name = "N")]
+    pub build_sequence: Option<i64>,
+    /// Override the build-sequence guard.
+    #[arg(long)]
+    pub force: bool,
+    /// Link to the CI run (default in Actions: this run's URL).
+    #[arg(long, value_name = "URL")]
+    pub ci_run_url: Option<String>,
+    /// Source repository (default in Actions: `$GITHUB_REPOSITORY`).
+    #[arg(long, value_name = "OWNER/NAME")]
+    pub source_repository: Option<String>,
+    /// Workflow name (default in Actions: `$GITHUB_WORKFLOW`).
+    #[arg(long, value_name = "NAME")]
+    pub workflow: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[arg(long)]
+    pub template: String,
+    #[arg(long, default_value = "global")]
+    pub region: String,
+    /// The digest to return to (default: the one before the current one).
+    #[arg(long, value_name = "DIGEST")]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub notes: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[arg(long)]
+    pub template: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// How many entries, newest first (1 to 1000).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
     #[command(flatten)]
     pub remote: Remote,
 }

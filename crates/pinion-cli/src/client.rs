@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use pinion_api::{ErrorBody, Pin, PinList, PinResponse, PromoteRequest};
+use pinion_api::{
+    ErrorBody, HistoryList, Pin, PinList, PinResponse, PromoteRequest, RollbackRequest,
+};
 use reqwest::{StatusCode, Url};
 
 /// One control plane to talk to.
@@ -81,6 +83,75 @@ impl Client {
             ));
         }
         Ok(Promoted { status, pin })
+    }
+
+    /// Rolls back; succeeds only on 200/201 with a pin of that template and region.
+    pub async fn rollback(
+        &self,
+        target: &Target,
+        request: &RollbackRequest,
+    ) -> Result<Promoted, String> {
+        let url = endpoint(&target.base, "cp/admin/runtime-image/rollback");
+        let (status, body) = self
+            .send(target, || self.http.post(url.clone()).json(request))
+            .await?;
+        if status != StatusCode::OK && status != StatusCode::CREATED {
+            return Err(unexpected_status(status, &body));
+        }
+        let response: PinResponse = serde_json::from_slice(&body).map_err(|err| {
+            format!(
+                "server answered {} but the body is not a pin ({err}): {}",
+                status.as_u16(),
+                preview(&body)
+            )
+        })?;
+        let region = request.region.as_deref().unwrap_or("global");
+        let pin = response.pin;
+        let digest_ok = request
+            .to_digest
+            .as_ref()
+            .is_none_or(|to| *to == pin.image_digest);
+        if pin.template_name != request.template_name || pin.region != region || !digest_ok {
+            return Err(format!(
+                "server answered {} but the returned pin is `{}`/`{}` at `{}`, which is not what was asked",
+                status.as_u16(),
+                pin.template_name,
+                pin.region,
+                pin.image_digest
+            ));
+        }
+        Ok(Promoted { status, pin })
+    }
+
+    /// One page of history, newest first.
+    pub async fn history(
+        &self,
+        target: &Target,
+        template: Option<&str>,
+        region: Option<&str>,
+        limit: u32,
+    ) -> Result<HistoryList, String> {
+        let mut url = endpoint(&target.base, "cp/admin/runtime-image/history");
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(template) = template {
+                pairs.append_pair("template_name", template);
+            }
+            if let Some(region) = region {
+                pairs.append_pair("region", region);
+            }
+            pairs.append_pair("limit", &limit.to_string());
+        }
+        let (status, body) = self.send(target, || self.http.get(url.clone())).await?;
+        if status != StatusCode::OK {
+            return Err(unexpected_status(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|err| {
+            format!(
+                "server answered 200 but the body is not a history ({err}): {}",
+                preview(&body)
+            )
+        })
     }
 
     /// Lists the pins of one template and region (the server filters; the

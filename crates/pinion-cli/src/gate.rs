@@ -5,15 +5,15 @@
 
 use std::time::Duration;
 
-use pinion_api::{Pin, PromoteRequest};
-use pinion_core::{Digest, GitSha, Notes, Region, TemplateName};
+use pinion_api::{Pin, PromoteRequest, RollbackRequest};
+use pinion_core::{Digest, GitSha, Label, Notes, Region, RunUrl, TemplateName};
 use reqwest::StatusCode;
 use reqwest::Url;
 use serde::Serialize;
 
 use crate::ExitCode;
 use crate::actions;
-use crate::cli::{Format, PinArgs, PromoteArgs, Remote, VerifyArgs};
+use crate::cli::{Format, HistoryArgs, PinArgs, PromoteArgs, Remote, RollbackArgs, VerifyArgs};
 use crate::client::{Client, Target};
 
 /// The outcome at one target.
@@ -39,7 +39,9 @@ pub struct Report {
     pub ok: bool,
     pub template_name: String,
     pub region: String,
-    pub image_digest: String,
+    /// The digest asked for (absent for a rollback to "the previous one").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     pub targets: Vec<TargetReport>,
 }
 
@@ -152,57 +154,244 @@ fn environment(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-pub async fn promote(args: PromoteArgs) -> ExitCode {
-    let prepared = (|| {
-        let pin = parse_pin(&args.pin)?;
-        let git_sha = args
-            .git_sha
-            .as_deref()
-            .map(GitSha::parse)
-            .transpose()
-            .map_err(|err| format!("--git-sha: {err}"))?;
-        let notes = args
-            .notes
-            .as_deref()
-            .map(Notes::parse)
-            .transpose()
-            .map_err(|err| format!("--notes: {err}"))?;
-        let targets = parse_targets(&args.remote, &environment)?;
-        let client = Client::new(timeout(&args.remote)?)?;
-        Ok::<_, String>((pin, git_sha, notes, targets, client))
-    })();
-    let (pin, git_sha, notes, targets, client) = match prepared {
-        Ok(prepared) => prepared,
-        Err(reason) => return fail_early("promote", &reason),
-    };
-    let request = PromoteRequest {
+/// Provenance from the Actions environment, where the flags leave it open.
+fn actions_provenance(variable: &str) -> Option<String> {
+    actions::in_actions()
+        .then(|| environment(variable))
+        .flatten()
+        .filter(|value| !value.is_empty())
+}
+
+fn actions_run_url() -> Option<String> {
+    let server = actions_provenance("GITHUB_SERVER_URL")?;
+    let repository = actions_provenance("GITHUB_REPOSITORY")?;
+    let run = actions_provenance("GITHUB_RUN_ID")?;
+    Some(format!("{server}/{repository}/actions/runs/{run}"))
+}
+
+fn optional<T>(
+    flag: &str,
+    value: Option<String>,
+    parse: impl Fn(&str) -> Result<T, pinion_core::ParseError>,
+) -> Result<Option<String>, String> {
+    match value {
+        None => Ok(None),
+        Some(value) => {
+            parse(&value).map_err(|err| format!("{flag}: {err}"))?;
+            Ok(Some(value))
+        }
+    }
+}
+
+fn promote_request(args: &PromoteArgs, pin: &PinSpec) -> Result<PromoteRequest, String> {
+    let git_sha = args
+        .git_sha
+        .as_deref()
+        .map(GitSha::parse)
+        .transpose()
+        .map_err(|err| format!("--git-sha: {err}"))?;
+    if let Some(sequence) = args.build_sequence.filter(|sequence| *sequence < 0) {
+        return Err(format!("--build-sequence: {sequence} must not be negative"));
+    }
+    Ok(PromoteRequest {
         template_name: pin.template.to_string(),
         image_digest: pin.digest.to_string(),
         git_sha: git_sha.map(|sha| sha.as_str().to_owned()),
-        notes: notes.map(|notes| notes.as_str().to_owned()),
+        notes: optional("--notes", args.notes.clone(), Notes::parse)?,
         region: Some(pin.region.to_string()),
+        expected_digest: optional("--expect", args.expect.clone(), Digest::parse)?,
+        build_sequence: args.build_sequence,
+        force: args.force,
+        ci_run_url: optional(
+            "--ci-run-url",
+            args.ci_run_url.clone().or_else(actions_run_url),
+            RunUrl::parse,
+        )?,
+        repository: optional(
+            "--source-repository",
+            args.source_repository
+                .clone()
+                .or_else(|| actions_provenance("GITHUB_REPOSITORY")),
+            Label::parse,
+        )?,
+        workflow: optional(
+            "--workflow",
+            args.workflow
+                .clone()
+                .or_else(|| actions_provenance("GITHUB_WORKFLOW")),
+            Label::parse,
+        )?,
+    })
+}
+
+pub async fn promote(args: PromoteArgs) -> ExitCode {
+    let prepared = (|| {
+        let pin = parse_pin(&args.pin)?;
+        let request = promote_request(&args, &pin)?;
+        let targets = parse_targets(&args.remote, &environment)?;
+        let client = Client::new(timeout(&args.remote)?)?;
+        Ok::<_, String>((pin, request, targets, client))
+    })();
+    let (pin, request, targets, client) = match prepared {
+        Ok(prepared) => prepared,
+        Err(reason) => return fail_early("promote", &reason),
     };
     let mut reports = Vec::new();
     for target in &targets {
         let report = match client.promote(target, &request).await {
-            Ok(promoted) => TargetReport {
-                target: target.name.clone(),
-                server: target.base.to_string(),
-                ok: true,
-                outcome: if promoted.status == StatusCode::CREATED {
-                    "moved"
-                } else {
-                    "unchanged"
-                },
-                status: Some(promoted.status.as_u16()),
-                pin: Some(promoted.pin),
-                error: None,
-            },
+            Ok(promoted) => moved_report(target, promoted),
             Err(reason) => failed(target, reason),
         };
         reports.push(report);
     }
-    finish("promote", &pin, reports, args.remote.format)
+    finish(
+        "promote",
+        &pin.template,
+        &pin.region,
+        Some(&pin.digest),
+        reports,
+        args.remote.format,
+    )
+}
+
+fn moved_report(target: &Target, promoted: crate::client::Promoted) -> TargetReport {
+    TargetReport {
+        target: target.name.clone(),
+        server: target.base.to_string(),
+        ok: true,
+        outcome: if promoted.status == StatusCode::CREATED {
+            "moved"
+        } else {
+            "unchanged"
+        },
+        status: Some(promoted.status.as_u16()),
+        pin: Some(promoted.pin),
+        error: None,
+    }
+}
+
+pub async fn rollback(args: RollbackArgs) -> ExitCode {
+    let prepared = (|| {
+        let template =
+            TemplateName::parse(&args.template).map_err(|err| format!("--template: {err}"))?;
+        let region = Region::parse(&args.region).map_err(|err| format!("--region: {err}"))?;
+        let to = args
+            .to
+            .as_deref()
+            .map(Digest::parse)
+            .transpose()
+            .map_err(|err| format!("--to: {err}"))?;
+        let notes = optional("--notes", args.notes.clone(), Notes::parse)?;
+        let targets = parse_targets(&args.remote, &environment)?;
+        let client = Client::new(timeout(&args.remote)?)?;
+        Ok::<_, String>((template, region, to, notes, targets, client))
+    })();
+    let (template, region, to, notes, targets, client) = match prepared {
+        Ok(prepared) => prepared,
+        Err(reason) => return fail_early("rollback", &reason),
+    };
+    let request = RollbackRequest {
+        template_name: template.to_string(),
+        region: Some(region.to_string()),
+        to_digest: to.as_ref().map(ToString::to_string),
+        notes,
+    };
+    let mut reports = Vec::new();
+    for target in &targets {
+        let report = match client.rollback(target, &request).await {
+            Ok(moved) => moved_report(target, moved),
+            Err(reason) => failed(target, reason),
+        };
+        reports.push(report);
+    }
+    finish(
+        "rollback",
+        &template,
+        &region,
+        to.as_ref(),
+        reports,
+        args.remote.format,
+    )
+}
+
+pub async fn history(args: HistoryArgs) -> ExitCode {
+    let prepared = (|| {
+        let template = args
+            .template
+            .as_deref()
+            .map(TemplateName::parse)
+            .transpose()
+            .map_err(|err| format!("--template: {err}"))?;
+        let region = args
+            .region
+            .as_deref()
+            .map(Region::parse)
+            .transpose()
+            .map_err(|err| format!("--region: {err}"))?;
+        if !(1..=1000).contains(&args.limit) {
+            return Err("--limit must be from 1 to 1000".to_owned());
+        }
+        let mut targets = parse_targets(&args.remote, &environment)?;
+        if targets.len() != 1 {
+            return Err(
+                "history reads one control plane: give --server or a single --target".into(),
+            );
+        }
+        let client = Client::new(timeout(&args.remote)?)?;
+        Ok::<_, String>((template, region, targets.remove(0), client))
+    })();
+    let (template, region, target, client) = match prepared {
+        Ok(prepared) => prepared,
+        Err(reason) => return fail_early("history", &reason),
+    };
+    let listed = client
+        .history(
+            &target,
+            template.as_ref().map(TemplateName::as_str),
+            region.as_ref().map(Region::as_str),
+            args.limit,
+        )
+        .await;
+    let list = match listed {
+        Ok(list) => list,
+        Err(reason) => return fail_early("history", &format!("{}: {reason}", target.name)),
+    };
+    match args.remote.format {
+        Format::Json => match serde_json::to_string_pretty(&list) {
+            Ok(json) => println!("{json}"),
+            Err(err) => return fail_early("history", &format!("could not render: {err}")),
+        },
+        Format::Human => {
+            println!(
+                "{:>8}  {:<27}  {:<24}  {:<8}  {:<14}  {:<14}  {:<16}  git_sha",
+                "revision", "at", "pin", "action", "from", "to", "actor"
+            );
+            for entry in &list.history {
+                let short = |digest: &str| {
+                    digest
+                        .trim_start_matches("sha256:")
+                        .chars()
+                        .take(12)
+                        .collect::<String>()
+                };
+                println!(
+                    "{:>8}  {:<27}  {:<24}  {:<8}  {:<14}  {:<14}  {:<16}  {}",
+                    entry.revision,
+                    entry.at,
+                    format!("{}/{}", entry.template_name, entry.region),
+                    entry.action,
+                    entry.from_digest.as_deref().map_or("-".to_owned(), short),
+                    short(&entry.to_digest),
+                    entry.actor,
+                    entry.git_sha.as_deref().unwrap_or("-")
+                );
+            }
+            if let Some(before) = list.next_before {
+                eprintln!("(more: older entries start below revision {before})");
+            }
+        }
+    }
+    ExitCode::Success
 }
 
 pub async fn verify(args: VerifyArgs) -> ExitCode {
@@ -256,7 +445,14 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
         };
         reports.push(report);
     }
-    finish("verify", &pin, reports, args.remote.format)
+    finish(
+        "verify",
+        &pin.template,
+        &pin.region,
+        Some(&pin.digest),
+        reports,
+        args.remote.format,
+    )
 }
 
 fn timeout(remote: &Remote) -> Result<Duration, String> {
@@ -288,7 +484,9 @@ fn fail_early(command: &str, reason: &str) -> ExitCode {
 
 fn finish(
     command: &'static str,
-    pin: &PinSpec,
+    template: &TemplateName,
+    region: &Region,
+    digest: Option<&Digest>,
     targets: Vec<TargetReport>,
     format: Format,
 ) -> ExitCode {
@@ -299,9 +497,9 @@ fn finish(
     let report = Report {
         command,
         ok: !any_error && !any_refused,
-        template_name: pin.template.to_string(),
-        region: pin.region.to_string(),
-        image_digest: pin.digest.to_string(),
+        template_name: template.to_string(),
+        region: region.to_string(),
+        image_digest: digest.map(ToString::to_string),
         targets,
     };
 
@@ -338,7 +536,10 @@ fn finish(
     actions::write_output(&[
         ("ok", report.ok.to_string()),
         ("failed_targets", failed.join(",")),
-        ("image_digest", report.image_digest.clone()),
+        (
+            "image_digest",
+            report.image_digest.clone().unwrap_or_default(),
+        ),
         ("json", serde_json::to_string(&report).unwrap_or_default()),
     ]);
     actions::write_summary(command, &report);
@@ -354,27 +555,21 @@ fn finish(
 
 fn human_line(command: &str, report: &Report, target: &TargetReport) -> String {
     let what = format!("`{}`/`{}`", report.template_name, report.region);
+    let digest = target
+        .pin
+        .as_ref()
+        .map(|pin| pin.image_digest.as_str())
+        .or(report.image_digest.as_deref())
+        .unwrap_or("?");
+    let name = &target.target;
     match (command, target.outcome) {
-        (_, "error") => format!(
-            "{}: FAILED: {}",
-            target.target,
-            target.error.as_deref().unwrap_or("")
-        ),
-        ("promote", "moved") => format!(
-            "{}: moved {what} to `{}`",
-            target.target, report.image_digest
-        ),
-        ("promote", _) => format!(
-            "{}: {what} already at `{}`",
-            target.target, report.image_digest
-        ),
-        (_, "match") => format!(
-            "{}: {what} is `{}` as expected",
-            target.target, report.image_digest
-        ),
+        (_, "error") => format!("{name}: FAILED: {}", target.error.as_deref().unwrap_or("")),
+        ("promote", "moved") => format!("{name}: moved {what} to `{digest}`"),
+        ("rollback", "moved") => format!("{name}: rolled {what} back to `{digest}`"),
+        (_, "unchanged") => format!("{name}: {what} already at `{digest}`"),
+        (_, "match") => format!("{name}: {what} is `{digest}` as expected"),
         (_, outcome) => format!(
-            "{}: {}: {}",
-            target.target,
+            "{name}: {}: {}",
             outcome.to_uppercase(),
             target.error.as_deref().unwrap_or("")
         ),

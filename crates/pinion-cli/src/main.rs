@@ -35,6 +35,8 @@ fn main() -> std::process::ExitCode {
         Command::Template(command) => report(admin::template(command)),
         Command::Promote(args) => runtime(gate::promote(args)),
         Command::Verify(args) => runtime(gate::verify(args)),
+        Command::Rollback(args) => runtime(gate::rollback(args)),
+        Command::History(args) => runtime(gate::history(args)),
     };
     std::process::ExitCode::from(code as u8)
 }
@@ -72,6 +74,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--request-timeout must be at least 1 second");
     }
     settings.request_timeout = Duration::from_secs(args.request_timeout);
+    settings.require_provenance = args.require_provenance;
+    if args.audit_retention == 0 {
+        anyhow::bail!("--audit-retention must be at least 1");
+    }
+    settings.audit_retention = args.audit_retention;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,7 +13,7 @@ mod text;
 pub use name::{Region, TemplateName, TokenName};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
-pub use text::{GitSha, Notes};
+pub use text::{GitSha, Label, Notes, RunUrl};
 
 /// Why a value was refused. `kind` says which field it was for, so the edge
 /// can name it (for example as the error code `invalid_digest`).
@@ -35,6 +35,8 @@ pub enum Kind {
     GitSha,
     Notes,
     Scope,
+    RunUrl,
+    Label,
 }
 
 impl Kind {
@@ -49,6 +51,8 @@ impl Kind {
             Kind::GitSha => "git_sha",
             Kind::Notes => "notes",
             Kind::Scope => "scope",
+            Kind::RunUrl => "ci_run_url",
+            Kind::Label => "label",
         }
     }
 }

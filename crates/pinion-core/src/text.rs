@@ -61,6 +61,66 @@ impl Notes {
     }
 }
 
+/// A link to the CI run that built or promoted an image: an `http(s)://`
+/// URL of at most 2048 bytes with no whitespace or control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunUrl(String);
+
+impl RunUrl {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        let scheme_ok = input.starts_with("https://") || input.starts_with("http://");
+        let clean = !input.chars().any(|c| c.is_whitespace() || c.is_control());
+        if !scheme_ok || !clean || input.len() > Self::MAX_LEN {
+            return Err(ParseError::new(
+                Kind::RunUrl,
+                format!(
+                    "{} must be an http(s) URL of at most {} bytes without spaces",
+                    quote(input),
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        Ok(RunUrl(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A short provenance label such as a source repository (`team/codex`) or a
+/// workflow name: 1 to 256 bytes, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Label(String);
+
+impl Label {
+    pub const MAX_LEN: usize = 256;
+
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if input.is_empty()
+            || input.len() > Self::MAX_LEN
+            || input.chars().any(char::is_control)
+            || input.trim() != input
+        {
+            return Err(ParseError::new(
+                Kind::Label,
+                format!(
+                    "{} must be 1 to {} bytes with no control characters or surrounding spaces",
+                    quote(input),
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        Ok(Label(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +153,26 @@ mod tests {
         assert!(Notes::parse("a\0b").is_err());
         assert!(Notes::parse("a\rforged log line").is_err());
         assert!(Notes::parse("\u{1b}[31mred").is_err());
+    }
+
+    #[test]
+    fn run_urls_and_labels_are_bounded() {
+        assert!(RunUrl::parse("https://github.com/team/codex/actions/runs/42").is_ok());
+        for bad in [
+            "",
+            "ftp://x",
+            "https://a b",
+            "https://x\n",
+            "javascript:alert(1)",
+        ] {
+            assert!(RunUrl::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(RunUrl::parse(&format!("https://{}", "a".repeat(2100))).is_err());
+        assert!(Label::parse("team/codex").is_ok());
+        assert!(Label::parse("publish image").is_ok());
+        for bad in ["", " x", "x ", "a\nb", "a\u{7f}"] {
+            assert!(Label::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Label::parse(&"x".repeat(257)).is_err());
     }
 }

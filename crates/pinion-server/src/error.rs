@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pinion_api::{ErrorBody, ErrorDetail};
+use pinion_api::{ErrorBody, ErrorDetail, Pin};
 use pinion_core::ParseError;
 use pinion_store::StoreError;
 
@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The current pin, sent along with a 409.
+    pub pin: Option<Box<Pin>>,
 }
 
 /// Marks a response whose body is already a contract error, so the
@@ -37,7 +39,14 @@ impl ApiError {
             status,
             code,
             message,
+            pin: None,
         }
+    }
+
+    /// Sends the current pin along (409 answers).
+    pub fn with_pin(mut self, pin: Option<Pin>) -> Self {
+        self.pin = pin.map(Box::new);
+        self
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -57,6 +66,12 @@ impl ApiError {
             "git_sha" => "invalid_git_sha",
             "notes" => "invalid_notes",
             "image" => "invalid_repository",
+            "expected_digest" => "invalid_expected_digest",
+            "to_digest" => "invalid_digest",
+            "ci_run_url" => "invalid_ci_run_url",
+            "repository" => "invalid_repository_label",
+            "workflow" => "invalid_workflow",
+            "build_sequence" => "invalid_build_sequence",
             _ => "invalid_request",
         };
         Self::new(
@@ -94,6 +109,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_owned(),
                 message: self.message,
             },
+            pin: self.pin.map(|pin| *pin),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         response.extensions_mut().insert(ContractBody);

@@ -63,6 +63,10 @@ pub struct Settings {
     /// How often the database is checked for changes made by other processes
     /// (`pinion token create`, `pinion template add`, other replicas).
     pub reload_interval: Duration,
+    /// Refuse promotions without `git_sha` and `ci_run_url`.
+    pub require_provenance: bool,
+    /// How many refused writes the audit log keeps.
+    pub audit_retention: usize,
 }
 
 impl Settings {
@@ -73,6 +77,8 @@ impl Settings {
             request_timeout: Duration::from_secs(30),
             body_limit: 64 * 1024,
             reload_interval: Duration::from_secs(1),
+            require_provenance: false,
+            audit_retention: 10_000,
         }
     }
 }
@@ -91,6 +97,9 @@ fn router(state: AppState) -> Router {
     let timeout = state.settings().request_timeout;
     Router::new()
         .route("/cp/admin/runtime-image/promote", post(handlers::promote))
+        .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
+        .route("/cp/admin/runtime-image/history", get(handlers::history))
+        .route("/cp/admin/audit", get(handlers::audit))
         .route("/cp/admin/runtime-image", get(handlers::list_pins))
         .route("/cp/runtime-image/resolve", get(handlers::resolve))
         .route("/cp/runtimes", get(handlers::list_runtimes))

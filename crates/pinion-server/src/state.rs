@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use pinion_core::{Region, TemplateName};
 use pinion_store::{PinRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRecord};
+use sha2::{Digest as _, Sha256};
 
 use crate::Settings;
 use crate::error::ApiError;
@@ -22,11 +23,34 @@ pub struct View {
     pub pins: BTreeMap<(TemplateName, Region), PinRecord>,
     pub runtimes: BTreeMap<TemplateName, RuntimeRecord>,
     pub tokens: Vec<TokenRecord>,
+    /// A digest of everything the read endpoints serve (pins and catalog),
+    /// so equal content gives equal ETags on every replica and restart.
+    pub content_tag: [u8; 32],
 }
 
 impl View {
     fn from_snapshot(snapshot: Snapshot) -> View {
+        let mut hasher = Sha256::new();
+        for pin in &snapshot.pins {
+            hasher.update(format!(
+                "p\0{}\0{}\0{}\0{}\n",
+                pin.template, pin.region, pin.revision, pin.digest
+            ));
+        }
+        for runtime in &snapshot.runtimes {
+            let repository = runtime
+                .repository
+                .as_ref()
+                .map(|r| r.as_str())
+                .unwrap_or("");
+            hasher.update(format!(
+                "r\0{}\0{}\0{}\n",
+                runtime.name, repository, runtime.pinnable
+            ));
+        }
+        let content_tag = hasher.finalize().into();
         View {
+            content_tag,
             pins: snapshot
                 .pins
                 .into_iter()
@@ -40,6 +64,15 @@ impl View {
             tokens: snapshot.tokens,
         }
     }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|join| {
+        tracing::error!(error = %join, "store task failed");
+        ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    })?
 }
 
 #[derive(Clone)]
@@ -104,8 +137,26 @@ impl AppState {
         F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
+        self.on_writer(work, true).await
+    }
+
+    /// Runs `work` on the writer connection without touching the view: for
+    /// writes the read path does not serve (the audit log).
+    pub async fn write_unserved<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.on_writer(work, false).await
+    }
+
+    async fn on_writer<T, F>(&self, work: F, reload: bool) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let result = {
                 let mut writer = state
                     .inner
@@ -114,14 +165,31 @@ impl AppState {
                     .unwrap_or_else(PoisonError::into_inner);
                 work(&mut writer)?
             };
-            state.reload(true)?;
+            if reload {
+                state.reload(true)?;
+            }
             Ok(result)
         })
         .await
-        .map_err(|join| {
-            tracing::error!(error = %join, "write task failed");
-            ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-        })?
+    }
+
+    /// Runs a query the view does not serve (history, audit) on the reader
+    /// connection, on the blocking pool.
+    pub async fn query<T, F>(&self, work: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = self.clone();
+        blocking(move || {
+            let mut reader = state
+                .inner
+                .reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            Ok(work(&mut reader.store)?)
+        })
+        .await
     }
 
     /// Replaces the view if the database changed since it was read, or

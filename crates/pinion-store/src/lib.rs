@@ -13,7 +13,9 @@ mod sqlite;
 mod url;
 
 pub use records::{
-    NewToken, PinRecord, PromoteOutcome, Promotion, RuntimeRecord, Snapshot, TokenRecord,
+    Action, AuditEntry, CiProvenance, Expectation, HistoryEntry, HistoryQuery, NewToken, PinRecord,
+    PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
+    TokenRecord,
 };
 pub use sqlite::Store;
 pub use url::DatabaseUrl;

@@ -1,6 +1,8 @@
 //! The rows the store reads and writes, as domain values.
 
-use pinion_core::{Digest, GitSha, Notes, Region, Repository, Scope, TemplateName, TokenName};
+use pinion_core::{
+    Digest, GitSha, Label, Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName,
+};
 use time::OffsetDateTime;
 
 /// A pin: which digest a template runs in a region, and who put it there.
@@ -13,6 +15,10 @@ pub struct PinRecord {
     pub notes: Option<Notes>,
     pub promoted_at: OffsetDateTime,
     pub promoted_by: TokenName,
+    /// The history revision of the pin's last change; its ETag.
+    pub revision: i64,
+    /// The highest build sequence that has promoted this pin, if any sent one.
+    pub build_sequence: Option<i64>,
 }
 
 /// A catalog entry: where a template's images live, and whether it takes pins.
@@ -45,6 +51,26 @@ pub struct NewToken {
     pub created_at: OffsetDateTime,
 }
 
+/// Where a promotion came from, when the CI said so.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CiProvenance {
+    pub run_url: Option<RunUrl>,
+    pub repository: Option<Label>,
+    pub workflow: Option<Label>,
+}
+
+/// What the caller believes the pin is at before it moves (compare-and-swap).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Expectation {
+    /// No belief: move whatever the pin is at.
+    #[default]
+    Any,
+    /// The pin must be at this digest.
+    Digest(Digest),
+    /// The pin must be at this revision (`If-Match`).
+    Revision(i64),
+}
+
 /// A request to move a pin, already validated and authorised.
 #[derive(Debug, Clone)]
 pub struct Promotion {
@@ -53,8 +79,14 @@ pub struct Promotion {
     pub digest: Digest,
     pub git_sha: Option<GitSha>,
     pub notes: Option<Notes>,
+    pub ci: CiProvenance,
     pub actor: TokenName,
     pub at: OffsetDateTime,
+    pub expect: Expectation,
+    /// A CI run number or similar; lower than the pin's is refused.
+    pub build_sequence: Option<i64>,
+    /// Overrides the build-sequence guard (not the expectation).
+    pub force: bool,
 }
 
 /// What a promotion did. Refusals are values: they are expected answers.
@@ -71,6 +103,105 @@ pub enum PromoteOutcome {
     UnknownTemplate,
     /// The template is in the catalog but marked not pinnable.
     NotPinnable,
+    /// The pin is not where the caller expected it; nothing was written.
+    Conflict { current: Option<PinRecord> },
+    /// The pin was last moved by a newer build; nothing was written.
+    StaleBuild { current: PinRecord },
+}
+
+/// A request to move a pin back.
+#[derive(Debug, Clone)]
+pub struct Rollback {
+    pub template: TemplateName,
+    pub region: Region,
+    /// Where to go; `None` means the digest the pin had before its current one.
+    pub to: Option<Digest>,
+    pub actor: TokenName,
+    pub at: OffsetDateTime,
+    pub notes: Option<Notes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackOutcome {
+    Moved {
+        pin: PinRecord,
+        previous: Digest,
+    },
+    /// The pin is already at the target; nothing was written.
+    Unchanged {
+        pin: PinRecord,
+    },
+    /// There is no pin to roll back.
+    NoPin,
+    /// The pin's history has no earlier digest.
+    NoPrevious,
+    /// `to` was never this pin's digest; a rollback only returns to one that was.
+    NotInHistory,
+}
+
+/// `promote` or `rollback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Promote,
+    Rollback,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Promote => "promote",
+            Action::Rollback => "rollback",
+        }
+    }
+}
+
+/// One change of one pin. Appended in the same transaction as the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// One counter for the whole store, strictly increasing.
+    pub revision: i64,
+    pub template: TemplateName,
+    pub region: Region,
+    pub from_digest: Option<Digest>,
+    pub to_digest: Digest,
+    pub git_sha: Option<GitSha>,
+    pub notes: Option<Notes>,
+    pub actor: TokenName,
+    pub action: Action,
+    pub at: OffsetDateTime,
+    pub ci: CiProvenance,
+    pub build_sequence: Option<i64>,
+}
+
+/// Which history to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub template: Option<TemplateName>,
+    pub region: Option<Region>,
+    /// Only entries with a revision below this one (pagination).
+    pub before: Option<i64>,
+    pub limit: usize,
+}
+
+/// A refused write, as the audit log keeps it. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub at: OffsetDateTime,
+    /// The token's name, when the token was valid.
+    pub actor: Option<TokenName>,
+    pub template: Option<TemplateName>,
+    pub region: Option<Region>,
+    /// What was attempted: `promote`, `rollback`, `put_runtime`.
+    pub action: String,
+    pub status: u16,
+    /// The error code of the answer, e.g. `pin_conflict`.
+    pub code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub refusal: Refusal,
 }
 
 /// Everything the read path serves, loaded in one read transaction so the

@@ -3,14 +3,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pinion_core::{Digest, GitSha, Notes, Region, Repository, Scope, TemplateName, TokenName};
+use pinion_core::{
+    Digest, GitSha, Label, Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName,
+};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::{
-    DatabaseUrl, NewToken, PinRecord, PromoteOutcome, Promotion, RuntimeRecord, Snapshot,
-    StoreError, TokenRecord,
+    Action, AuditEntry, CiProvenance, DatabaseUrl, Expectation, HistoryEntry, HistoryQuery,
+    NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome,
+    RuntimeRecord, Snapshot, StoreError, TokenRecord,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds how many
@@ -23,14 +26,49 @@ const MIGRATIONS: &[&str] = &[r#"
         updated_at  TEXT NOT NULL
     ) STRICT;
     CREATE TABLE pins (
-        template_name TEXT NOT NULL,
-        region        TEXT NOT NULL,
-        image_digest  TEXT NOT NULL,
-        git_sha       TEXT,
-        notes         TEXT,
-        promoted_at   TEXT NOT NULL,
-        promoted_by   TEXT NOT NULL,
+        template_name  TEXT NOT NULL,
+        region         TEXT NOT NULL,
+        image_digest   TEXT NOT NULL,
+        git_sha        TEXT,
+        notes          TEXT,
+        promoted_at    TEXT NOT NULL,
+        promoted_by    TEXT NOT NULL,
+        revision       INTEGER NOT NULL,
+        build_sequence INTEGER,
         PRIMARY KEY (template_name, region)
+    ) STRICT;
+    -- Append-only: rows are inserted in the transaction that changes a pin
+    -- and never updated or deleted. AUTOINCREMENT: a revision is never reused.
+    CREATE TABLE history (
+        revision       INTEGER PRIMARY KEY AUTOINCREMENT,
+        template_name  TEXT NOT NULL,
+        region         TEXT NOT NULL,
+        from_digest    TEXT,
+        to_digest      TEXT NOT NULL,
+        git_sha        TEXT,
+        notes          TEXT,
+        actor          TEXT NOT NULL,
+        action         TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+        at             TEXT NOT NULL,
+        ci_run_url     TEXT,
+        repository     TEXT,
+        workflow       TEXT,
+        build_sequence INTEGER
+    ) STRICT;
+    CREATE INDEX history_pin ON history (template_name, region, revision);
+    CREATE TRIGGER history_append_only_update BEFORE UPDATE ON history
+        BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+    CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
+        BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+    CREATE TABLE audit (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        at            TEXT NOT NULL,
+        actor         TEXT,
+        template_name TEXT,
+        region        TEXT,
+        action        TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        code          TEXT NOT NULL
     ) STRICT;
     CREATE TABLE tokens (
         id          INTEGER PRIMARY KEY,
@@ -43,6 +81,9 @@ const MIGRATIONS: &[&str] = &[r#"
     ) STRICT;
     CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked_at IS NULL;
 "#];
+
+const PIN_COLUMNS: &str = "template_name, region, image_digest, git_sha, notes, promoted_at, promoted_by, revision, build_sequence";
+const HISTORY_COLUMNS: &str = "revision, template_name, region, from_digest, to_digest, git_sha, notes, actor, action, at, ci_run_url, repository, workflow, build_sequence";
 
 /// One connection to the database. Not `Sync`: the server keeps one for
 /// writes and one for reads, each behind its own lock.
@@ -127,7 +168,8 @@ impl Store {
     }
 
     /// Moves a pin, or says why not. One `IMMEDIATE` transaction: the catalog
-    /// check, the read of the current pin and the write see the same state.
+    /// check, the read of the current pin, the guards, the pin write and its
+    /// history entry all see and leave one consistent state.
     pub fn promote(&mut self, promotion: &Promotion) -> Result<PromoteOutcome, StoreError> {
         let tx = self
             .conn
@@ -144,52 +186,217 @@ impl Store {
             Some(false) => return Ok(PromoteOutcome::NotPinnable),
             Some(true) => {}
         }
-        let current = tx
-            .query_row(
-                "SELECT template_name, region, image_digest, git_sha, notes, promoted_at, promoted_by
-                 FROM pins WHERE template_name = ?1 AND region = ?2",
-                params![promotion.template.as_str(), promotion.region.as_str()],
-                |row| Ok(read_pin(row)),
-            )
-            .optional()?
-            .transpose()?;
+        let current = current_pin(&tx, &promotion.template, &promotion.region)?;
+        // Already there: nothing to write, whatever the guards would say, so
+        // a retried promotion is idempotent.
         if let Some(pin) = current
             .as_ref()
             .filter(|pin| pin.digest == promotion.digest)
         {
             return Ok(PromoteOutcome::Unchanged { pin: pin.clone() });
         }
-        let pin = PinRecord {
-            template: promotion.template.clone(),
-            region: promotion.region.clone(),
-            digest: promotion.digest.clone(),
-            git_sha: promotion.git_sha.clone(),
-            notes: promotion.notes.clone(),
-            promoted_at: promotion.at,
-            promoted_by: promotion.actor.clone(),
+        let expectation_met = match (&promotion.expect, &current) {
+            (Expectation::Any, _) => true,
+            (Expectation::Digest(expected), Some(pin)) => pin.digest == *expected,
+            (Expectation::Revision(expected), Some(pin)) => pin.revision == *expected,
+            (_, None) => false,
         };
-        tx.execute(
-            "INSERT INTO pins (template_name, region, image_digest, git_sha, notes, promoted_at, promoted_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (template_name, region) DO UPDATE SET
-               image_digest = excluded.image_digest, git_sha = excluded.git_sha,
-               notes = excluded.notes, promoted_at = excluded.promoted_at,
-               promoted_by = excluded.promoted_by",
+        if !expectation_met {
+            return Ok(PromoteOutcome::Conflict { current });
+        }
+        if let (Some(pin), Some(sequence)) = (&current, promotion.build_sequence) {
+            if pin.build_sequence.is_some_and(|newest| sequence < newest) && !promotion.force {
+                return Ok(PromoteOutcome::StaleBuild {
+                    current: pin.clone(),
+                });
+            }
+        }
+        let build_sequence = match (
+            current.as_ref().and_then(|pin| pin.build_sequence),
+            promotion.build_sequence,
+        ) {
+            (Some(old), Some(new)) => Some(old.max(new)),
+            (old, new) => new.or(old),
+        };
+        let previous = current.map(|pin| pin.digest);
+        let change = Change {
+            template: &promotion.template,
+            region: &promotion.region,
+            from: previous.as_ref(),
+            to: &promotion.digest,
+            git_sha: promotion.git_sha.as_ref(),
+            notes: promotion.notes.as_ref(),
+            actor: &promotion.actor,
+            action: Action::Promote,
+            at: promotion.at,
+            ci: &promotion.ci,
+            build_sequence: promotion.build_sequence,
+            pin_build_sequence: build_sequence,
+        };
+        let pin = write_change(&tx, &change)?;
+        tx.commit()?;
+        Ok(PromoteOutcome::Moved { pin, previous })
+    }
+
+    /// Moves a pin back to a digest it had before. Same transaction rules as
+    /// [`Store::promote`].
+    pub fn rollback(&mut self, rollback: &Rollback) -> Result<RollbackOutcome, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let Some(current) = current_pin(&tx, &rollback.template, &rollback.region)? else {
+            return Ok(RollbackOutcome::NoPin);
+        };
+        let target = match &rollback.to {
+            Some(to) => {
+                let known: bool = tx
+                    .query_row(
+                        "SELECT 1 FROM history WHERE template_name = ?1 AND region = ?2 AND to_digest = ?3 LIMIT 1",
+                        params![rollback.template.as_str(), rollback.region.as_str(), to.as_str()],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if !known {
+                    return Ok(RollbackOutcome::NotInHistory);
+                }
+                to.clone()
+            }
+            None => {
+                let before: Option<Option<String>> = tx
+                    .query_row(
+                        "SELECT from_digest FROM history WHERE template_name = ?1 AND region = ?2
+                         ORDER BY revision DESC LIMIT 1",
+                        params![rollback.template.as_str(), rollback.region.as_str()],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                match before.flatten() {
+                    Some(text) => parse("history", "from_digest", Digest::parse(&text))?,
+                    None => return Ok(RollbackOutcome::NoPrevious),
+                }
+            }
+        };
+        if target == current.digest {
+            return Ok(RollbackOutcome::Unchanged { pin: current });
+        }
+        let change = Change {
+            template: &rollback.template,
+            region: &rollback.region,
+            from: Some(&current.digest),
+            to: &target,
+            git_sha: None,
+            notes: rollback.notes.as_ref(),
+            actor: &rollback.actor,
+            action: Action::Rollback,
+            at: rollback.at,
+            ci: &CiProvenance::default(),
+            build_sequence: None,
+            // Keep the newest build seen: an older pipeline finishing after a
+            // rollback still must not move the pin.
+            pin_build_sequence: current.build_sequence,
+        };
+        let pin = write_change(&tx, &change)?;
+        tx.commit()?;
+        Ok(RollbackOutcome::Moved {
+            pin,
+            previous: current.digest,
+        })
+    }
+
+    /// History entries, newest first.
+    pub fn history(&mut self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {HISTORY_COLUMNS} FROM history
+             WHERE (?1 IS NULL OR template_name = ?1) AND (?2 IS NULL OR region = ?2)
+               AND (?3 IS NULL OR revision < ?3)
+             ORDER BY revision DESC LIMIT ?4"
+        ))?;
+        let rows = statement.query_map(
             params![
-                pin.template.as_str(),
-                pin.region.as_str(),
-                pin.digest.as_str(),
-                pin.git_sha.as_ref().map(GitSha::as_str),
-                pin.notes.as_ref().map(Notes::as_str),
-                format_time(pin.promoted_at),
-                pin.promoted_by.as_str(),
+                query.template.as_ref().map(TemplateName::as_str),
+                query.region.as_ref().map(Region::as_str),
+                query.before,
+                query.limit as i64,
+            ],
+            |row| Ok(read_history(row)),
+        )?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(row??);
+        }
+        Ok(entries)
+    }
+
+    /// Records a refused write, keeping at most `retain` entries.
+    pub fn record_refusal(&mut self, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO audit (at, actor, template_name, region, action, status, code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                format_time(refusal.at),
+                refusal.actor.as_ref().map(TokenName::as_str),
+                refusal.template.as_ref().map(TemplateName::as_str),
+                refusal.region.as_ref().map(Region::as_str),
+                refusal.action,
+                refusal.status,
+                refusal.code,
             ],
         )?;
+        let newest = tx.last_insert_rowid();
+        tx.execute("DELETE FROM audit WHERE id <= ?1", [newest - retain as i64])?;
         tx.commit()?;
-        Ok(PromoteOutcome::Moved {
-            pin,
-            previous: current.map(|pin| pin.digest),
-        })
+        Ok(())
+    }
+
+    /// Audit entries (refused writes), newest first.
+    pub fn audit(
+        &mut self,
+        limit: usize,
+        before: Option<i64>,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, at, actor, template_name, region, action, status, code FROM audit
+             WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![before, limit as i64], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
+                row.get::<_, Option<String>>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, u16>(6)?,
+                row.get::<_, String>(7)?,
+            ))
+        })?;
+        let mut entries = Vec::new();
+        for row in rows {
+            let (id, at, actor, template, region, action, status, code) = row?;
+            entries.push(AuditEntry {
+                id,
+                refusal: Refusal {
+                    at: parse_time("audit", "at", &at)?,
+                    actor: actor
+                        .map(|name| parse("audit", "actor", TokenName::parse(&name)))
+                        .transpose()?,
+                    template: template
+                        .map(|name| parse("audit", "template_name", TemplateName::parse(&name)))
+                        .transpose()?,
+                    region: region
+                        .map(|name| parse("audit", "region", Region::parse(&name)))
+                        .transpose()?,
+                    action,
+                    status,
+                    code,
+                },
+            });
+        }
+        Ok(entries)
     }
 
     /// Adds or changes a catalog entry. Returns true when it was new.
@@ -283,11 +490,100 @@ fn warn_not_wal(mode: &str) {
     eprintln!("warning: SQLite journal mode is `{mode}`, not `wal`; reads will wait for writes");
 }
 
-fn query_pins(conn: &Connection) -> Result<Vec<PinRecord>, StoreError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT template_name, region, image_digest, git_sha, notes, promoted_at, promoted_by
-         FROM pins ORDER BY template_name, region",
+/// One change of one pin, as `write_change` applies it.
+struct Change<'a> {
+    template: &'a TemplateName,
+    region: &'a Region,
+    from: Option<&'a Digest>,
+    to: &'a Digest,
+    git_sha: Option<&'a GitSha>,
+    notes: Option<&'a Notes>,
+    actor: &'a TokenName,
+    action: Action,
+    at: OffsetDateTime,
+    ci: &'a CiProvenance,
+    /// The sequence this change was sent with (kept in history).
+    build_sequence: Option<i64>,
+    /// The sequence the pin keeps: the newest it has seen.
+    pin_build_sequence: Option<i64>,
+}
+
+/// Appends the history entry, then points the pin at it. The caller owns the
+/// transaction, so both or neither are written.
+fn write_change(tx: &Connection, change: &Change<'_>) -> Result<PinRecord, StoreError> {
+    tx.execute(
+        &format!(
+            "INSERT INTO history ({HISTORY_COLUMNS}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ),
+        params![
+            change.template.as_str(),
+            change.region.as_str(),
+            change.from.map(Digest::as_str),
+            change.to.as_str(),
+            change.git_sha.map(GitSha::as_str),
+            change.notes.map(Notes::as_str),
+            change.actor.as_str(),
+            change.action.as_str(),
+            format_time(change.at),
+            change.ci.run_url.as_ref().map(RunUrl::as_str),
+            change.ci.repository.as_ref().map(Label::as_str),
+            change.ci.workflow.as_ref().map(Label::as_str),
+            change.build_sequence,
+        ],
     )?;
+    let pin = PinRecord {
+        template: change.template.clone(),
+        region: change.region.clone(),
+        digest: change.to.clone(),
+        git_sha: change.git_sha.cloned(),
+        notes: change.notes.cloned(),
+        promoted_at: change.at,
+        promoted_by: change.actor.clone(),
+        revision: tx.last_insert_rowid(),
+        build_sequence: change.pin_build_sequence,
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO pins ({PIN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (template_name, region) DO UPDATE SET
+               image_digest = excluded.image_digest, git_sha = excluded.git_sha,
+               notes = excluded.notes, promoted_at = excluded.promoted_at,
+               promoted_by = excluded.promoted_by, revision = excluded.revision,
+               build_sequence = excluded.build_sequence"
+        ),
+        params![
+            pin.template.as_str(),
+            pin.region.as_str(),
+            pin.digest.as_str(),
+            pin.git_sha.as_ref().map(GitSha::as_str),
+            pin.notes.as_ref().map(Notes::as_str),
+            format_time(pin.promoted_at),
+            pin.promoted_by.as_str(),
+            pin.revision,
+            pin.build_sequence,
+        ],
+    )?;
+    Ok(pin)
+}
+
+fn current_pin(
+    tx: &Connection,
+    template: &TemplateName,
+    region: &Region,
+) -> Result<Option<PinRecord>, StoreError> {
+    tx.query_row(
+        &format!("SELECT {PIN_COLUMNS} FROM pins WHERE template_name = ?1 AND region = ?2"),
+        params![template.as_str(), region.as_str()],
+        |row| Ok(read_pin(row)),
+    )
+    .optional()?
+    .transpose()
+}
+
+fn query_pins(conn: &Connection) -> Result<Vec<PinRecord>, StoreError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {PIN_COLUMNS} FROM pins ORDER BY template_name, region"
+    ))?;
     let rows = statement.query_map([], |row| Ok(read_pin(row)))?;
     let mut pins = Vec::new();
     for row in rows {
@@ -384,6 +680,56 @@ fn read_pin(row: &Row<'_>) -> Result<PinRecord, StoreError> {
             .transpose()?,
         promoted_at: parse_time("pins", "promoted_at", &text(5)?)?,
         promoted_by: parse("pins", "promoted_by", TokenName::parse(&text(6)?))?,
+        revision: row.get(7)?,
+        build_sequence: row.get(8)?,
+    })
+}
+
+/// Reads a history row; the outer `Result` is SQLite's, the inner one ours.
+fn read_history(row: &Row<'_>) -> Result<HistoryEntry, StoreError> {
+    let text = |index: usize| row.get::<_, String>(index);
+    let optional = |index: usize| row.get::<_, Option<String>>(index);
+    let label = |index: usize, column: &'static str| -> Result<Option<Label>, StoreError> {
+        optional(index)?
+            .map(|value| parse("history", column, Label::parse(&value)))
+            .transpose()
+    };
+    let action = match text(8)?.as_str() {
+        "promote" => Action::Promote,
+        "rollback" => Action::Rollback,
+        other => {
+            return Err(StoreError::Corrupt {
+                table: "history",
+                column: "action",
+                reason: format!("unknown action `{other}`"),
+            });
+        }
+    };
+    Ok(HistoryEntry {
+        revision: row.get(0)?,
+        template: parse("history", "template_name", TemplateName::parse(&text(1)?))?,
+        region: parse("history", "region", Region::parse(&text(2)?))?,
+        from_digest: optional(3)?
+            .map(|digest| parse("history", "from_digest", Digest::parse(&digest)))
+            .transpose()?,
+        to_digest: parse("history", "to_digest", Digest::parse(&text(4)?))?,
+        git_sha: optional(5)?
+            .map(|sha| parse("history", "git_sha", GitSha::parse(&sha)))
+            .transpose()?,
+        notes: optional(6)?
+            .map(|notes| parse("history", "notes", Notes::parse(&notes)))
+            .transpose()?,
+        actor: parse("history", "actor", TokenName::parse(&text(7)?))?,
+        action,
+        at: parse_time("history", "at", &text(9)?)?,
+        ci: CiProvenance {
+            run_url: optional(10)?
+                .map(|url| parse("history", "ci_run_url", RunUrl::parse(&url)))
+                .transpose()?,
+            repository: label(11, "repository")?,
+            workflow: label(12, "workflow")?,
+        },
+        build_sequence: row.get(13)?,
     })
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{Fixture, Server, digest, http};
+use crate::support::{Fixture, Server, digest, try_post};
 
 #[test]
 fn acknowledged_promotions_survive_kill_9() {
@@ -32,11 +32,8 @@ fn acknowledged_promotions_survive_kill_9() {
                         let body = format!(
                             r#"{{"template_name":"codex","image_digest":"{d}","region":"{region}"}}"#
                         );
-                        let sent = std::panic::catch_unwind(|| {
-                            http(addr, "POST", "/cp/admin/runtime-image/promote", Some(&token), Some(body.as_bytes()))
-                        });
-                        match sent {
-                            Ok(response) if response.status == 201 => {
+                        match try_post(addr, "/cp/admin/runtime-image/promote", &token, &body) {
+                            Some(response) if response.status == 201 => {
                                 acknowledged.lock().unwrap().push((region, d));
                             }
                             _ => return i,

@@ -10,6 +10,7 @@ mod api;
 mod durability;
 mod gate;
 mod gate_failures;
+mod history;
 mod hostile;
 mod offline;
 mod pipeline;

@@ -30,6 +30,12 @@ pub fn assert_no_secret(what: &str, text: &str) {
     }
 }
 
+/// Registers a string the suite must never see echoed (a wrong token sent on
+/// purpose, say).
+pub fn register_secret(secret: &str) {
+    SECRETS.lock().unwrap().push(secret.to_owned());
+}
+
 pub fn digest(n: u32) -> String {
     format!("sha256:{n:064x}")
 }
@@ -222,6 +228,29 @@ impl Server {
         http(self.addr, "POST", path, Some(token), Some(body.as_bytes()))
     }
 
+    /// All history entries of one template, oldest first, read page by page.
+    pub fn history(&self, token: &str, template: &str) -> Vec<serde_json::Value> {
+        let mut entries = Vec::new();
+        let mut before = String::new();
+        loop {
+            let response = self.get(
+                &format!(
+                    "/cp/admin/runtime-image/history?template_name={template}&limit=1000{before}"
+                ),
+                token,
+            );
+            assert_eq!(response.status, 200, "{response:?}");
+            let page = response.json();
+            entries.extend(page["history"].as_array().unwrap().iter().cloned());
+            match page["next_before"].as_i64() {
+                Some(next) => before = format!("&before={next}"),
+                None => break,
+            }
+        }
+        entries.reverse();
+        entries
+    }
+
     /// The digest `(template, region)` is pinned to, read through the API.
     pub fn pinned(&self, token: &str, template: &str, region: &str) -> Option<String> {
         let response = self.get(
@@ -306,6 +335,24 @@ pub fn http(
     }
     head.push_str("\r\n");
     raw_http(addr, head.as_bytes(), body.unwrap_or_default())
+}
+
+/// A POST that returns `None` instead of failing when the server is gone
+/// (killed mid-request on purpose).
+pub fn try_post(addr: SocketAddr, path: &str, token: &str, body: &str) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    text.contains("\r\n\r\n").then(|| parse_response(&raw))
 }
 
 pub fn raw_http(addr: SocketAddr, head: &[u8], body: &[u8]) -> Response {

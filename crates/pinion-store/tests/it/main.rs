@@ -5,7 +5,8 @@
 
 use pinion_core::{Digest, Region, Repository, Scope, TemplateName, TokenName};
 use pinion_store::{
-    DatabaseUrl, NewToken, PromoteOutcome, Promotion, RuntimeRecord, Store, StoreError,
+    Action, CiProvenance, DatabaseUrl, Expectation, HistoryQuery, NewToken, PromoteOutcome,
+    Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -28,6 +29,10 @@ fn promotion(template: &str, region: &str, digest: Digest) -> Promotion {
         notes: None,
         actor: TokenName::parse("ci").unwrap(),
         at: OffsetDateTime::now_utc(),
+        ci: CiProvenance::default(),
+        expect: Expectation::Any,
+        build_sequence: None,
+        force: false,
     }
 }
 
@@ -214,4 +219,254 @@ fn bump_schema_version(dir: &tempfile::TempDir) -> bool {
         .status()
         .map(|status| status.success())
         .unwrap_or(false)
+}
+
+fn history(store: &mut Store, template: &str) -> Vec<pinion_store::HistoryEntry> {
+    store
+        .history(&HistoryQuery {
+            template: Some(TemplateName::parse(template).unwrap()),
+            limit: 1000,
+            ..HistoryQuery::default()
+        })
+        .unwrap()
+}
+
+#[test]
+fn every_move_appends_one_history_entry_in_a_linear_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    add_template(&mut store, "codex", true);
+    for n in [1, 2, 2, 3] {
+        store
+            .promote(&promotion("codex", "global", digest(n)))
+            .unwrap();
+    }
+    let entries = history(&mut store, "codex");
+    assert_eq!(entries.len(), 3, "the repeat wrote nothing");
+    assert!(
+        entries
+            .windows(2)
+            .all(|pair| pair[0].revision > pair[1].revision),
+        "newest first"
+    );
+    assert_eq!(entries[2].from_digest, None);
+    assert_eq!(entries[1].from_digest, Some(digest(1)));
+    assert_eq!(entries[0].from_digest, Some(digest(2)));
+    assert_eq!(entries[0].to_digest, digest(3));
+    let pin = store.snapshot().unwrap().pins.remove(0);
+    assert_eq!(pin.revision, entries[0].revision);
+}
+
+#[test]
+fn compare_and_swap_refuses_a_stale_expectation_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    add_template(&mut store, "codex", true);
+    let mut first = promotion("codex", "global", digest(1));
+    first.expect = Expectation::Digest(digest(9));
+    assert_eq!(
+        store.promote(&first).unwrap(),
+        PromoteOutcome::Conflict { current: None },
+        "expecting a digest of a pin that does not exist"
+    );
+    store
+        .promote(&promotion("codex", "global", digest(1)))
+        .unwrap();
+    let mut stale = promotion("codex", "global", digest(2));
+    stale.expect = Expectation::Digest(digest(7));
+    assert!(matches!(
+        store.promote(&stale).unwrap(),
+        PromoteOutcome::Conflict { current: Some(_) }
+    ));
+    let mut good = promotion("codex", "global", digest(2));
+    good.expect = Expectation::Digest(digest(1));
+    assert!(matches!(
+        store.promote(&good).unwrap(),
+        PromoteOutcome::Moved { .. }
+    ));
+    let revision = store.snapshot().unwrap().pins[0].revision;
+    let mut by_revision = promotion("codex", "global", digest(3));
+    by_revision.expect = Expectation::Revision(revision - 1);
+    assert!(matches!(
+        store.promote(&by_revision).unwrap(),
+        PromoteOutcome::Conflict { .. }
+    ));
+    by_revision.expect = Expectation::Revision(revision);
+    assert!(matches!(
+        store.promote(&by_revision).unwrap(),
+        PromoteOutcome::Moved { .. }
+    ));
+    assert_eq!(history(&mut store, "codex").len(), 3);
+}
+
+#[test]
+fn an_older_build_cannot_overwrite_a_newer_one_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    add_template(&mut store, "codex", true);
+    let mut newer = promotion("codex", "global", digest(2));
+    newer.build_sequence = Some(20);
+    store.promote(&newer).unwrap();
+    let mut older = promotion("codex", "global", digest(1));
+    older.build_sequence = Some(19);
+    assert!(matches!(
+        store.promote(&older).unwrap(),
+        PromoteOutcome::StaleBuild { .. }
+    ));
+    let unsequenced = promotion("codex", "global", digest(3));
+    assert!(matches!(
+        store.promote(&unsequenced).unwrap(),
+        PromoteOutcome::Moved { .. }
+    ));
+    assert_eq!(
+        store.snapshot().unwrap().pins[0].build_sequence,
+        Some(20),
+        "the newest build is remembered"
+    );
+    assert!(matches!(
+        store.promote(&older).unwrap(),
+        PromoteOutcome::StaleBuild { .. }
+    ));
+    older.force = true;
+    assert!(matches!(
+        store.promote(&older).unwrap(),
+        PromoteOutcome::Moved { .. }
+    ));
+}
+
+fn rollback(to: Option<Digest>) -> Rollback {
+    Rollback {
+        template: TemplateName::parse("codex").unwrap(),
+        region: Region::global(),
+        to,
+        actor: TokenName::parse("oncall").unwrap(),
+        at: OffsetDateTime::now_utc(),
+        notes: None,
+    }
+}
+
+#[test]
+fn rollback_returns_to_the_previous_digest_and_is_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    add_template(&mut store, "codex", true);
+    assert_eq!(
+        store.rollback(&rollback(None)).unwrap(),
+        RollbackOutcome::NoPin
+    );
+    store
+        .promote(&promotion("codex", "global", digest(1)))
+        .unwrap();
+    assert_eq!(
+        store.rollback(&rollback(None)).unwrap(),
+        RollbackOutcome::NoPrevious
+    );
+    store
+        .promote(&promotion("codex", "global", digest(2)))
+        .unwrap();
+    store
+        .promote(&promotion("codex", "global", digest(3)))
+        .unwrap();
+
+    match store.rollback(&rollback(None)).unwrap() {
+        RollbackOutcome::Moved { pin, previous } => {
+            assert_eq!((pin.digest, previous), (digest(2), digest(3)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        store.rollback(&rollback(Some(digest(9)))).unwrap(),
+        RollbackOutcome::NotInHistory
+    );
+    assert!(matches!(
+        store.rollback(&rollback(Some(digest(2)))).unwrap(),
+        RollbackOutcome::Unchanged { .. }
+    ));
+    assert!(matches!(
+        store.rollback(&rollback(Some(digest(1)))).unwrap(),
+        RollbackOutcome::Moved { .. }
+    ));
+    let entries = history(&mut store, "codex");
+    assert_eq!(entries[0].action, Action::Rollback);
+    assert_eq!(entries[0].actor.as_str(), "oncall");
+    assert_eq!(
+        (entries[0].from_digest.clone(), entries[0].to_digest.clone()),
+        (Some(digest(2)), digest(1))
+    );
+    assert_eq!(entries[1].action, Action::Rollback);
+    assert_eq!(entries.len(), 5);
+}
+
+#[test]
+fn history_cannot_be_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    add_template(&mut store, "codex", true);
+    store
+        .promote(&promotion("codex", "global", digest(1)))
+        .unwrap();
+    let db = dir.path().join("p.db");
+    for sql in [
+        "UPDATE history SET to_digest = 'x';",
+        "DELETE FROM history;",
+    ] {
+        let status = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(sql)
+            .output()
+            .unwrap();
+        assert!(!status.status.success(), "{sql} must fail");
+    }
+    assert_eq!(history(&mut store, "codex").len(), 1);
+}
+
+#[test]
+fn history_pages_by_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    add_template(&mut store, "codex", true);
+    for n in 1..=5 {
+        store
+            .promote(&promotion("codex", "global", digest(n)))
+            .unwrap();
+    }
+    let page = store
+        .history(&HistoryQuery {
+            limit: 2,
+            ..HistoryQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page.len(), 2);
+    let next = store
+        .history(&HistoryQuery {
+            limit: 2,
+            before: Some(page[1].revision),
+            ..HistoryQuery::default()
+        })
+        .unwrap();
+    assert_eq!(next[0].revision, page[1].revision - 1);
+    assert_eq!(next[0].to_digest, digest(3));
+}
+
+#[test]
+fn audit_keeps_a_bounded_number_of_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    for n in 0..7u16 {
+        let refusal = Refusal {
+            at: OffsetDateTime::now_utc(),
+            actor: (n % 2 == 0).then(|| TokenName::parse("ci").unwrap()),
+            template: Some(TemplateName::parse("codex").unwrap()),
+            region: None,
+            action: "promote".into(),
+            status: 400 + n,
+            code: format!("code_{n}"),
+        };
+        store.record_refusal(&refusal, 5).unwrap();
+    }
+    let entries = store.audit(100, None).unwrap();
+    assert_eq!(entries.len(), 5);
+    assert_eq!(entries[0].refusal.code, "code_6");
+    assert_eq!(entries[4].refusal.code, "code_2");
+    assert_eq!(store.audit(100, Some(entries[1].id)).unwrap().len(), 3);
 }

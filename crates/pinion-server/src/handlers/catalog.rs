@@ -1,0 +1,84 @@
+//! The template catalog: `GET /cp/runtimes`, `PUT /cp/admin/runtimes/{name}`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use pinion_api::{Runtime, RuntimeList, RuntimeUpdate};
+use pinion_core::{Repository, Scope, TemplateName};
+use pinion_store::RuntimeRecord;
+
+use super::{Attempt, audited, now, optional_field, parse_field, read_json, runtime_body};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn list_runtimes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<RuntimeList>, ApiError> {
+    caller.require(Scope::Read)?;
+    let view = state.view();
+    let runtimes = view
+        .runtimes
+        .values()
+        .filter(|runtime| caller.may_use(&runtime.name))
+        .map(runtime_body)
+        .collect();
+    Ok(Json(RuntimeList { runtimes }))
+}
+
+#[derive(serde::Serialize)]
+struct RuntimeResponse {
+    runtime: Runtime,
+}
+
+pub async fn put_runtime(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut attempt = Attempt::new("put_runtime");
+    let result = put_runtime_inner(&state, &mut attempt, caller, &name, body).await;
+    audited(&state, attempt, result).await
+}
+
+async fn put_runtime_inner(
+    state: &AppState,
+    attempt: &mut Attempt,
+    caller: Result<Caller, ApiError>,
+    name: &str,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = attempt.caller(caller)?;
+    caller.require(Scope::Admin)?;
+    let name = parse_field("template_name", TemplateName::parse(name))?;
+    attempt.template = Some(name.clone());
+    let update: RuntimeUpdate = read_json(body, state.settings().body_limit).await?;
+    let repository = optional_field("image", update.image.as_deref(), Repository::parse)?;
+    caller.require_template(&name)?;
+    let runtime = RuntimeRecord {
+        name,
+        repository,
+        pinnable: update.pinnable,
+    };
+    let stored = runtime.clone();
+    let created = state
+        .write(move |store| store.put_runtime(&stored, now()))
+        .await?;
+    tracing::info!(template = %runtime.name, created, "catalog entry stored");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(RuntimeResponse {
+            runtime: runtime_body(&runtime),
+        }),
+    )
+        .into_response())
+}

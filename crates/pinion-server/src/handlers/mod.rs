@@ -1,0 +1,270 @@
+//! One function per endpoint of the contract. Each one authenticates, parses
+//! its input into domain types, and only then reads or writes. Write
+//! endpoints record their refusals in the audit log.
+
+mod catalog;
+mod health;
+mod history;
+mod pins;
+
+pub use catalog::{list_runtimes, put_runtime};
+pub use health::{healthz, not_found, readyz};
+pub use history::{audit, history};
+pub use pins::{list_pins, promote, resolve, rollback};
+
+use axum::body::Body;
+use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pinion_api::{Pin, Runtime};
+use pinion_core::{ParseError, Region, TemplateName, TokenName};
+use pinion_store::{PinRecord, Refusal, RuntimeRecord};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::{AppState, View};
+
+/// What a write attempt had established when it ended, for the audit log.
+struct Attempt {
+    action: &'static str,
+    actor: Option<TokenName>,
+    template: Option<TemplateName>,
+    region: Option<Region>,
+}
+
+impl Attempt {
+    fn new(action: &'static str) -> Attempt {
+        Attempt {
+            action,
+            actor: None,
+            template: None,
+            region: None,
+        }
+    }
+
+    /// Unwraps the authentication result, remembering who it was.
+    fn caller(&mut self, caller: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
+        let caller = caller?;
+        self.actor = Some(caller.name.clone());
+        Ok(caller)
+    }
+}
+
+/// Passes the answer through, recording it first if it is a refused write
+/// (401, 403, 409, 422). The audit keeps names and codes, never a secret.
+async fn audited(
+    state: &AppState,
+    attempt: Attempt,
+    result: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let Err(error) = &result else { return result };
+    let audited_status = matches!(error.status.as_u16(), 401 | 403 | 409 | 422);
+    if audited_status {
+        let refusal = Refusal {
+            at: now(),
+            actor: attempt.actor,
+            template: attempt.template,
+            region: attempt.region,
+            action: attempt.action.to_owned(),
+            status: error.status.as_u16(),
+            code: error.code.to_owned(),
+        };
+        let retain = state.settings().audit_retention;
+        if let Err(err) = state
+            .write_unserved(move |store| store.record_refusal(&refusal, retain))
+            .await
+        {
+            tracing::warn!(
+                code = err.code,
+                "could not record a refusal in the audit log"
+            );
+        }
+    }
+    result
+}
+
+/// Reads a bounded body and decodes it: 413 when too large, 400 when it is
+/// not JSON, 422 when it is JSON of the wrong shape.
+async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than {limit} bytes or could not be read"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|err| {
+        use serde_json::error::Category;
+        match err.classify() {
+            Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("the request body has the wrong shape: {err}"),
+            ),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the request body is not valid JSON: {err}"),
+            ),
+        }
+    })
+}
+
+fn parse_field<T>(field: &'static str, value: Result<T, ParseError>) -> Result<T, ApiError> {
+    value.map_err(|err| ApiError::invalid(field, &err))
+}
+
+fn optional_field<T>(
+    field: &'static str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, ParseError>,
+) -> Result<Option<T>, ApiError> {
+    value
+        .map(|value| parse_field(field, parse(value)))
+        .transpose()
+}
+
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    // Microseconds are plenty and keep the text a fixed, sortable width.
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}
+
+fn format_time(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+fn image_ref(view: &View, pin: &PinRecord) -> Option<String> {
+    view.runtimes
+        .get(&pin.template)
+        .and_then(|runtime| runtime.repository.as_ref())
+        .map(|repository| format!("{repository}@{}", pin.digest))
+}
+
+fn pin_body(view: &View, pin: &PinRecord) -> Pin {
+    Pin {
+        template_name: pin.template.to_string(),
+        region: pin.region.to_string(),
+        image_digest: pin.digest.to_string(),
+        image_ref: image_ref(view, pin),
+        git_sha: pin.git_sha.as_ref().map(|sha| sha.as_str().to_owned()),
+        notes: pin.notes.as_ref().map(|notes| notes.as_str().to_owned()),
+        promoted_at: format_time(pin.promoted_at),
+        promoted_by: pin.promoted_by.to_string(),
+        revision: pin.revision,
+        build_sequence: pin.build_sequence,
+    }
+}
+
+fn runtime_body(runtime: &RuntimeRecord) -> Runtime {
+    Runtime {
+        name: runtime.name.to_string(),
+        image: runtime.repository.as_ref().map(|repo| repo.to_string()),
+        pinnable: runtime.pinnable,
+    }
+}
+
+/// A 200 JSON answer with an ETag, or a bodiless 304 when the caller already
+/// has it (`If-None-Match`). The tag covers the view's content and who asks
+/// (a template-restricted token sees less), so it is cheap to compute and
+/// equal across replicas holding the same pins.
+fn cached_json(
+    headers: &HeaderMap,
+    view: &View,
+    caller: &Caller,
+    extra: &str,
+    body: &impl Serialize,
+) -> Response {
+    let mut hasher = Sha256::new();
+    hasher.update(view.content_tag);
+    hasher.update(caller.name.as_str());
+    hasher.update([0]);
+    hasher.update(extra);
+    let hash: [u8; 32] = hasher.finalize().into();
+    let tag: String = hash[..12]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let etag = format!("\"{tag}\"");
+    let matches = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.split(',').any(|candidate| {
+                let candidate = candidate.trim();
+                candidate == "*" || candidate.trim_start_matches("W/") == etag
+            })
+        });
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        axum::Json(body).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(ETAG, value);
+    }
+    response
+}
+
+/// A decoded query string. Unknown keys are ignored; a repeated key keeps its
+/// first value.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(raw: Option<&str>) -> Query {
+        Query(
+            form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The value, treating `?key=` like an absent key.
+    fn non_empty(&self, key: &str) -> Option<&str> {
+        self.get(key).filter(|value| !value.is_empty())
+    }
+
+    fn template(&self) -> Result<Option<TemplateName>, ApiError> {
+        self.non_empty("template_name")
+            .map(|value| parse_field("template_name", TemplateName::parse(value)))
+            .transpose()
+    }
+
+    fn region(&self) -> Result<Option<Region>, ApiError> {
+        self.non_empty("region")
+            .map(|value| parse_field("region", Region::parse(value)))
+            .transpose()
+    }
+
+    /// A positive integer parameter within `1..=max`.
+    fn number(&self, key: &'static str, max: i64) -> Result<Option<i64>, ApiError> {
+        self.non_empty(key)
+            .map(|value| {
+                value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|number| (1..=max).contains(number))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "invalid_request",
+                            format!("`{key}` must be a whole number from 1 to {max}"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+}

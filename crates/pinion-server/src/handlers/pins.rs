@@ -1,0 +1,347 @@
+//! Pins: promote, rollback, list, resolve.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::header::{ETAG, IF_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pinion_api::{PinList, PinResponse, PromoteRequest, Resolved, RollbackRequest};
+use pinion_core::{Digest, GitSha, Label, Notes, Region, RunUrl, Scope, TemplateName};
+use pinion_store::{
+    CiProvenance, Expectation, PinRecord, PromoteOutcome, Promotion, Rollback, RollbackOutcome,
+};
+
+use super::{
+    Attempt, Query, audited, cached_json, now, optional_field, parse_field, pin_body, read_json,
+};
+use crate::RegistryCheck;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::{AppState, View};
+
+pub async fn promote(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut attempt = Attempt::new("promote");
+    let result = promote_inner(&state, &mut attempt, caller, &headers, body).await;
+    audited(&state, attempt, result).await
+}
+
+async fn promote_inner(
+    state: &AppState,
+    attempt: &mut Attempt,
+    caller: Result<Caller, ApiError>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = attempt.caller(caller)?;
+    caller.require(Scope::Promote)?;
+    let request: PromoteRequest = read_json(body, state.settings().body_limit).await?;
+    let template = parse_field("template_name", TemplateName::parse(&request.template_name))?;
+    attempt.template = Some(template.clone());
+    let region = match request.region.as_deref() {
+        None => Region::global(),
+        Some(region) => parse_field("region", Region::parse(region))?,
+    };
+    attempt.region = Some(region.clone());
+    let digest = parse_field("image_digest", Digest::parse(&request.image_digest))?;
+    let git_sha = optional_field("git_sha", request.git_sha.as_deref(), GitSha::parse)?;
+    let notes = optional_field("notes", request.notes.as_deref(), Notes::parse)?;
+    let expected = optional_field(
+        "expected_digest",
+        request.expected_digest.as_deref(),
+        Digest::parse,
+    )?;
+    let ci = CiProvenance {
+        run_url: optional_field("ci_run_url", request.ci_run_url.as_deref(), RunUrl::parse)?,
+        repository: optional_field("repository", request.repository.as_deref(), Label::parse)?,
+        workflow: optional_field("workflow", request.workflow.as_deref(), Label::parse)?,
+    };
+    if request.build_sequence.is_some_and(|sequence| sequence < 0) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_build_sequence",
+            "`build_sequence` must not be negative",
+        ));
+    }
+    let expect = match (expected, if_match(headers)?) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "give `expected_digest` or `If-Match`, not both",
+            ));
+        }
+        (Some(digest), None) => Expectation::Digest(digest),
+        (None, Some(revision)) => Expectation::Revision(revision),
+        (None, None) => Expectation::Any,
+    };
+    if state.settings().require_provenance && (git_sha.is_none() || ci.run_url.is_none()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provenance_required",
+            "this control plane requires `git_sha` and `ci_run_url` on every promotion",
+        ));
+    }
+    caller.require_template(&template)?;
+    if state.settings().registry_check != RegistryCheck::Off {
+        tracing::debug!("registry existence check is not available in this build; skipped");
+    }
+
+    let promotion = Promotion {
+        template,
+        region,
+        digest,
+        git_sha,
+        notes,
+        ci,
+        actor: caller.name.clone(),
+        at: now(),
+        expect,
+        build_sequence: request.build_sequence,
+        force: request.force,
+    };
+    let requested = promotion.clone();
+    let outcome = state.write(move |store| store.promote(&promotion)).await?;
+    let view = state.view();
+    match outcome {
+        PromoteOutcome::Moved { pin, previous } => {
+            tracing::info!(
+                template = %pin.template, region = %pin.region, digest = %pin.digest,
+                previous = previous.as_ref().map(Digest::as_str).unwrap_or("none"),
+                revision = pin.revision,
+                "pin moved"
+            );
+            Ok(pin_answer(StatusCode::CREATED, &view, &pin))
+        }
+        PromoteOutcome::Unchanged { pin } => Ok(pin_answer(StatusCode::OK, &view, &pin)),
+        PromoteOutcome::UnknownTemplate => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_template",
+            format!(
+                "template `{0}` is not in the catalog; add it with `PUT /cp/admin/runtimes/{0}` or `pinion template add`",
+                requested.template
+            ),
+        )),
+        PromoteOutcome::NotPinnable => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "template_not_pinnable",
+            format!(
+                "template `{}` is marked not pinnable in the catalog",
+                requested.template
+            ),
+        )),
+        PromoteOutcome::Conflict { current } => {
+            let now_at = match &current {
+                Some(pin) => format!("is at `{}` (revision {})", pin.digest, pin.revision),
+                None => "does not exist".to_owned(),
+            };
+            let expected = match &requested.expect {
+                Expectation::Digest(digest) => format!("`{digest}`"),
+                Expectation::Revision(revision) => format!("revision {revision}"),
+                Expectation::Any => "anything".to_owned(),
+            };
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "pin_conflict",
+                format!(
+                    "pin for `{}`/`{}` {now_at}, not at the expected {expected}; nothing was changed",
+                    requested.template, requested.region
+                ),
+            )
+            .with_pin(current.as_ref().map(|pin| pin_body(&view, pin))))
+        }
+        PromoteOutcome::StaleBuild { current } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_build",
+            format!(
+                "pin for `{}`/`{}` was promoted by build {}; build {} is older (send `force` to override)",
+                requested.template,
+                requested.region,
+                current.build_sequence.unwrap_or_default(),
+                requested.build_sequence.unwrap_or_default()
+            ),
+        )
+        .with_pin(Some(pin_body(&view, &current)))),
+    }
+}
+
+/// `{"pin": …}` with the pin's revision as its ETag.
+fn pin_answer(status: StatusCode, view: &View, pin: &PinRecord) -> Response {
+    let mut response = (
+        status,
+        Json(PinResponse {
+            pin: pin_body(view, pin),
+        }),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{}\"", pin.revision)) {
+        response.headers_mut().insert(ETAG, value);
+    }
+    response
+}
+
+/// `If-Match: "<revision>"`, the ETag a promote answer carried.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| {
+            text.trim()
+                .strip_prefix('"')?
+                .strip_suffix('"')?
+                .parse::<i64>()
+                .ok()
+        })
+        .filter(|revision| *revision >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_if_match",
+                "`If-Match` must be a pin revision in quotes, as the `ETag` of a promote answer",
+            )
+        })
+}
+
+pub async fn rollback(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut attempt = Attempt::new("rollback");
+    let result = rollback_inner(&state, &mut attempt, caller, body).await;
+    audited(&state, attempt, result).await
+}
+
+async fn rollback_inner(
+    state: &AppState,
+    attempt: &mut Attempt,
+    caller: Result<Caller, ApiError>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = attempt.caller(caller)?;
+    caller.require(Scope::Promote)?;
+    let request: RollbackRequest = read_json(body, state.settings().body_limit).await?;
+    let template = parse_field("template_name", TemplateName::parse(&request.template_name))?;
+    attempt.template = Some(template.clone());
+    let region = match request.region.as_deref() {
+        None => Region::global(),
+        Some(region) => parse_field("region", Region::parse(region))?,
+    };
+    attempt.region = Some(region.clone());
+    let to = optional_field("to_digest", request.to_digest.as_deref(), Digest::parse)?;
+    let notes = optional_field("notes", request.notes.as_deref(), Notes::parse)?;
+    caller.require_template(&template)?;
+    let rollback = Rollback {
+        template: template.clone(),
+        region: region.clone(),
+        to,
+        actor: caller.name.clone(),
+        at: now(),
+        notes,
+    };
+    let outcome = state.write(move |store| store.rollback(&rollback)).await?;
+    let view = state.view();
+    let what = format!("`{template}`/`{region}`");
+    match outcome {
+        RollbackOutcome::Moved { pin, previous } => {
+            tracing::info!(template = %pin.template, region = %pin.region, digest = %pin.digest,
+                previous = %previous, revision = pin.revision, "pin rolled back");
+            Ok(pin_answer(StatusCode::CREATED, &view, &pin))
+        }
+        RollbackOutcome::Unchanged { pin } => Ok(pin_answer(StatusCode::OK, &view, &pin)),
+        RollbackOutcome::NoPin => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "runtime_pin_missing",
+            format!("no pin for {what} to roll back"),
+        )),
+        RollbackOutcome::NoPrevious => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nothing_to_roll_back",
+            format!("the pin for {what} has no earlier digest in its history"),
+        )),
+        RollbackOutcome::NotInHistory => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "digest_not_in_history",
+            format!("the pin for {what} never pointed at that digest; promote it instead"),
+        )),
+    }
+}
+
+pub async fn list_pins(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let query = Query::parse(raw.as_deref());
+    let template = query.template()?;
+    let region = query.region()?;
+    let view = state.view();
+    let pins = view
+        .pins
+        .values()
+        .filter(|pin| template.as_ref().is_none_or(|t| *t == pin.template))
+        .filter(|pin| region.as_ref().is_none_or(|r| *r == pin.region))
+        .filter(|pin| caller.may_use(&pin.template))
+        .map(|pin| pin_body(&view, pin))
+        .collect();
+    let filter = format!(
+        "list\0{}\0{}",
+        template.as_ref().map(TemplateName::as_str).unwrap_or(""),
+        region.as_ref().map(Region::as_str).unwrap_or("")
+    );
+    Ok(cached_json(
+        &headers,
+        &view,
+        &caller,
+        &filter,
+        &PinList { pins },
+    ))
+}
+
+pub async fn resolve(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
+    let query = Query::parse(raw.as_deref());
+    let template = parse_field(
+        "template_name",
+        TemplateName::parse(query.get("template_name").unwrap_or_default()),
+    )?;
+    let region = query.region()?.unwrap_or_default();
+    caller.require_template(&template)?;
+    let view = state.view();
+    let pin = view
+        .pins
+        .get(&(template.clone(), region.clone()))
+        .or_else(|| view.pins.get(&(template.clone(), Region::global())))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "runtime_pin_missing",
+                format!("no pin for template `{template}` in region `{region}` nor in `global`"),
+            )
+        })?;
+    let resolved = Resolved {
+        template_name: template.to_string(),
+        region: region.to_string(),
+        matched_region: pin.region.to_string(),
+        image_digest: pin.digest.to_string(),
+        image_ref: super::image_ref(&view, pin),
+    };
+    let key = format!("resolve\0{template}\0{region}");
+    Ok(cached_json(&headers, &view, &caller, &key, &resolved))
+}
