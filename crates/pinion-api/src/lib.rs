@@ -192,6 +192,36 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+/// `GET /cp/admin/runtime-image/drift`: the drift watcher's latest report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DriftReport {
+    /// When the last check finished (RFC 3339); null before the first.
+    pub checked_at: Option<String>,
+    /// The tag every pin is compared with.
+    pub tag: String,
+    pub pins: Vec<DriftEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DriftEntry {
+    pub template_name: String,
+    pub region: String,
+    /// The pinned digest; null for `unpinned`.
+    pub image_digest: Option<String>,
+    /// What the tag points at now; null when missing or unknown.
+    pub tag_digest: Option<String>,
+    /// `current`, `stale`, `tag_missing`, `unpinned`, or `error`.
+    pub status: String,
+    /// When the pin was first seen behind this tag digest.
+    #[serde(default)]
+    pub stale_since: Option<String>,
+    /// Seconds since `stale_since`.
+    #[serde(default)]
+    pub behind_seconds: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {

@@ -29,6 +29,52 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Show who moved which pin, when, from what, newest first.
     History(HistoryArgs),
+    /// Print the manifest digest an image reference points at, alone on stdout.
+    Digest(DigestArgs),
+    /// Compare every pin with what its repository's tag points at now.
+    Drift(DriftArgs),
+}
+
+/// How to reach registries.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Reach this registry (`host:port`) over plain HTTP (loopback ones always are). Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST",
+        env = "PINION_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Seconds each registry request may take.
+    #[arg(
+        long = "registry-timeout",
+        value_name = "SECONDS",
+        default_value_t = 20
+    )]
+    pub registry_timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DigestArgs {
+    /// `repository[:tag]` or `repository@sha256:…`.
+    pub image: String,
+    /// For a multi-platform image, the platform's manifest (`os/arch[/variant]`).
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    /// The tag every pin is compared with.
+    #[arg(long, default_value = "latest")]
+    pub tag: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +102,14 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is answered with 408.
     #[arg(long, env = "PINION_REQUEST_TIMEOUT", default_value_t = 30)]
     pub request_timeout: u64,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// How often the drift watcher checks every pin's tag: `300`, `30s`, `5m`, `500ms`.
+    #[arg(long, env = "PINION_DRIFT_INTERVAL", default_value = "5m")]
+    pub drift_interval: String,
+    /// The tag the drift watcher compares pins with.
+    #[arg(long, env = "PINION_DRIFT_TAG", default_value = "latest")]
+    pub drift_tag: String,
     /// Refuse promotions that carry no `git_sha` and `ci_run_url`.
     #[arg(long, env = "PINION_REQUIRE_PROVENANCE", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
     pub require_provenance: bool,

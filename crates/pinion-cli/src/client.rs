@@ -123,6 +123,25 @@ impl Client {
         Ok(Promoted { status, pin })
     }
 
+    /// GETs an API path and decodes the JSON answer; any status but 200 is an error.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        target: &Target,
+        path: &str,
+    ) -> Result<T, String> {
+        let url = endpoint(&target.base, path);
+        let (status, body) = self.send(target, || self.http.get(url.clone())).await?;
+        if status != StatusCode::OK {
+            return Err(unexpected_status(status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|err| {
+            format!(
+                "server answered 200 to `/{path}` with an unexpected body ({err}): {}",
+                preview(&body)
+            )
+        })
+    }
+
     /// One page of history, newest first.
     pub async fn history(
         &self,

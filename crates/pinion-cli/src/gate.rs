@@ -62,7 +62,7 @@ fn parse_pin(args: &PinArgs) -> Result<PinSpec, String> {
 }
 
 /// Resolves `--server` / `--target` and their tokens before any request.
-fn parse_targets(
+pub fn parse_targets(
     remote: &Remote,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<Target>, String> {
@@ -150,7 +150,7 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-fn environment(name: &str) -> Option<String> {
+pub fn environment(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
@@ -455,7 +455,7 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
     )
 }
 
-fn timeout(remote: &Remote) -> Result<Duration, String> {
+pub fn timeout(remote: &Remote) -> Result<Duration, String> {
     if remote.timeout == 0 || remote.timeout > 3600 {
         return Err("--timeout must be from 1 to 3600 seconds".into());
     }

@@ -6,7 +6,9 @@ mod actions;
 mod admin;
 mod cli;
 mod client;
+mod drift;
 mod gate;
+mod registry;
 
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ fn main() -> std::process::ExitCode {
         Command::Verify(args) => runtime(gate::verify(args)),
         Command::Rollback(args) => runtime(gate::rollback(args)),
         Command::History(args) => runtime(gate::history(args)),
+        Command::Digest(args) => runtime(registry::digest(args)),
+        Command::Drift(args) => runtime(drift::drift(args)),
     };
     std::process::ExitCode::from(code as u8)
 }
@@ -75,6 +79,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     settings.request_timeout = Duration::from_secs(args.request_timeout);
     settings.require_provenance = args.require_provenance;
+    settings.registry = registry::settings(&args.registry).map_err(anyhow::Error::msg)?;
+    settings.drift_interval = parse_interval(&args.drift_interval).map_err(anyhow::Error::msg)?;
+    settings.drift_tag = pinion_registry::Tag::parse(&args.drift_tag)
+        .map_err(|err| anyhow::anyhow!("--drift-tag: {err}"))?;
     if args.audit_retention == 0 {
         anyhow::bail!("--audit-retention must be at least 1");
     }
@@ -90,6 +98,37 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pinion_server::run(settings, listener, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// `300` (seconds), `30s`, `5m`, `1h` or `500ms`; at least 100 ms.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        format!(
+            "interval `{}` must be a number with an optional unit (ms, s, m, h)",
+            text.escape_debug()
+        )
+    })?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(number),
+        "ms" => Duration::from_millis(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "interval unit `{}` must be ms, s, m or h",
+                unit.escape_debug()
+            ));
+        }
+    };
+    if duration < Duration::from_millis(100) {
+        return Err("the drift interval must be at least 100ms".into());
+    }
+    Ok(duration)
 }
 
 /// Completes on SIGTERM or ctrl-c (SIGINT).

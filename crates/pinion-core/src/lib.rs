@@ -5,11 +5,13 @@
 //! never has to ask whether it is well-formed. This crate does no IO and reads
 //! no clock, so it can be tested exhaustively and used by every other crate.
 
+mod drift;
 mod name;
 mod reference;
 mod scope;
 mod text;
 
+pub use drift::DriftStatus;
 pub use name::{Region, TemplateName, TokenName};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;

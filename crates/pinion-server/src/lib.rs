@@ -6,6 +6,7 @@
 //! start it on port 0 and `pinion serve` passes SIGTERM / ctrl-c.
 
 mod auth;
+mod drift;
 mod error;
 mod handlers;
 mod middleware;
@@ -67,6 +68,12 @@ pub struct Settings {
     pub require_provenance: bool,
     /// How many refused writes the audit log keeps.
     pub audit_retention: usize,
+    /// How registries are reached (existence check, drift watcher).
+    pub registry: pinion_registry::RegistrySettings,
+    /// How often the drift watcher runs.
+    pub drift_interval: Duration,
+    /// The tag pins are compared with.
+    pub drift_tag: pinion_registry::Tag,
 }
 
 impl Settings {
@@ -79,6 +86,9 @@ impl Settings {
             reload_interval: Duration::from_secs(1),
             require_provenance: false,
             audit_retention: 10_000,
+            registry: pinion_registry::RegistrySettings::default(),
+            drift_interval: Duration::from_secs(300),
+            drift_tag: pinion_registry::Tag::latest(),
         }
     }
 }
@@ -90,6 +100,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("the listener failed")]
     Io(#[from] std::io::Error),
+    #[error("could not set up the registry client")]
+    Registry(#[from] pinion_registry::RegistryError),
 }
 
 /// The router with every endpoint and layer; shared by `run` and tests.
@@ -104,6 +116,8 @@ fn router(state: AppState) -> Router {
         .route("/cp/runtime-image/resolve", get(handlers::resolve))
         .route("/cp/runtimes", get(handlers::list_runtimes))
         .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
+        .route("/cp/admin/runtime-image/drift", get(handlers::drift))
+        .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
@@ -121,24 +135,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if settings.registry_check != RegistryCheck::Off {
-        tracing::warn!(
-            mode = ?settings.registry_check,
-            "registry existence checks are not available in this build; promotions are not checked against a registry"
-        );
-    }
     let reload_interval = settings.reload_interval;
     let open_settings = settings.clone();
     let state = tokio::task::spawn_blocking(move || AppState::open(open_settings))
         .await
         .map_err(std::io::Error::other)??;
     let watcher = tokio::spawn(watch_database(state.clone(), reload_interval));
+    let drift_watcher = tokio::spawn(drift::watch(state.clone()));
     let address = listener.local_addr()?;
     tracing::info!("listening on http://{address}");
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();
+    drift_watcher.abort();
     tracing::info!("stopped");
     Ok(result?)
 }

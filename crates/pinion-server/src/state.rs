@@ -13,8 +13,11 @@ use pinion_core::{Region, TemplateName};
 use pinion_store::{PinRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRecord};
 use sha2::{Digest as _, Sha256};
 
-use crate::Settings;
+use pinion_registry::Registry;
+
+use crate::drift::Drift;
 use crate::error::ApiError;
+use crate::{ServeError, Settings};
 
 /// What the read path serves, indexed for lookups.
 #[derive(Debug, Default)]
@@ -82,6 +85,8 @@ pub struct AppState {
 
 struct Inner {
     settings: Settings,
+    registry: Arc<Registry>,
+    drift: Drift,
     /// The one connection that writes; SQLite allows one writer at a time.
     writer: Mutex<Store>,
     /// Reads snapshots and pings. Its lock also orders view replacements, so
@@ -98,13 +103,17 @@ struct ReaderState {
 
 impl AppState {
     /// Opens both connections (running migrations) and loads the first view.
-    pub fn open(settings: Settings) -> Result<AppState, StoreError> {
+    pub fn open(settings: Settings) -> Result<AppState, ServeError> {
         let writer = Store::open(&settings.database)?;
         let mut reader = Store::open(&settings.database)?;
         let seen_version = reader.data_version()?;
         let view = View::from_snapshot(reader.snapshot()?);
+        let registry = Arc::new(Registry::new(settings.registry.clone())?);
+        let drift = Drift::new(settings.drift_tag.as_str());
         Ok(AppState {
             inner: Arc::new(Inner {
+                registry,
+                drift,
                 settings,
                 writer: Mutex::new(writer),
                 reader: Mutex::new(ReaderState {
@@ -118,6 +127,14 @@ impl AppState {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    pub fn registry(&self) -> Arc<Registry> {
+        self.inner.registry.clone()
+    }
+
+    pub fn drift(&self) -> &Drift {
+        &self.inner.drift
     }
 
     /// The current view; cheap (one `Arc` clone).

@@ -12,5 +12,7 @@ mod gate;
 mod gate_failures;
 mod history;
 mod hostile;
+mod oci;
 mod offline;
 mod pipeline;
+mod registry;

@@ -433,6 +433,9 @@ pub enum Fault {
     Hang,
     /// Redirect to this URL.
     Redirect(String),
+    /// A registry that lies: answers every request with 200, this body, and a
+    /// `Docker-Content-Digest` that is not the body's.
+    LyingRegistry(String, String),
 }
 
 /// A fault-injecting HTTP server on a free port; it records what it received.
@@ -464,6 +467,13 @@ impl FaultServer {
                             let _ = write!(
                                 stream,
                                 "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                        }
+                        Fault::LyingRegistry(body, claimed) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {claimed}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                                 body.len()
                             );
                         }

@@ -6,11 +6,13 @@ mod catalog;
 mod health;
 mod history;
 mod pins;
+mod watch;
 
 pub use catalog::{list_runtimes, put_runtime};
 pub use health::{healthz, not_found, readyz};
 pub use history::{audit, history};
 pub use pins::{list_pins, promote, resolve, rollback};
+pub use watch::{drift, metrics};
 
 use axum::body::Body;
 use axum::http::header::{ETAG, IF_NONE_MATCH};

@@ -88,9 +88,7 @@ async fn promote_inner(
         ));
     }
     caller.require_template(&template)?;
-    if state.settings().registry_check != RegistryCheck::Off {
-        tracing::debug!("registry existence check is not available in this build; skipped");
-    }
+    check_registry(state, &template, &digest).await?;
 
     let promotion = Promotion {
         template,
@@ -167,6 +165,62 @@ async fn promote_inner(
             ),
         )
         .with_pin(Some(pin_body(&view, &current)))),
+    }
+}
+
+/// Confirms the digest exists in the template's repository before anything
+/// is written (`require`), or only logs when it does not (`warn`).
+async fn check_registry(
+    state: &AppState,
+    template: &TemplateName,
+    digest: &Digest,
+) -> Result<(), ApiError> {
+    let mode = state.settings().registry_check;
+    if mode == RegistryCheck::Off {
+        return Ok(());
+    }
+    let require = mode == RegistryCheck::Require;
+    let view = state.view();
+    let Some(runtime) = view.runtimes.get(template) else {
+        // Not in the catalog: the store answers `unknown_template`.
+        return Ok(());
+    };
+    let Some(repository) = runtime.repository.clone() else {
+        if require {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "no_repository",
+                format!(
+                    "template `{template}` has no repository in the catalog, so the digest cannot be checked"
+                ),
+            ));
+        }
+        tracing::warn!(%template, "template has no repository; digest not checked");
+        return Ok(());
+    };
+    match state.registry().exists(&repository, digest).await {
+        Ok(true) => Ok(()),
+        Ok(false) if require => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "digest_not_in_registry",
+            format!("`{repository}@{digest}` does not exist in the registry; nothing was changed"),
+        )),
+        Ok(false) => {
+            tracing::warn!(%repository, %digest, "digest not in the registry; promoting anyway (registry check is `warn`)");
+            Ok(())
+        }
+        Err(err) if require => {
+            tracing::warn!(%repository, error = %err, "registry check failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry_unavailable",
+                format!("could not confirm the digest: {err}; nothing was changed"),
+            ))
+        }
+        Err(err) => {
+            tracing::warn!(%repository, error = %err, "registry check failed; promoting anyway (registry check is `warn`)");
+            Ok(())
+        }
     }
 }
 

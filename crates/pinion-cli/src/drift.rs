@@ -1,0 +1,312 @@
+//! `pinion drift`: for every pin on every target, what the template's
+//! repository tag points at now, from this machine's view of the registry.
+//! Exit 1 if any pin is stale; 2 if anything could not be checked.
+
+use std::collections::{BTreeMap, HashMap};
+
+use pinion_api::{DriftReport, PinList, RuntimeList};
+use pinion_core::{Digest, DriftStatus, Repository};
+use pinion_registry::{Reference, Registry, RegistryError, Tag};
+use serde::Serialize;
+
+use crate::ExitCode;
+use crate::actions;
+use crate::cli::{DriftArgs, Format};
+use crate::client::{Client, Target};
+use crate::gate::{environment, parse_targets, timeout};
+
+#[derive(Debug, Serialize)]
+struct Row {
+    template_name: String,
+    region: String,
+    image_digest: Option<String>,
+    tag_digest: Option<String>,
+    /// `current`, `stale`, `tag_missing`, `unpinned`, `error`.
+    status: String,
+    /// How long the server's watcher has seen this pin behind, if it has.
+    behind_seconds: Option<i64>,
+    promoted_at: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetDrift {
+    target: String,
+    server: String,
+    ok: bool,
+    error: Option<String>,
+    pins: Vec<Row>,
+}
+
+#[derive(Debug, Serialize)]
+struct Disagreement {
+    template_name: String,
+    region: String,
+    /// target name → pinned digest.
+    digests: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    command: &'static str,
+    ok: bool,
+    tag: String,
+    targets: Vec<TargetDrift>,
+    disagreements: Vec<Disagreement>,
+}
+
+pub async fn drift(args: DriftArgs) -> ExitCode {
+    let prepared = (|| {
+        let tag = Tag::parse(&args.tag).map_err(|err| format!("--tag: {err}"))?;
+        let targets = parse_targets(&args.remote, &environment)?;
+        let client = Client::new(timeout(&args.remote)?)?;
+        let registry = Registry::new(crate::registry::settings(&args.registry)?)
+            .map_err(|err| err.to_string())?;
+        Ok::<_, String>((tag, targets, client, registry))
+    })();
+    let (tag, targets, client, registry) = match prepared {
+        Ok(prepared) => prepared,
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            actions::error_annotation(&format!("pinion drift: {reason}"));
+            return ExitCode::Error;
+        }
+    };
+    // One registry lookup per repository, shared by every target.
+    let mut answers: HashMap<Repository, Result<Option<Digest>, String>> = HashMap::new();
+    let mut results = Vec::new();
+    for target in &targets {
+        results.push(check_target(&client, &registry, target, &tag, &mut answers).await);
+    }
+    let disagreements = disagreements(&results);
+    let stale = results
+        .iter()
+        .flat_map(|t| &t.pins)
+        .any(|row| row.status == "stale");
+    let broken = results.iter().any(|t| !t.ok);
+    let report = Report {
+        command: "drift",
+        ok: !stale && !broken,
+        tag: tag.to_string(),
+        targets: results,
+        disagreements,
+    };
+    print(&report, args.remote.format);
+    actions::write_output(&[
+        ("ok", report.ok.to_string()),
+        ("stale", stale.to_string()),
+        ("json", serde_json::to_string(&report).unwrap_or_default()),
+    ]);
+    if broken {
+        ExitCode::Error
+    } else if stale {
+        ExitCode::No
+    } else {
+        ExitCode::Success
+    }
+}
+
+async fn check_target(
+    client: &Client,
+    registry: &Registry,
+    target: &Target,
+    tag: &Tag,
+    answers: &mut HashMap<Repository, Result<Option<Digest>, String>>,
+) -> TargetDrift {
+    let mut result = TargetDrift {
+        target: target.name.clone(),
+        server: target.base.to_string(),
+        ok: true,
+        error: None,
+        pins: Vec::new(),
+    };
+    let fetched = async {
+        let catalog: RuntimeList = client.get_json(target, "cp/runtimes").await?;
+        let pins: PinList = client.get_json(target, "cp/admin/runtime-image").await?;
+        Ok::<_, String>((catalog, pins))
+    }
+    .await;
+    let (catalog, pins) = match fetched {
+        Ok(fetched) => fetched,
+        Err(reason) => {
+            result.ok = false;
+            result.error = Some(reason);
+            return result;
+        }
+    };
+    // The watcher's report says since when a pin is behind; optional.
+    let watched: Option<DriftReport> = client
+        .get_json(target, "cp/admin/runtime-image/drift")
+        .await
+        .ok();
+    for runtime in &catalog.runtimes {
+        let Some(repository) = runtime
+            .image
+            .as_deref()
+            .and_then(|image| Repository::parse(image).ok())
+        else {
+            continue;
+        };
+        if !answers.contains_key(&repository) {
+            let answer = match registry
+                .manifest(&repository, &Reference::Tag(tag.clone()))
+                .await
+            {
+                Ok(manifest) => Ok(Some(manifest.digest)),
+                Err(RegistryError::NotFound(_)) => Ok(None),
+                Err(err) => Err(err.to_string()),
+            };
+            answers.insert(repository.clone(), answer);
+        }
+        let answer = answers.get(&repository).cloned().unwrap_or(Ok(None));
+        let template_pins: Vec<_> = pins
+            .pins
+            .iter()
+            .filter(|pin| pin.template_name == runtime.name)
+            .collect();
+        let rows: Vec<(Option<&pinion_api::Pin>, String)> = if template_pins.is_empty() {
+            vec![(None, "global".to_owned())]
+        } else {
+            template_pins
+                .into_iter()
+                .map(|pin| (Some(pin), pin.region.clone()))
+                .collect()
+        };
+        for (pin, region) in rows {
+            let pinned = pin.and_then(|pin| Digest::parse(&pin.image_digest).ok());
+            let (status, tag_digest, error) = match &answer {
+                Ok(tag_digest) => (
+                    DriftStatus::classify(pinned.as_ref(), tag_digest.as_ref())
+                        .as_str()
+                        .to_owned(),
+                    tag_digest.as_ref().map(ToString::to_string),
+                    None,
+                ),
+                Err(reason) => ("error".to_owned(), None, Some(reason.clone())),
+            };
+            if status == "error" {
+                result.ok = false;
+            }
+            let behind_seconds = watched.as_ref().and_then(|report| {
+                report
+                    .pins
+                    .iter()
+                    .find(|entry| {
+                        entry.template_name == runtime.name
+                            && entry.region == region
+                            && entry.tag_digest == tag_digest
+                            && entry.status == "stale"
+                    })
+                    .and_then(|entry| entry.behind_seconds)
+            });
+            result.pins.push(Row {
+                template_name: runtime.name.clone(),
+                region,
+                image_digest: pinned.map(|digest| digest.to_string()),
+                tag_digest,
+                status,
+                behind_seconds,
+                promoted_at: pin.map(|pin| pin.promoted_at.clone()),
+                error,
+            });
+        }
+    }
+    if result.error.is_none() && !result.ok {
+        result.error = Some("some repositories could not be checked".into());
+    }
+    result
+}
+
+/// Pins that several targets hold for the same template and region, at
+/// different digests.
+fn disagreements(results: &[TargetDrift]) -> Vec<Disagreement> {
+    let mut seen: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
+    for target in results {
+        for row in &target.pins {
+            if let Some(digest) = &row.image_digest {
+                seen.entry((row.template_name.clone(), row.region.clone()))
+                    .or_default()
+                    .insert(target.target.clone(), digest.clone());
+            }
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, digests)| {
+            let mut values: Vec<&String> = digests.values().collect();
+            values.dedup();
+            digests.len() > 1 && values.len() > 1
+        })
+        .map(|((template_name, region), digests)| Disagreement {
+            template_name,
+            region,
+            digests,
+        })
+        .collect()
+}
+
+fn print(report: &Report, format: Format) {
+    if format == Format::Json {
+        match serde_json::to_string_pretty(report) {
+            Ok(json) => println!("{json}"),
+            Err(err) => eprintln!("error: could not render the report: {err}"),
+        }
+    } else {
+        println!(
+            "{:<12} {:<24} {:<14} {:<12} {:<14} {:<14} behind",
+            "target", "template", "region", "status", "pinned", "tag"
+        );
+        let short = |digest: &Option<String>| {
+            digest.as_deref().map_or("-".to_owned(), |d| {
+                d.trim_start_matches("sha256:").chars().take(12).collect()
+            })
+        };
+        for target in &report.targets {
+            for row in &target.pins {
+                let behind = row
+                    .behind_seconds
+                    .map_or("-".to_owned(), |seconds| format!("{seconds}s"));
+                println!(
+                    "{:<12} {:<24} {:<14} {:<12} {:<14} {:<14} {behind}",
+                    target.target,
+                    row.template_name,
+                    row.region,
+                    row.status,
+                    short(&row.image_digest),
+                    short(&row.tag_digest)
+                );
+            }
+        }
+    }
+    for target in &report.targets {
+        if let Some(reason) = &target.error {
+            eprintln!("error: {}: {reason}", target.target);
+            actions::error_annotation(&format!("pinion drift: {}: {reason}", target.target));
+        }
+        for row in target.pins.iter().filter(|row| row.status == "stale") {
+            let message = format!(
+                "{}: pin `{}`/`{}` is stale: `{}` points at `{}`, the pin at `{}`",
+                target.target,
+                row.template_name,
+                row.region,
+                report.tag,
+                row.tag_digest.as_deref().unwrap_or("?"),
+                row.image_digest.as_deref().unwrap_or("?")
+            );
+            eprintln!("stale: {message}");
+            actions::error_annotation(&format!("pinion drift: {message}"));
+        }
+    }
+    for disagreement in &report.disagreements {
+        let pairs: Vec<String> = disagreement
+            .digests
+            .iter()
+            .map(|(target, digest)| format!("{target}=`{digest}`"))
+            .collect();
+        eprintln!(
+            "warning: targets disagree on `{}`/`{}`: {}",
+            disagreement.template_name,
+            disagreement.region,
+            pairs.join(", ")
+        );
+    }
+}

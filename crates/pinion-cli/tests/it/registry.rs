@@ -1,0 +1,416 @@
+//! Registry truth, against a real registry: `pinion digest`, the existence
+//! check on promote, `pinion drift` and the server's drift watcher.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::oci::{Auth, TestRegistry};
+use crate::support::{
+    Env, Fault, FaultServer, Server, closed_port, digest, pinion, register_secret, run,
+};
+
+fn pinion_digest(image: &str, extra: &[&str], env: &[(&str, &str)]) -> crate::support::Output {
+    run(pinion()
+        .arg("digest")
+        .arg(image)
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("HOME", "/nonexistent"))
+}
+
+#[test]
+fn digest_equals_skopeo_for_an_image_and_an_index() {
+    let registry = TestRegistry::start(Auth::None);
+    let single = registry.push_image("team/codex", "v1", "one");
+    let out = pinion_digest(
+        &format!("{}:v1", registry.repository("team/codex")),
+        &[],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("{single}\n"),
+        "the digest alone on stdout"
+    );
+
+    let (index, amd64, arm64) = registry.push_index("team/multi", "latest", "two");
+    let out = pinion_digest(&registry.repository("team/multi"), &[], &[]);
+    assert_eq!(
+        out.stdout.trim(),
+        index,
+        "the index digest, as skopeo reports it"
+    );
+    let out = pinion_digest(
+        &registry.repository("team/multi"),
+        &["--platform", "linux/amd64"],
+        &[],
+    );
+    assert_eq!(out.stdout.trim(), amd64);
+    let out = pinion_digest(
+        &registry.repository("team/multi"),
+        &["--platform", "linux/arm64"],
+        &[],
+    );
+    assert_eq!(out.stdout.trim(), arm64);
+    let out = pinion_digest(
+        &registry.repository("team/multi"),
+        &["--platform", "linux/s390x"],
+        &[],
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.reason()
+            .contains("no manifest for platform `linux/s390x`"),
+        "{out:?}"
+    );
+
+    let by_digest = pinion_digest(
+        &format!("{}@{single}", registry.repository("team/codex")),
+        &[],
+        &[],
+    );
+    assert_eq!(by_digest.stdout.trim(), single);
+}
+
+#[test]
+fn missing_things_and_unreachable_registries_are_exit_2_with_a_reason() {
+    let registry = TestRegistry::start(Auth::None);
+    registry.push_image("codex", "v1", "x");
+    let missing_tag = pinion_digest(&format!("{}:v2", registry.repository("codex")), &[], &[]);
+    assert_eq!(missing_tag.code, 2);
+    assert!(
+        missing_tag.reason().contains("not found in the registry"),
+        "{missing_tag:?}"
+    );
+    let missing_repo = pinion_digest(&format!("{}:v1", registry.repository("nope")), &[], &[]);
+    assert_eq!(missing_repo.code, 2);
+    assert!(
+        missing_repo.reason().contains("not found"),
+        "{missing_repo:?}"
+    );
+    let unreachable = pinion_digest(&format!("127.0.0.1:{}/codex:v1", closed_port()), &[], &[]);
+    assert_eq!(unreachable.code, 2);
+    assert!(
+        unreachable.reason().contains("is unavailable"),
+        "{unreachable:?}"
+    );
+    let bad = pinion_digest("Codex:v1", &[], &[]);
+    assert_eq!(bad.code, 2);
+    assert!(missing_tag.stdout.is_empty() && bad.stdout.is_empty());
+}
+
+#[test]
+fn basic_auth_credentials_come_from_the_docker_config() {
+    let registry = TestRegistry::start(Auth::Basic("ci", "registry-password-7f3a"));
+    register_secret("registry-password-7f3a");
+    let pushed = registry.push_image("codex", "latest", "auth");
+    let image = registry.repository("codex");
+    let config_dir = tempfile::tempdir().unwrap();
+    let write_config = |user: &str, password: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let config = serde_json::json!({"auths": {registry.host(): {"auth": auth}}});
+        std::fs::write(config_dir.path().join("config.json"), config.to_string()).unwrap();
+    };
+    let docker_config = config_dir.path().to_str().unwrap().to_owned();
+
+    let anonymous = pinion_digest(&image, &[], &[]);
+    assert_eq!(anonymous.code, 2);
+    assert!(
+        anonymous.reason().contains("refused access"),
+        "{anonymous:?}"
+    );
+
+    write_config("ci", "registry-password-7f3a");
+    let good = pinion_digest(&image, &[], &[("DOCKER_CONFIG", &docker_config)]);
+    assert_eq!(good.code, 0, "{good:?}");
+    assert_eq!(good.stdout.trim(), pushed);
+
+    write_config("ci", "wrong-password-91c2");
+    register_secret("wrong-password-91c2");
+    let wrong = pinion_digest(&image, &[], &[("DOCKER_CONFIG", &docker_config)]);
+    assert_eq!(wrong.code, 2);
+    assert!(wrong.reason().contains("refused access"), "{wrong:?}");
+
+    // REGISTRY_AUTH_FILE names the file directly (podman, skopeo).
+    write_config("ci", "registry-password-7f3a");
+    let auth_file = config_dir.path().join("config.json");
+    let via_auth_file = pinion_digest(
+        &image,
+        &[],
+        &[("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap())],
+    );
+    assert_eq!(via_auth_file.stdout.trim(), pushed, "{via_auth_file:?}");
+}
+
+#[test]
+fn bearer_challenges_fetch_a_token_from_the_realm() {
+    // The token issuer is a stand-in (distribution's `silly` auth accepts any
+    // token); the registry, its challenge and the manifest are real.
+    let issuer = FaultServer::start(Fault::Answer(
+        200,
+        "application/json",
+        r#"{"token":"test-token"}"#.into(),
+    ));
+    let registry = TestRegistry::start(Auth::SillyBearer(format!("{}/token", issuer.url())));
+    let pushed = registry.push_image("team/codex", "latest", "bearer");
+    let out = pinion_digest(&registry.repository("team/codex"), &[], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), pushed);
+    let asked = issuer.requests();
+    assert!(!asked.is_empty(), "the realm was asked for a token");
+    assert!(asked[0].contains("service=pinion-test"), "{asked:?}");
+    assert!(
+        asked[0].contains("scope=repository%3Ateam%2Fcodex%3Apull"),
+        "{asked:?}"
+    );
+}
+
+#[test]
+fn a_lying_registry_is_refused() {
+    let body = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}"#;
+    let liar = FaultServer::start(Fault::LyingRegistry(body.into(), digest(1)));
+    let out = pinion_digest(&format!("{}/codex:latest", liar.addr), &[], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.reason().contains("gave an invalid answer"), "{out:?}");
+    assert!(out.reason().contains("Docker-Content-Digest"), "{out:?}");
+    assert!(out.stdout.is_empty());
+}
+
+/// A server whose catalog points `codex` at the test registry.
+fn server_for(registry: &TestRegistry, env_vars: &[(&str, &str)]) -> (Env, Server, String, String) {
+    let env = Env::new();
+    env.add_template("codex", &registry.repository("codex"));
+    let promote = env.token("ci", "promote", &[]);
+    let read = env.token("reader", "read", &[]);
+    let mut vars = vec![("PINION_REGISTRY_CHECK", "require")];
+    vars.extend_from_slice(env_vars);
+    let server = Server::start(&env.database(), &vars);
+    (env, server, promote, read)
+}
+
+fn promote(server: &Server, token: &str, digest: &str) -> crate::support::Response {
+    server.post(
+        "/cp/admin/runtime-image/promote",
+        token,
+        &format!(r#"{{"template_name":"codex","image_digest":"{digest}"}}"#),
+    )
+}
+
+#[test]
+fn promote_checks_the_digest_exists_in_the_registry() {
+    let mut registry = TestRegistry::start(Auth::None);
+    let real = registry.push_image("codex", "latest", "exists");
+    let (_env, server, token, read) = server_for(&registry, &[]);
+    assert_eq!(promote(&server, &token, &real).status, 201);
+
+    let ghost = digest(0xdead);
+    let refused = promote(&server, &token, &ghost);
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert_eq!(refused.error_code(), "digest_not_in_registry");
+    assert_eq!(server.pinned(&read, "codex", "global"), Some(real.clone()));
+
+    registry.stop();
+    let unavailable = promote(&server, &token, &digest(0xbeef));
+    assert_eq!(unavailable.status, 503, "{unavailable:?}");
+    assert_eq!(unavailable.error_code(), "registry_unavailable");
+    assert_eq!(server.pinned(&read, "codex", "global"), Some(real));
+}
+
+#[test]
+fn warn_mode_promotes_a_missing_digest_and_logs_it() {
+    let registry = TestRegistry::start(Auth::None);
+    let (_env, server, token, _read) = server_for(&registry, &[("PINION_REGISTRY_CHECK", "warn")]);
+    let response = promote(&server, &token, &digest(5));
+    assert_eq!(response.status, 201, "{response:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|line| line.contains("digest not in the registry")),
+        "{:?}",
+        server.logs()
+    );
+}
+
+#[test]
+fn drift_finds_a_stale_pin_and_clears_once_promoted() {
+    let registry = TestRegistry::start(Auth::None);
+    let first = registry.push_image("codex", "latest", "first");
+    let (_env, server, token, read) = server_for(&registry, &[]);
+    assert_eq!(promote(&server, &token, &first).status, 201);
+    let drift = || {
+        run(pinion()
+            .args(["drift", "--server", &server.url(), "--format", "json"])
+            .env("PINION_TOKEN", &read)
+            .env("HOME", "/nonexistent"))
+    };
+    let clean = drift();
+    assert_eq!(clean.code, 0, "{clean:?}");
+
+    let second = registry.push_image("codex", "latest", "second");
+    let stale = drift();
+    assert_eq!(stale.code, 1, "{stale:?}");
+    let report: serde_json::Value = serde_json::from_str(&stale.stdout).unwrap();
+    let row = &report["targets"][0]["pins"][0];
+    assert_eq!(row["status"], "stale");
+    assert_eq!(row["image_digest"], first);
+    assert_eq!(row["tag_digest"], second);
+    assert!(
+        stale.stderr.contains("pin `codex`/`global` is stale"),
+        "{stale:?}"
+    );
+
+    assert_eq!(promote(&server, &token, &second).status, 201);
+    let fresh = drift();
+    assert_eq!(fresh.code, 0, "{fresh:?}");
+}
+
+#[test]
+fn drift_reports_missing_tags_unpinned_templates_and_disagreeing_targets() {
+    let registry = TestRegistry::start(Auth::None);
+    let image = registry.push_image("codex", "latest", "a");
+    let (staging_env, staging, staging_token, staging_read) = server_for(&registry, &[]);
+    let (_prod_env, prod, prod_token, prod_read) = server_for(&registry, &[]);
+    staging_env.add_template("hermes", &registry.repository("hermes"));
+    let older = registry.push_image("codex", "previous", "b");
+    assert_eq!(promote(&staging, &staging_token, &image).status, 201);
+    assert_eq!(promote(&prod, &prod_token, &older).status, 201);
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = run(pinion()
+        .args(["drift", "--format", "json"])
+        .args(["--target", &format!("staging={}", staging.url())])
+        .args(["--target", &format!("prod={}", prod.url())])
+        .env("PINION_TOKEN_STAGING", &staging_read)
+        .env("PINION_TOKEN_PROD", &prod_read)
+        .env("HOME", "/nonexistent"));
+    assert_eq!(out.code, 1, "prod is stale: {out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let statuses: Vec<(String, String, String)> = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|target| {
+            target["pins"].as_array().unwrap().iter().map(move |row| {
+                (
+                    target["target"].as_str().unwrap().to_owned(),
+                    row["template_name"].as_str().unwrap().to_owned(),
+                    row["status"].as_str().unwrap().to_owned(),
+                )
+            })
+        })
+        .collect();
+    let expect = |target: &str, template: &str, status: &str| {
+        (target.to_owned(), template.to_owned(), status.to_owned())
+    };
+    assert!(
+        statuses.contains(&expect("staging", "codex", "current")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&expect("staging", "hermes", "unpinned")),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&expect("prod", "codex", "stale")),
+        "{statuses:?}"
+    );
+    let disagreement = &report["disagreements"][0];
+    assert_eq!(disagreement["template_name"], "codex");
+    assert_eq!(disagreement["digests"]["staging"], image);
+    assert_eq!(disagreement["digests"]["prod"], older);
+    assert!(
+        out.stderr.contains("targets disagree on `codex`/`global`"),
+        "{out:?}"
+    );
+
+    let missing_tag = run(pinion()
+        .args([
+            "drift",
+            "--server",
+            &staging.url(),
+            "--tag",
+            "nightly",
+            "--format",
+            "json",
+        ])
+        .env("PINION_TOKEN", &staging_read)
+        .env("HOME", "/nonexistent"));
+    assert_eq!(missing_tag.code, 0, "{missing_tag:?}");
+    let report: serde_json::Value = serde_json::from_str(&missing_tag.stdout).unwrap();
+    assert_eq!(report["targets"][0]["pins"][0]["status"], "tag_missing");
+}
+
+/// Reads one gauge from `/metrics`.
+fn metric(server: &Server, line_prefix: &str) -> Option<String> {
+    let response = crate::support::http(server.addr, "GET", "/metrics", None, None);
+    assert_eq!(response.status, 200);
+    response
+        .body
+        .lines()
+        .find(|line| line.starts_with(line_prefix))
+        .map(|line| line.rsplit(' ').next().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn the_watcher_flips_pin_stale_within_one_interval() {
+    let registry = TestRegistry::start(Auth::None);
+    let first = registry.push_image("codex", "latest", "w1");
+    let (_env, server, token, read) = server_for(&registry, &[("PINION_DRIFT_INTERVAL", "300ms")]);
+    assert_eq!(promote(&server, &token, &first).status, 201);
+    let stale_gauge = r#"pinion_pin_stale{template="codex",region="global"}"#;
+    let wait_for = |value: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if metric(&server, stale_gauge).as_deref() == Some(value) {
+                return Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pinion_pin_stale never became {value}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("0");
+    registry.push_image("codex", "latest", "w2");
+    let pushed = Instant::now();
+    let flipped = wait_for("1");
+    assert!(
+        flipped - pushed < Duration::from_millis(1500),
+        "seen within about one interval: {:?}",
+        flipped - pushed
+    );
+    assert!(
+        metric(
+            &server,
+            r#"pinion_pin_age_seconds{template="codex",region="global"}"#
+        )
+        .is_some()
+    );
+    assert_eq!(
+        metric(&server, "pinion_drift_check_errors_total").as_deref(),
+        Some("0")
+    );
+
+    let report = server.get("/cp/admin/runtime-image/drift", &read).json();
+    assert_eq!(report["tag"], "latest");
+    assert_eq!(report["pins"][0]["status"], "stale");
+    assert!(report["pins"][0]["stale_since"].is_string());
+}
+
+#[test]
+fn watcher_errors_are_counted() {
+    let mut registry = TestRegistry::start(Auth::None);
+    registry.push_image("codex", "latest", "e1");
+    let (_env, server, _token, _read) =
+        server_for(&registry, &[("PINION_DRIFT_INTERVAL", "200ms")]);
+    registry.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server, "pinion_drift_check_errors_total").as_deref() == Some("0") {
+        assert!(Instant::now() < deadline, "errors were not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,244 @@
+//! The drift watcher: every interval, resolve each catalog repository's tag
+//! in the registry and compare it with every pin of that template. The
+//! latest report is served at `/cp/admin/runtime-image/drift` and as
+//! Prometheus gauges at `/metrics`, so a stale pin is seen within one interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use pinion_api::{DriftEntry, DriftReport};
+use pinion_core::{Digest, DriftStatus, Region, Repository, TemplateName};
+use pinion_registry::{Reference, RegistryError};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::state::AppState;
+
+/// At most this many registry lookups at once.
+const CONCURRENCY: usize = 8;
+/// A failing repository is retried no sooner than `interval * 2^failures`,
+/// and at least once an hour.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// What the watcher knows; shared with the handlers.
+pub struct Drift {
+    report: RwLock<Arc<DriftReport>>,
+    errors_total: AtomicU64,
+    memory: Mutex<Memory>,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// The last answer per repository: the tag's digest (None: no such tag),
+    /// or the error that stopped the lookup.
+    answers: HashMap<Repository, Result<Option<Digest>, String>>,
+    /// Consecutive failures and when to try again.
+    backoff: HashMap<Repository, (u32, Instant)>,
+    /// When each pin was first seen behind this tag digest.
+    stale_since: HashMap<(TemplateName, Region), (Digest, OffsetDateTime)>,
+}
+
+impl Drift {
+    pub fn new(tag: &str) -> Drift {
+        Drift {
+            report: RwLock::new(Arc::new(DriftReport {
+                checked_at: None,
+                tag: tag.to_owned(),
+                pins: Vec::new(),
+            })),
+            errors_total: AtomicU64::new(0),
+            memory: Mutex::new(Memory::default()),
+        }
+    }
+
+    pub fn report(&self) -> Arc<DriftReport> {
+        self.report
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors_total.load(Ordering::Relaxed)
+    }
+}
+
+pub async fn watch(state: AppState) {
+    let interval = state.settings().drift_interval;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        check_once(&state, interval).await;
+    }
+}
+
+/// One pass over every repository in the catalog.
+pub async fn check_once(state: &AppState, interval: Duration) {
+    let view = state.view();
+    let tag = state.settings().drift_tag.clone();
+    let drift = state.drift();
+    let repositories: BTreeMap<TemplateName, Repository> = view
+        .runtimes
+        .values()
+        .filter_map(|runtime| Some((runtime.name.clone(), runtime.repository.clone()?)))
+        .collect();
+
+    let due: Vec<Repository> = {
+        let memory = drift.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let mut unique: Vec<Repository> = repositories.values().cloned().collect();
+        unique.sort();
+        unique.dedup();
+        unique
+            .into_iter()
+            .filter(|repository| {
+                memory
+                    .backoff
+                    .get(repository)
+                    .is_none_or(|(_, next)| *next <= now)
+            })
+            .collect()
+    };
+
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut lookups = JoinSet::new();
+    for repository in due {
+        let (registry, limit, tag) = (state.registry(), limit.clone(), tag.clone());
+        lookups.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let answer = match registry.manifest(&repository, &Reference::Tag(tag)).await {
+                Ok(manifest) => Ok(Some(manifest.digest)),
+                Err(RegistryError::NotFound(_)) => Ok(None),
+                Err(err) => Err(err.to_string()),
+            };
+            (repository, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+
+    let now = OffsetDateTime::now_utc();
+    let mut memory = drift.memory.lock().unwrap_or_else(PoisonError::into_inner);
+    for (repository, answer) in answers {
+        match &answer {
+            Ok(_) => {
+                memory.backoff.remove(&repository);
+            }
+            Err(reason) => {
+                drift.errors_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%repository, %reason, "drift check failed");
+                let failures = memory
+                    .backoff
+                    .get(&repository)
+                    .map_or(0, |(failures, _)| *failures)
+                    + 1;
+                let delay = interval
+                    .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                    .min(MAX_BACKOFF);
+                memory
+                    .backoff
+                    .insert(repository.clone(), (failures, Instant::now() + delay));
+            }
+        }
+        memory.answers.insert(repository, answer);
+    }
+
+    let mut entries = Vec::new();
+    for (template, repository) in &repositories {
+        let answer = memory.answers.get(repository).cloned();
+        let pins: Vec<_> = view
+            .pins
+            .values()
+            .filter(|pin| pin.template == *template)
+            .collect();
+        if pins.is_empty() {
+            entries.push(entry(
+                template,
+                &Region::global(),
+                None,
+                answer.as_ref(),
+                None,
+                now,
+            ));
+            continue;
+        }
+        for pin in pins {
+            let key = (pin.template.clone(), pin.region.clone());
+            let since = match &answer {
+                Some(Ok(Some(tag_digest))) if *tag_digest != pin.digest => {
+                    let recorded = memory
+                        .stale_since
+                        .get(&key)
+                        .filter(|(digest, _)| digest == tag_digest)
+                        .map(|(_, since)| *since);
+                    let since = recorded.unwrap_or(now);
+                    memory.stale_since.insert(key, (tag_digest.clone(), since));
+                    Some(since)
+                }
+                Some(Err(_)) => memory.stale_since.get(&key).map(|(_, since)| *since),
+                _ => {
+                    memory.stale_since.remove(&key);
+                    None
+                }
+            };
+            entries.push(entry(
+                &pin.template,
+                &pin.region,
+                Some(&pin.digest),
+                answer.as_ref(),
+                since,
+                now,
+            ));
+        }
+    }
+    drop(memory);
+    let report = DriftReport {
+        checked_at: now.format(&Rfc3339).ok(),
+        tag: tag.to_string(),
+        pins: entries,
+    };
+    *drift.report.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(report);
+}
+
+fn entry(
+    template: &TemplateName,
+    region: &Region,
+    pinned: Option<&Digest>,
+    answer: Option<&Result<Option<Digest>, String>>,
+    stale_since: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> DriftEntry {
+    let (status, tag_digest, error) = match answer {
+        Some(Ok(tag)) => (
+            DriftStatus::classify(pinned, tag.as_ref()).as_str(),
+            tag.clone(),
+            None,
+        ),
+        Some(Err(reason)) => ("error", None, Some(reason.clone())),
+        None => ("error", None, Some("not checked yet".to_owned())),
+    };
+    let status = if pinned.is_none() && status != "error" {
+        "unpinned"
+    } else {
+        status
+    };
+    DriftEntry {
+        template_name: template.to_string(),
+        region: region.to_string(),
+        image_digest: pinned.map(ToString::to_string),
+        tag_digest: tag_digest.map(|digest| digest.to_string()),
+        status: status.to_owned(),
+        stale_since: stale_since.and_then(|since| since.format(&Rfc3339).ok()),
+        behind_seconds: stale_since.map(|since| (now - since).whole_seconds()),
+        error,
+    }
+}

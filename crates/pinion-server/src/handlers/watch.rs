@@ -1,0 +1,104 @@
+//! What the watcher saw: the drift report and Prometheus metrics.
+
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use pinion_api::DriftReport;
+use pinion_core::Scope;
+use time::OffsetDateTime;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn drift(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<DriftReport>, ApiError> {
+    caller.require(Scope::Read)?;
+    let report = state.drift().report();
+    let mut visible = (*report).clone();
+    visible.pins.retain(|entry| {
+        pinion_core::TemplateName::parse(&entry.template_name)
+            .is_ok_and(|name| caller.may_use(&name))
+    });
+    Ok(Json(visible))
+}
+
+/// Prometheus text format. Unauthenticated, like `/healthz`: it holds
+/// template and region names and ages, never a digest or a secret.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let view = state.view();
+    let drift = state.drift();
+    let report = drift.report();
+    let now = OffsetDateTime::now_utc();
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HELP pinion_pin_stale 1 when the pin differs from its repository's `{}` tag",
+        report.tag
+    );
+    let _ = writeln!(text, "# TYPE pinion_pin_stale gauge");
+    for entry in report
+        .pins
+        .iter()
+        .filter(|entry| entry.image_digest.is_some())
+    {
+        let stale = u8::from(entry.status == "stale");
+        let _ = writeln!(
+            text,
+            "pinion_pin_stale{{template=\"{}\",region=\"{}\"}} {stale}",
+            entry.template_name, entry.region
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pinion_pin_age_seconds Seconds since the pin last moved"
+    );
+    let _ = writeln!(text, "# TYPE pinion_pin_age_seconds gauge");
+    for pin in view.pins.values() {
+        let age = (now - pin.promoted_at).as_seconds_f64().max(0.0);
+        let _ = writeln!(
+            text,
+            "pinion_pin_age_seconds{{template=\"{}\",region=\"{}\"}} {age:.3}",
+            pin.template, pin.region
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pinion_drift_check_errors_total Registry lookups of the drift watcher that failed"
+    );
+    let _ = writeln!(text, "# TYPE pinion_drift_check_errors_total counter");
+    let _ = writeln!(
+        text,
+        "pinion_drift_check_errors_total {}",
+        drift.errors_total()
+    );
+    let _ = writeln!(
+        text,
+        "# HELP pinion_drift_last_check_timestamp_seconds When the drift watcher last finished a pass"
+    );
+    let _ = writeln!(
+        text,
+        "# TYPE pinion_drift_last_check_timestamp_seconds gauge"
+    );
+    let last = report
+        .checked_at
+        .as_deref()
+        .and_then(|at| {
+            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map_or(0, OffsetDateTime::unix_timestamp);
+    let _ = writeln!(text, "pinion_drift_last_check_timestamp_seconds {last}");
+    let _ = writeln!(text, "# HELP pinion_pins Pins in the store");
+    let _ = writeln!(text, "# TYPE pinion_pins gauge");
+    let _ = writeln!(text, "pinion_pins {}", view.pins.len());
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
