@@ -2,12 +2,15 @@
 //! repository tag points at now, from this machine's view of the registry.
 //! Exit 1 if any pin is stale; 2 if anything could not be checked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use pinion_api::{DriftReport, PinList, RuntimeList};
 use pinion_core::{Digest, DriftStatus, Repository};
 use pinion_registry::{Reference, Registry, RegistryError, Tag};
 use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::ExitCode;
 use crate::actions;
@@ -55,6 +58,17 @@ struct Report {
     disagreements: Vec<Disagreement>,
 }
 
+/// What one target told us before any registry lookup.
+struct Fetched {
+    catalog: RuntimeList,
+    pins: PinList,
+    /// The server watcher's report, for how long a pin has been behind.
+    watched: Option<DriftReport>,
+}
+
+/// Registry lookups at once.
+const CONCURRENCY: usize = 16;
+
 pub async fn drift(args: DriftArgs) -> ExitCode {
     let prepared = (|| {
         let tag = Tag::parse(&args.tag).map_err(|err| format!("--tag: {err}"))?;
@@ -72,12 +86,28 @@ pub async fn drift(args: DriftArgs) -> ExitCode {
             return ExitCode::Error;
         }
     };
-    // One registry lookup per repository, shared by every target.
-    let mut answers: HashMap<Repository, Result<Option<Digest>, String>> = HashMap::new();
-    let mut results = Vec::new();
+    let mut fetched = Vec::new();
     for target in &targets {
-        results.push(check_target(&client, &registry, target, &tag, &mut answers).await);
+        fetched.push(fetch(&client, target).await);
     }
+    // One registry lookup per repository, shared by every target, several at once.
+    let repositories: BTreeSet<Repository> = fetched
+        .iter()
+        .flatten()
+        .flat_map(|fetched| &fetched.catalog.runtimes)
+        .filter_map(|runtime| {
+            runtime
+                .image
+                .as_deref()
+                .and_then(|image| Repository::parse(image).ok())
+        })
+        .collect();
+    let answers = resolve_all(Arc::new(registry), &tag, repositories).await;
+    let results: Vec<TargetDrift> = targets
+        .iter()
+        .zip(fetched)
+        .map(|(target, fetched)| rows(target, fetched, &answers))
+        .collect();
     let disagreements = disagreements(&results);
     let stale = results
         .iter()
@@ -106,13 +136,51 @@ pub async fn drift(args: DriftArgs) -> ExitCode {
     }
 }
 
-async fn check_target(
-    client: &Client,
-    registry: &Registry,
-    target: &Target,
+async fn fetch(client: &Client, target: &Target) -> Result<Fetched, String> {
+    let catalog: RuntimeList = client.get_json(target, "cp/runtimes").await?;
+    let pins: PinList = client.get_json(target, "cp/admin/runtime-image").await?;
+    let watched = client
+        .get_json(target, "cp/admin/runtime-image/drift")
+        .await
+        .ok();
+    Ok(Fetched {
+        catalog,
+        pins,
+        watched,
+    })
+}
+
+type Answers = HashMap<Repository, Result<Option<Digest>, String>>;
+
+async fn resolve_all(
+    registry: Arc<Registry>,
     tag: &Tag,
-    answers: &mut HashMap<Repository, Result<Option<Digest>, String>>,
-) -> TargetDrift {
+    repositories: BTreeSet<Repository>,
+) -> Answers {
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut lookups = JoinSet::new();
+    for repository in repositories {
+        let (registry, limit, tag) = (registry.clone(), limit.clone(), tag.clone());
+        lookups.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let answer = match registry.manifest(&repository, &Reference::Tag(tag)).await {
+                Ok(manifest) => Ok(Some(manifest.digest)),
+                Err(RegistryError::NotFound(_)) => Ok(None),
+                Err(err) => Err(err.to_string()),
+            };
+            (repository, answer)
+        });
+    }
+    let mut answers = HashMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok((repository, answer)) = joined {
+            answers.insert(repository, answer);
+        }
+    }
+    answers
+}
+
+fn rows(target: &Target, fetched: Result<Fetched, String>, answers: &Answers) -> TargetDrift {
     let mut result = TargetDrift {
         target: target.name.clone(),
         server: target.base.to_string(),
@@ -120,13 +188,11 @@ async fn check_target(
         error: None,
         pins: Vec::new(),
     };
-    let fetched = async {
-        let catalog: RuntimeList = client.get_json(target, "cp/runtimes").await?;
-        let pins: PinList = client.get_json(target, "cp/admin/runtime-image").await?;
-        Ok::<_, String>((catalog, pins))
-    }
-    .await;
-    let (catalog, pins) = match fetched {
+    let Fetched {
+        catalog,
+        pins,
+        watched,
+    } = match fetched {
         Ok(fetched) => fetched,
         Err(reason) => {
             result.ok = false;
@@ -134,11 +200,6 @@ async fn check_target(
             return result;
         }
     };
-    // The watcher's report says since when a pin is behind; optional.
-    let watched: Option<DriftReport> = client
-        .get_json(target, "cp/admin/runtime-image/drift")
-        .await
-        .ok();
     for runtime in &catalog.runtimes {
         let Some(repository) = runtime
             .image
@@ -147,18 +208,10 @@ async fn check_target(
         else {
             continue;
         };
-        if !answers.contains_key(&repository) {
-            let answer = match registry
-                .manifest(&repository, &Reference::Tag(tag.clone()))
-                .await
-            {
-                Ok(manifest) => Ok(Some(manifest.digest)),
-                Err(RegistryError::NotFound(_)) => Ok(None),
-                Err(err) => Err(err.to_string()),
-            };
-            answers.insert(repository.clone(), answer);
-        }
-        let answer = answers.get(&repository).cloned().unwrap_or(Ok(None));
+        let answer = answers
+            .get(&repository)
+            .cloned()
+            .unwrap_or_else(|| Err("the lookup did not finish".to_owned()));
         let template_pins: Vec<_> = pins
             .pins
             .iter()

@@ -104,28 +104,33 @@ pub enum ServeError {
     Registry(#[from] pinion_registry::RegistryError),
 }
 
-/// The router with every endpoint and layer; shared by `run` and tests.
+/// The router with every endpoint and layer.
 fn router(state: AppState) -> Router {
     let timeout = state.settings().request_timeout;
-    Router::new()
+    // Routes that read a body or wait on the database are bounded in time.
+    // The read path answers from memory; a timer per request would cost it
+    // more than it could ever save.
+    let bounded = Router::new()
         .route("/cp/admin/runtime-image/promote", post(handlers::promote))
         .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
+        .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
         .route("/cp/admin/runtime-image/history", get(handlers::history))
         .route("/cp/admin/audit", get(handlers::audit))
-        .route("/cp/admin/runtime-image", get(handlers::list_pins))
-        .route("/cp/runtime-image/resolve", get(handlers::resolve))
-        .route("/cp/runtimes", get(handlers::list_runtimes))
-        .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
-        .route("/cp/admin/runtime-image/drift", get(handlers::drift))
-        .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
-        .fallback(handlers::not_found)
-        .with_state(state)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
-        ))
+        ));
+    Router::new()
+        .route("/cp/admin/runtime-image", get(handlers::list_pins))
+        .route("/cp/runtime-image/resolve", get(handlers::resolve))
+        .route("/cp/runtimes", get(handlers::list_runtimes))
+        .route("/cp/admin/runtime-image/drift", get(handlers::drift))
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .merge(bounded)
+        .fallback(handlers::not_found)
+        .with_state(state)
         .layer(axum::middleware::from_fn(middleware::observe))
 }
 
@@ -161,7 +166,7 @@ async fn watch_database(state: AppState, interval: Duration) {
     loop {
         ticker.tick().await;
         let polled = state.clone();
-        match tokio::task::spawn_blocking(move || polled.reload(false)).await {
+        match tokio::task::spawn_blocking(move || polled.reload_if_changed()).await {
             Ok(Ok(true)) => tracing::debug!("view reloaded after an outside change"),
             Ok(Ok(false)) => {}
             Ok(Err(err)) => {

@@ -1,25 +1,37 @@
-//! The server's shared state: two store connections and the in-memory view
-//! that the read path serves.
+//! The server's shared state: the writer thread, a reader connection, and
+//! the in-memory view that the read path serves.
 //!
-//! Reads never touch the database. Every write, and every change another
-//! process commits (seen through SQLite's `data_version`), replaces the view
-//! with a fresh snapshot. A write answers only after the view holds it, so a
-//! client reads its own write from the very next request.
+//! Reads never touch the database: they take an `Arc<View>`. Writes go to one
+//! writer thread, which drains every write queued while the previous commit
+//! was being fsync'd and applies them in one transaction (group commit: one
+//! fsync for the whole batch), then publishes a new view with the changes,
+//! then answers. A write is answered only after the view holds it, so a
+//! client reads its own write from the very next request. Changes other
+//! processes commit (seen through SQLite's `data_version`) replace the view
+//! with a fresh snapshot.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
+use axum::body::Bytes;
 use pinion_core::{Region, TemplateName};
-use pinion_store::{PinRecord, RuntimeRecord, Snapshot, Store, StoreError, TokenRecord};
-use sha2::{Digest as _, Sha256};
-
 use pinion_registry::Registry;
+use pinion_store::{
+    PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord,
+    Snapshot, Store, StoreError, TokenRecord, Write, Written,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
 
 use crate::drift::Drift;
 use crate::error::ApiError;
 use crate::{ServeError, Settings};
 
-/// What the read path serves, indexed for lookups.
+/// The most writes one transaction takes; more wait for the next one.
+const MAX_BATCH: usize = 512;
+
+/// What the read path serves, indexed for lookups. Immutable once built.
 #[derive(Debug, Default)]
 pub struct View {
     /// Keyed by (template, region): iteration is the contract's list order.
@@ -29,53 +41,97 @@ pub struct View {
     /// A digest of everything the read endpoints serve (pins and catalog),
     /// so equal content gives equal ETags on every replica and restart.
     pub content_tag: [u8; 32],
+    /// The whole pin list as JSON, made on first use: the unfiltered list is
+    /// the one pollers ask for, and it is the same bytes for every caller
+    /// that may see every template.
+    pub list_body: OnceLock<Bytes>,
 }
 
 impl View {
-    fn from_snapshot(snapshot: Snapshot) -> View {
+    fn new(
+        pins: BTreeMap<(TemplateName, Region), PinRecord>,
+        runtimes: BTreeMap<TemplateName, RuntimeRecord>,
+        tokens: Vec<TokenRecord>,
+    ) -> View {
         let mut hasher = Sha256::new();
-        for pin in &snapshot.pins {
+        for pin in pins.values() {
             hasher.update(format!(
                 "p\0{}\0{}\0{}\0{}\n",
                 pin.template, pin.region, pin.revision, pin.digest
             ));
         }
-        for runtime in &snapshot.runtimes {
-            let repository = runtime
-                .repository
-                .as_ref()
-                .map(|r| r.as_str())
-                .unwrap_or("");
+        for runtime in runtimes.values() {
+            let repository = runtime.repository.as_ref().map_or("", |r| r.as_str());
             hasher.update(format!(
-                "r\0{}\0{}\0{}\n",
-                runtime.name, repository, runtime.pinnable
+                "r\0{}\0{repository}\0{}\n",
+                runtime.name, runtime.pinnable
             ));
         }
-        let content_tag = hasher.finalize().into();
         View {
-            content_tag,
-            pins: snapshot
+            pins,
+            runtimes,
+            tokens,
+            content_tag: hasher.finalize().into(),
+            list_body: OnceLock::new(),
+        }
+    }
+
+    fn from_snapshot(snapshot: Snapshot) -> View {
+        View::new(
+            snapshot
                 .pins
                 .into_iter()
                 .map(|pin| ((pin.template.clone(), pin.region.clone()), pin))
                 .collect(),
-            runtimes: snapshot
+            snapshot
                 .runtimes
                 .into_iter()
                 .map(|runtime| (runtime.name.clone(), runtime))
                 .collect(),
-            tokens: snapshot.tokens,
+            snapshot.tokens,
+        )
+    }
+
+    /// This view with some pins and catalog entries replaced.
+    fn with_changes(&self, pins: Vec<PinRecord>, runtimes: Vec<RuntimeRecord>) -> View {
+        let mut all_pins = self.pins.clone();
+        for pin in pins {
+            all_pins.insert((pin.template.clone(), pin.region.clone()), pin);
         }
+        let mut all_runtimes = self.runtimes.clone();
+        for runtime in runtimes {
+            all_runtimes.insert(runtime.name.clone(), runtime);
+        }
+        View::new(all_pins, all_runtimes, self.tokens.clone())
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|join| {
-        tracing::error!(error = %join, "store task failed");
-        ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-    })?
+/// The view and the lock that orders its replacements, shared with the
+/// writer thread.
+struct Published {
+    view: RwLock<Arc<View>>,
+    /// Held while a new view is made and swapped in, by the writer thread
+    /// (commit, then swap) and by reloads (read, then swap): a view built from
+    /// older state can never replace one built from newer state.
+    replacing: Mutex<()>,
+}
+
+impl Published {
+    fn current(&self) -> Arc<View> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn swap(&self, view: View) {
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+    }
+}
+
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Result<Written, ApiError>>,
 }
 
 #[derive(Clone)]
@@ -87,12 +143,10 @@ struct Inner {
     settings: Settings,
     registry: Arc<Registry>,
     drift: Drift,
-    /// The one connection that writes; SQLite allows one writer at a time.
-    writer: Mutex<Store>,
-    /// Reads snapshots and pings. Its lock also orders view replacements, so
-    /// an older snapshot can never replace a newer one.
+    published: Arc<Published>,
+    writer: mpsc::Sender<Job>,
+    /// Reads snapshots, history and audit, and pings.
     reader: Mutex<ReaderState>,
-    view: RwLock<Arc<View>>,
 }
 
 struct ReaderState {
@@ -102,25 +156,34 @@ struct ReaderState {
 }
 
 impl AppState {
-    /// Opens both connections (running migrations) and loads the first view.
+    /// Opens both connections (running migrations), loads the first view and
+    /// starts the writer thread.
     pub fn open(settings: Settings) -> Result<AppState, ServeError> {
-        let writer = Store::open(&settings.database)?;
+        let writer_store = Store::open(&settings.database)?;
         let mut reader = Store::open(&settings.database)?;
         let seen_version = reader.data_version()?;
-        let view = View::from_snapshot(reader.snapshot()?);
+        let published = Arc::new(Published {
+            view: RwLock::new(Arc::new(View::from_snapshot(reader.snapshot()?))),
+            replacing: Mutex::new(()),
+        });
+        let (writer, jobs) = mpsc::channel();
+        let for_writer = published.clone();
+        std::thread::Builder::new()
+            .name("pinion-writer".into())
+            .spawn(move || write_loop(writer_store, jobs, for_writer))?;
         let registry = Arc::new(Registry::new(settings.registry.clone())?);
         let drift = Drift::new(settings.drift_tag.as_str());
         Ok(AppState {
             inner: Arc::new(Inner {
+                settings,
                 registry,
                 drift,
-                settings,
-                writer: Mutex::new(writer),
+                published,
+                writer,
                 reader: Mutex::new(ReaderState {
                     store: reader,
                     seen_version,
                 }),
-                view: RwLock::new(Arc::new(view)),
             }),
         })
     }
@@ -139,55 +202,49 @@ impl AppState {
 
     /// The current view; cheap (one `Arc` clone).
     pub fn view(&self) -> Arc<View> {
+        self.inner.published.current()
+    }
+
+    /// Queues a write for the writer thread and waits until it is committed
+    /// (fsync'd) and visible in the view.
+    pub async fn write(&self, write: Write) -> Result<Written, ApiError> {
+        let (reply, answer) = oneshot::channel();
         self.inner
-            .view
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .writer
+            .send(Job { write, reply })
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
     }
 
-    /// Runs `work` on the writer connection on the blocking pool, then makes
-    /// the view current before returning, so the caller's answer and every
-    /// later read agree.
-    pub async fn write<T, F>(&self, work: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.on_writer(work, true).await
+    pub async fn promote(&self, promotion: Promotion) -> Result<PromoteOutcome, ApiError> {
+        match self.write(Write::Promote(promotion)).await? {
+            Written::Promote(outcome) => Ok(outcome),
+            other => Err(mismatched(&other)),
+        }
     }
 
-    /// Runs `work` on the writer connection without touching the view: for
-    /// writes the read path does not serve (the audit log).
-    pub async fn write_unserved<T, F>(&self, work: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.on_writer(work, false).await
+    pub async fn rollback(&self, rollback: Rollback) -> Result<RollbackOutcome, ApiError> {
+        match self.write(Write::Rollback(rollback)).await? {
+            Written::Rollback(outcome) => Ok(outcome),
+            other => Err(mismatched(&other)),
+        }
     }
 
-    async fn on_writer<T, F>(&self, work: F, reload: bool) -> Result<T, ApiError>
-    where
-        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let state = self.clone();
-        blocking(move || {
-            let result = {
-                let mut writer = state
-                    .inner
-                    .writer
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                work(&mut writer)?
-            };
-            if reload {
-                state.reload(true)?;
-            }
-            Ok(result)
-        })
-        .await
+    /// Returns true when the entry was new.
+    pub async fn put_runtime(
+        &self,
+        runtime: RuntimeRecord,
+        at: time::OffsetDateTime,
+    ) -> Result<bool, ApiError> {
+        match self.write(Write::PutRuntime(runtime, at)).await? {
+            Written::PutRuntime(created) => Ok(created),
+            other => Err(mismatched(&other)),
+        }
+    }
+
+    pub async fn record_refusal(&self, refusal: Refusal) -> Result<(), ApiError> {
+        let retain = self.settings().audit_retention;
+        self.write(Write::Refusal(refusal, retain)).await.map(drop)
     }
 
     /// Runs a query the view does not serve (history, audit) on the reader
@@ -198,7 +255,7 @@ impl AppState {
         T: Send + 'static,
     {
         let state = self.clone();
-        blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut reader = state
                 .inner
                 .reader
@@ -207,27 +264,33 @@ impl AppState {
             Ok(work(&mut reader.store)?)
         })
         .await
+        .map_err(|join| {
+            tracing::error!(error = %join, "store task failed");
+            ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+        })?
     }
 
-    /// Replaces the view if the database changed since it was read, or
-    /// always when `force` is set. Blocking: call from the blocking pool.
-    pub fn reload(&self, force: bool) -> Result<bool, StoreError> {
+    /// Replaces the view if another process changed the database since it
+    /// was read. Blocking: call from the blocking pool.
+    pub fn reload_if_changed(&self) -> Result<bool, StoreError> {
+        let _replacing = self
+            .inner
+            .published
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut reader = self
             .inner
             .reader
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let version = reader.store.data_version()?;
-        if !force && version == reader.seen_version {
+        if version == reader.seen_version {
             return Ok(false);
         }
         let view = View::from_snapshot(reader.store.snapshot()?);
         reader.seen_version = version;
-        *self
-            .inner
-            .view
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+        self.inner.published.swap(view);
         Ok(true)
     }
 
@@ -239,5 +302,86 @@ impl AppState {
             .unwrap_or_else(PoisonError::into_inner)
             .store
             .ping()
+    }
+}
+
+fn mismatched(written: &Written) -> ApiError {
+    tracing::error!(?written, "the writer answered a different kind of write");
+    ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn writer_gone() -> ApiError {
+    tracing::error!("the writer thread is gone");
+    ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The writer thread: take every queued write, apply them in one
+/// transaction, publish the changes, answer. Ends when the server drops the
+/// sending side.
+fn write_loop(mut store: Store, jobs: mpsc::Receiver<Job>, published: Arc<Published>) {
+    // The writer connection's `data_version` moves only when another process
+    // commits. While it stands still, the view plus this thread's own changes
+    // is the database; when it moves, the view is read afresh. Starting from
+    // an impossible value makes the first batch read it afresh.
+    let mut seen_version = i64::MIN;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<_>) =
+            batch.into_iter().map(|job| (job.write, job.reply)).unzip();
+        let replacing = published
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match store.apply(&writes) {
+            Ok(results) => {
+                let mut pins = Vec::new();
+                let mut runtimes = Vec::new();
+                for (write, result) in writes.iter().zip(&results) {
+                    match (write, result) {
+                        (_, Ok(Written::Promote(PromoteOutcome::Moved { pin, .. })))
+                        | (_, Ok(Written::Rollback(RollbackOutcome::Moved { pin, .. }))) => {
+                            pins.push(pin.clone());
+                        }
+                        (Write::PutRuntime(runtime, _), Ok(Written::PutRuntime(_))) => {
+                            runtimes.push(runtime.clone());
+                        }
+                        _ => {}
+                    }
+                }
+                let outside_change = store.data_version().map_or(true, |version| {
+                    let moved = version != seen_version;
+                    seen_version = version;
+                    moved
+                });
+                if outside_change {
+                    match store.snapshot() {
+                        Ok(snapshot) => published.swap(View::from_snapshot(snapshot)),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not reread the database after a write")
+                        }
+                    }
+                } else if !pins.is_empty() || !runtimes.is_empty() {
+                    let view = published.current().with_changes(pins, runtimes);
+                    published.swap(view);
+                }
+                drop(replacing);
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result.map_err(ApiError::from));
+                }
+            }
+            Err(err) => {
+                drop(replacing);
+                let error = ApiError::from(err);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ mod url;
 pub use records::{
     Action, AuditEntry, CiProvenance, Expectation, HistoryEntry, HistoryQuery, NewToken, PinRecord,
     PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
-    TokenRecord,
+    TokenRecord, Write, Written,
 };
 pub use sqlite::Store;
 pub use url::DatabaseUrl;

@@ -215,3 +215,23 @@ pub struct Snapshot {
     /// Active (unrevoked) tokens only.
     pub tokens: Vec<TokenRecord>,
 }
+
+/// One write for [`crate::Store::apply`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    Promote(Promotion),
+    Rollback(Rollback),
+    PutRuntime(RuntimeRecord, OffsetDateTime),
+    /// A refused request for the audit log, keeping at most this many entries.
+    Refusal(Refusal, usize),
+}
+
+/// What a [`Write`] did, in the same order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    Promote(PromoteOutcome),
+    Rollback(RollbackOutcome),
+    /// True when the catalog entry was new.
+    PutRuntime(bool),
+    Refusal,
+}

@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::{
     Action, AuditEntry, CiProvenance, DatabaseUrl, Expectation, HistoryEntry, HistoryQuery,
     NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome,
-    RuntimeRecord, Snapshot, StoreError, TokenRecord,
+    RuntimeRecord, Snapshot, StoreError, TokenRecord, Write, Written,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds how many
@@ -137,6 +137,51 @@ impl Store {
         Ok(())
     }
 
+    /// Runs `work` in one `IMMEDIATE` transaction and commits (one fsync).
+    fn immediate<T>(
+        &mut self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let result = work(&tx)?;
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Applies several writes in one transaction, so they share one fsync
+    /// (group commit). Each write runs in its own savepoint: one that fails
+    /// is rolled back alone and reported in its slot; the others commit. An
+    /// `Err` from the whole call means nothing was committed.
+    pub fn apply(
+        &mut self,
+        writes: &[Write],
+    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        self.immediate(|tx| {
+            let mut results = Vec::with_capacity(writes.len());
+            for write in writes {
+                tx.execute_batch("SAVEPOINT write")?;
+                let result = match write {
+                    Write::Promote(promotion) => promote_in(tx, promotion).map(Written::Promote),
+                    Write::Rollback(rollback) => rollback_in(tx, rollback).map(Written::Rollback),
+                    Write::PutRuntime(runtime, at) => {
+                        put_runtime_in(tx, runtime, *at).map(Written::PutRuntime)
+                    }
+                    Write::Refusal(refusal, retain) => {
+                        record_refusal_in(tx, refusal, *retain).map(|()| Written::Refusal)
+                    }
+                };
+                if result.is_err() {
+                    tx.execute_batch("ROLLBACK TO write")?;
+                }
+                tx.execute_batch("RELEASE write")?;
+                results.push(result);
+            }
+            Ok(results)
+        })
+    }
+
     /// Cheap liveness check of the database file.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.conn
@@ -171,137 +216,13 @@ impl Store {
     /// check, the read of the current pin, the guards, the pin write and its
     /// history entry all see and leave one consistent state.
     pub fn promote(&mut self, promotion: &Promotion) -> Result<PromoteOutcome, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let pinnable: Option<bool> = tx
-            .query_row(
-                "SELECT pinnable FROM runtimes WHERE name = ?1",
-                [promotion.template.as_str()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        match pinnable {
-            None => return Ok(PromoteOutcome::UnknownTemplate),
-            Some(false) => return Ok(PromoteOutcome::NotPinnable),
-            Some(true) => {}
-        }
-        let current = current_pin(&tx, &promotion.template, &promotion.region)?;
-        // Already there: nothing to write, whatever the guards would say, so
-        // a retried promotion is idempotent.
-        if let Some(pin) = current
-            .as_ref()
-            .filter(|pin| pin.digest == promotion.digest)
-        {
-            return Ok(PromoteOutcome::Unchanged { pin: pin.clone() });
-        }
-        let expectation_met = match (&promotion.expect, &current) {
-            (Expectation::Any, _) => true,
-            (Expectation::Digest(expected), Some(pin)) => pin.digest == *expected,
-            (Expectation::Revision(expected), Some(pin)) => pin.revision == *expected,
-            (_, None) => false,
-        };
-        if !expectation_met {
-            return Ok(PromoteOutcome::Conflict { current });
-        }
-        if let (Some(pin), Some(sequence)) = (&current, promotion.build_sequence) {
-            if pin.build_sequence.is_some_and(|newest| sequence < newest) && !promotion.force {
-                return Ok(PromoteOutcome::StaleBuild {
-                    current: pin.clone(),
-                });
-            }
-        }
-        let build_sequence = match (
-            current.as_ref().and_then(|pin| pin.build_sequence),
-            promotion.build_sequence,
-        ) {
-            (Some(old), Some(new)) => Some(old.max(new)),
-            (old, new) => new.or(old),
-        };
-        let previous = current.map(|pin| pin.digest);
-        let change = Change {
-            template: &promotion.template,
-            region: &promotion.region,
-            from: previous.as_ref(),
-            to: &promotion.digest,
-            git_sha: promotion.git_sha.as_ref(),
-            notes: promotion.notes.as_ref(),
-            actor: &promotion.actor,
-            action: Action::Promote,
-            at: promotion.at,
-            ci: &promotion.ci,
-            build_sequence: promotion.build_sequence,
-            pin_build_sequence: build_sequence,
-        };
-        let pin = write_change(&tx, &change)?;
-        tx.commit()?;
-        Ok(PromoteOutcome::Moved { pin, previous })
+        self.immediate(|tx| promote_in(tx, promotion))
     }
 
     /// Moves a pin back to a digest it had before. Same transaction rules as
     /// [`Store::promote`].
     pub fn rollback(&mut self, rollback: &Rollback) -> Result<RollbackOutcome, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let Some(current) = current_pin(&tx, &rollback.template, &rollback.region)? else {
-            return Ok(RollbackOutcome::NoPin);
-        };
-        let target = match &rollback.to {
-            Some(to) => {
-                let known: bool = tx
-                    .query_row(
-                        "SELECT 1 FROM history WHERE template_name = ?1 AND region = ?2 AND to_digest = ?3 LIMIT 1",
-                        params![rollback.template.as_str(), rollback.region.as_str(), to.as_str()],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some();
-                if !known {
-                    return Ok(RollbackOutcome::NotInHistory);
-                }
-                to.clone()
-            }
-            None => {
-                let before: Option<Option<String>> = tx
-                    .query_row(
-                        "SELECT from_digest FROM history WHERE template_name = ?1 AND region = ?2
-                         ORDER BY revision DESC LIMIT 1",
-                        params![rollback.template.as_str(), rollback.region.as_str()],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
-                match before.flatten() {
-                    Some(text) => parse("history", "from_digest", Digest::parse(&text))?,
-                    None => return Ok(RollbackOutcome::NoPrevious),
-                }
-            }
-        };
-        if target == current.digest {
-            return Ok(RollbackOutcome::Unchanged { pin: current });
-        }
-        let change = Change {
-            template: &rollback.template,
-            region: &rollback.region,
-            from: Some(&current.digest),
-            to: &target,
-            git_sha: None,
-            notes: rollback.notes.as_ref(),
-            actor: &rollback.actor,
-            action: Action::Rollback,
-            at: rollback.at,
-            ci: &CiProvenance::default(),
-            build_sequence: None,
-            // Keep the newest build seen: an older pipeline finishing after a
-            // rollback still must not move the pin.
-            pin_build_sequence: current.build_sequence,
-        };
-        let pin = write_change(&tx, &change)?;
-        tx.commit()?;
-        Ok(RollbackOutcome::Moved {
-            pin,
-            previous: current.digest,
-        })
+        self.immediate(|tx| rollback_in(tx, rollback))
     }
 
     /// History entries, newest first.
@@ -330,26 +251,7 @@ impl Store {
 
     /// Records a refused write, keeping at most `retain` entries.
     pub fn record_refusal(&mut self, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO audit (at, actor, template_name, region, action, status, code)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                format_time(refusal.at),
-                refusal.actor.as_ref().map(TokenName::as_str),
-                refusal.template.as_ref().map(TemplateName::as_str),
-                refusal.region.as_ref().map(Region::as_str),
-                refusal.action,
-                refusal.status,
-                refusal.code,
-            ],
-        )?;
-        let newest = tx.last_insert_rowid();
-        tx.execute("DELETE FROM audit WHERE id <= ?1", [newest - retain as i64])?;
-        tx.commit()?;
-        Ok(())
+        self.immediate(|tx| record_refusal_in(tx, refusal, retain))
     }
 
     /// Audit entries (refused writes), newest first.
@@ -405,30 +307,7 @@ impl Store {
         runtime: &RuntimeRecord,
         at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let existed: bool = tx
-            .query_row(
-                "SELECT 1 FROM runtimes WHERE name = ?1",
-                [runtime.name.as_str()],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        tx.execute(
-            "INSERT INTO runtimes (name, image, pinnable, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (name) DO UPDATE SET
-               image = excluded.image, pinnable = excluded.pinnable, updated_at = excluded.updated_at",
-            params![
-                runtime.name.as_str(),
-                runtime.repository.as_ref().map(Repository::as_str),
-                runtime.pinnable,
-                format_time(at),
-            ],
-        )?;
-        tx.commit()?;
-        Ok(!existed)
+        self.immediate(|tx| put_runtime_in(tx, runtime, at))
     }
 
     /// Stores a new token. Fails if an active token has the same name.
@@ -488,6 +367,176 @@ impl Store {
 /// rollback journal and `synchronous=FULL`, only concurrency suffers.
 fn warn_not_wal(mode: &str) {
     eprintln!("warning: SQLite journal mode is `{mode}`, not `wal`; reads will wait for writes");
+}
+
+fn promote_in(tx: &Connection, promotion: &Promotion) -> Result<PromoteOutcome, StoreError> {
+    let pinnable: Option<bool> = tx
+        .query_row(
+            "SELECT pinnable FROM runtimes WHERE name = ?1",
+            [promotion.template.as_str()],
+            |row| row.get(0),
+        )
+        .optional()?;
+    match pinnable {
+        None => return Ok(PromoteOutcome::UnknownTemplate),
+        Some(false) => return Ok(PromoteOutcome::NotPinnable),
+        Some(true) => {}
+    }
+    let current = current_pin(tx, &promotion.template, &promotion.region)?;
+    // Already there: nothing to write, whatever the guards would say, so
+    // a retried promotion is idempotent.
+    if let Some(pin) = current
+        .as_ref()
+        .filter(|pin| pin.digest == promotion.digest)
+    {
+        return Ok(PromoteOutcome::Unchanged { pin: pin.clone() });
+    }
+    let expectation_met = match (&promotion.expect, &current) {
+        (Expectation::Any, _) => true,
+        (Expectation::Digest(expected), Some(pin)) => pin.digest == *expected,
+        (Expectation::Revision(expected), Some(pin)) => pin.revision == *expected,
+        (_, None) => false,
+    };
+    if !expectation_met {
+        return Ok(PromoteOutcome::Conflict { current });
+    }
+    if let (Some(pin), Some(sequence)) = (&current, promotion.build_sequence) {
+        if pin.build_sequence.is_some_and(|newest| sequence < newest) && !promotion.force {
+            return Ok(PromoteOutcome::StaleBuild {
+                current: pin.clone(),
+            });
+        }
+    }
+    let build_sequence = match (
+        current.as_ref().and_then(|pin| pin.build_sequence),
+        promotion.build_sequence,
+    ) {
+        (Some(old), Some(new)) => Some(old.max(new)),
+        (old, new) => new.or(old),
+    };
+    let previous = current.map(|pin| pin.digest);
+    let change = Change {
+        template: &promotion.template,
+        region: &promotion.region,
+        from: previous.as_ref(),
+        to: &promotion.digest,
+        git_sha: promotion.git_sha.as_ref(),
+        notes: promotion.notes.as_ref(),
+        actor: &promotion.actor,
+        action: Action::Promote,
+        at: promotion.at,
+        ci: &promotion.ci,
+        build_sequence: promotion.build_sequence,
+        pin_build_sequence: build_sequence,
+    };
+    let pin = write_change(tx, &change)?;
+    Ok(PromoteOutcome::Moved { pin, previous })
+}
+
+fn rollback_in(tx: &Connection, rollback: &Rollback) -> Result<RollbackOutcome, StoreError> {
+    let Some(current) = current_pin(tx, &rollback.template, &rollback.region)? else {
+        return Ok(RollbackOutcome::NoPin);
+    };
+    let target = match &rollback.to {
+        Some(to) => {
+            let known: bool = tx
+                .query_row(
+                    "SELECT 1 FROM history WHERE template_name = ?1 AND region = ?2 AND to_digest = ?3 LIMIT 1",
+                    params![rollback.template.as_str(), rollback.region.as_str(), to.as_str()],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !known {
+                return Ok(RollbackOutcome::NotInHistory);
+            }
+            to.clone()
+        }
+        None => {
+            let before: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT from_digest FROM history WHERE template_name = ?1 AND region = ?2
+                     ORDER BY revision DESC LIMIT 1",
+                    params![rollback.template.as_str(), rollback.region.as_str()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match before.flatten() {
+                Some(text) => parse("history", "from_digest", Digest::parse(&text))?,
+                None => return Ok(RollbackOutcome::NoPrevious),
+            }
+        }
+    };
+    if target == current.digest {
+        return Ok(RollbackOutcome::Unchanged { pin: current });
+    }
+    let change = Change {
+        template: &rollback.template,
+        region: &rollback.region,
+        from: Some(&current.digest),
+        to: &target,
+        git_sha: None,
+        notes: rollback.notes.as_ref(),
+        actor: &rollback.actor,
+        action: Action::Rollback,
+        at: rollback.at,
+        ci: &CiProvenance::default(),
+        build_sequence: None,
+        // Keep the newest build seen: an older pipeline finishing after a
+        // rollback still must not move the pin.
+        pin_build_sequence: current.build_sequence,
+    };
+    let pin = write_change(tx, &change)?;
+    Ok(RollbackOutcome::Moved {
+        pin,
+        previous: current.digest,
+    })
+}
+
+fn record_refusal_in(tx: &Connection, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO audit (at, actor, template_name, region, action, status, code)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            format_time(refusal.at),
+            refusal.actor.as_ref().map(TokenName::as_str),
+            refusal.template.as_ref().map(TemplateName::as_str),
+            refusal.region.as_ref().map(Region::as_str),
+            refusal.action,
+            refusal.status,
+            refusal.code,
+        ],
+    )?;
+    let newest = tx.last_insert_rowid();
+    tx.execute("DELETE FROM audit WHERE id <= ?1", [newest - retain as i64])?;
+    Ok(())
+}
+
+fn put_runtime_in(
+    tx: &Connection,
+    runtime: &RuntimeRecord,
+    at: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let existed: bool = tx
+        .query_row(
+            "SELECT 1 FROM runtimes WHERE name = ?1",
+            [runtime.name.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    tx.execute(
+        "INSERT INTO runtimes (name, image, pinnable, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET
+           image = excluded.image, pinnable = excluded.pinnable, updated_at = excluded.updated_at",
+        params![
+            runtime.name.as_str(),
+            runtime.repository.as_ref().map(Repository::as_str),
+            runtime.pinnable,
+            format_time(at),
+        ],
+    )?;
+    Ok(!existed)
 }
 
 /// One change of one pin, as `write_change` applies it.

@@ -64,10 +64,7 @@ async fn put_runtime_inner(
         repository,
         pinnable: update.pinnable,
     };
-    let stored = runtime.clone();
-    let created = state
-        .write(move |store| store.put_runtime(&stored, now()))
-        .await?;
+    let created = state.put_runtime(runtime.clone(), now()).await?;
     tracing::info!(template = %runtime.name, created, "catalog entry stored");
     let status = if created {
         StatusCode::CREATED

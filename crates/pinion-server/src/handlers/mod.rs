@@ -15,7 +15,8 @@ pub use pins::{list_pins, promote, resolve, rollback};
 pub use watch::{drift, metrics};
 
 use axum::body::Body;
-use axum::http::header::{ETAG, IF_NONE_MATCH};
+use axum::body::Bytes;
+use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{Pin, Runtime};
@@ -76,11 +77,7 @@ async fn audited(
             status: error.status.as_u16(),
             code: error.code.to_owned(),
         };
-        let retain = state.settings().audit_retention;
-        if let Err(err) = state
-            .write_unserved(move |store| store.record_refusal(&refusal, retain))
-            .await
-        {
+        if let Err(err) = state.record_refusal(refusal).await {
             tracing::warn!(
                 code = err.code,
                 "could not record a refusal in the audit log"
@@ -172,28 +169,33 @@ fn runtime_body(runtime: &RuntimeRecord) -> Runtime {
     }
 }
 
-/// A 200 JSON answer with an ETag, or a bodiless 304 when the caller already
-/// has it (`If-None-Match`). The tag covers the view's content and who asks
-/// (a template-restricted token sees less), so it is cheap to compute and
-/// equal across replicas holding the same pins.
-fn cached_json(
-    headers: &HeaderMap,
-    view: &View,
-    caller: &Caller,
-    extra: &str,
-    body: &impl Serialize,
-) -> Response {
+/// The ETag of a read answer: a digest of the view's content, the request
+/// and, for a template-restricted token (which sees less), its name. Equal
+/// content gives equal tags on every replica and after restarts.
+fn etag(view: &View, caller: &Caller, key: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(view.content_tag);
-    hasher.update(caller.name.as_str());
+    if caller.templates.is_some() {
+        hasher.update(caller.name.as_str());
+    }
     hasher.update([0]);
-    hasher.update(extra);
+    hasher.update(key);
     let hash: [u8; 32] = hasher.finalize().into();
-    let tag: String = hash[..12]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    let etag = format!("\"{tag}\"");
+    let mut tag = String::with_capacity(26);
+    tag.push('"');
+    for byte in &hash[..12] {
+        tag.push(char::from(HEX[usize::from(byte >> 4)]));
+        tag.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    tag.push('"');
+    tag
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A 200 JSON answer with its ETag, or a bodiless 304 when the caller
+/// already has it (`If-None-Match`).
+fn cached_json(headers: &HeaderMap, etag: String, body: impl FnOnce() -> Bytes) -> Response {
     let matches = headers
         .get(IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
@@ -206,12 +208,21 @@ fn cached_json(
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        axum::Json(body).into_response()
+        (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body(),
+        )
+            .into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(ETAG, value);
     }
     response
+}
+
+/// Serialises a body; serde_json cannot fail on these plain structs.
+fn to_bytes(body: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
 /// A decoded query string. Unknown keys are ignored; a repeated key keeps its

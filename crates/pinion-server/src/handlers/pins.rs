@@ -13,7 +13,8 @@ use pinion_store::{
 };
 
 use super::{
-    Attempt, Query, audited, cached_json, now, optional_field, parse_field, pin_body, read_json,
+    Attempt, Query, audited, cached_json, etag, now, optional_field, parse_field, pin_body,
+    read_json, to_bytes,
 };
 use crate::RegistryCheck;
 use crate::auth::Caller;
@@ -104,7 +105,7 @@ async fn promote_inner(
         force: request.force,
     };
     let requested = promotion.clone();
-    let outcome = state.write(move |store| store.promote(&promotion)).await?;
+    let outcome = state.promote(promotion).await?;
     let view = state.view();
     match outcome {
         PromoteOutcome::Moved { pin, previous } => {
@@ -302,7 +303,7 @@ async fn rollback_inner(
         at: now(),
         notes,
     };
-    let outcome = state.write(move |store| store.rollback(&rollback)).await?;
+    let outcome = state.rollback(rollback).await?;
     let view = state.view();
     let what = format!("`{template}`/`{region}`");
     match outcome {
@@ -341,26 +342,31 @@ pub async fn list_pins(
     let template = query.template()?;
     let region = query.region()?;
     let view = state.view();
-    let pins = view
-        .pins
-        .values()
-        .filter(|pin| template.as_ref().is_none_or(|t| *t == pin.template))
-        .filter(|pin| region.as_ref().is_none_or(|r| *r == pin.region))
-        .filter(|pin| caller.may_use(&pin.template))
-        .map(|pin| pin_body(&view, pin))
-        .collect();
-    let filter = format!(
+    let key = format!(
         "list\0{}\0{}",
         template.as_ref().map(TemplateName::as_str).unwrap_or(""),
         region.as_ref().map(Region::as_str).unwrap_or("")
     );
-    Ok(cached_json(
-        &headers,
-        &view,
-        &caller,
-        &filter,
-        &PinList { pins },
-    ))
+    let etag = etag(&view, &caller, &key);
+    let everything = template.is_none() && region.is_none() && caller.templates.is_none();
+    Ok(cached_json(&headers, etag, || {
+        let render = || {
+            let pins = view
+                .pins
+                .values()
+                .filter(|pin| template.as_ref().is_none_or(|t| *t == pin.template))
+                .filter(|pin| region.as_ref().is_none_or(|r| *r == pin.region))
+                .filter(|pin| caller.may_use(&pin.template))
+                .map(|pin| pin_body(&view, pin))
+                .collect();
+            to_bytes(&PinList { pins })
+        };
+        if everything {
+            view.list_body.get_or_init(render).clone()
+        } else {
+            render()
+        }
+    }))
 }
 
 pub async fn resolve(
@@ -397,5 +403,7 @@ pub async fn resolve(
         image_ref: super::image_ref(&view, pin),
     };
     let key = format!("resolve\0{template}\0{region}");
-    Ok(cached_json(&headers, &view, &caller, &key, &resolved))
+    Ok(cached_json(&headers, etag(&view, &caller, &key), || {
+        to_bytes(&resolved)
+    }))
 }

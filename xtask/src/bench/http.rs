@@ -1,0 +1,409 @@
+//! The HTTP benchmarks: the read path against nginx serving the same bytes
+//! as static files, durable promotes against etcd's `put`, memory, and
+//! `pinion verify` against the `curl | jq` pipeline it replaces. Load comes
+//! from `wrk -t1` on the same machine.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{Guard, free_port, hyperfine_table, pinion_cmd, serve, wait_for_port};
+
+const TEMPLATES: usize = 50;
+const SECONDS: &str = "10";
+
+/// One wrk run: requests per second and latency percentiles in ms.
+struct Load {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    non_2xx: u64,
+}
+
+fn wrk(
+    connections: u32,
+    url: &str,
+    script: Option<&Path>,
+    token: Option<&str>,
+) -> Result<Load, String> {
+    let mut command = Command::new("wrk");
+    command.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{SECONDS}s"),
+        "--latency",
+    ]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    command.arg(url);
+    let output = command.output().map_err(|err| format!("wrk: {err}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let number_after = |label: &str| -> Option<String> {
+        text.lines()
+            .find(|line| line.trim_start().starts_with(label))
+            .and_then(|line| line.split_whitespace().nth(1).map(str::to_owned))
+    };
+    let ms = |value: Option<String>| -> f64 {
+        let value = value.unwrap_or_default();
+        let (number, factor) = if let Some(us) = value.strip_suffix("us") {
+            (us, 0.001)
+        } else if let Some(ms) = value.strip_suffix("ms") {
+            (ms, 1.0)
+        } else if let Some(s) = value.strip_suffix('s') {
+            (s, 1000.0)
+        } else {
+            (value.as_str(), 1.0)
+        };
+        number.parse::<f64>().unwrap_or(f64::NAN) * factor
+    };
+    let rps = number_after("Requests/sec:")
+        .and_then(|value| value.parse().ok())
+        .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
+    let non_2xx = text
+        .lines()
+        .find(|line| line.contains("Non-2xx or 3xx responses:"))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    Ok(Load {
+        rps,
+        p50: ms(number_after("50%")),
+        p99: ms(number_after("99%")),
+        non_2xx,
+    })
+}
+
+fn row(name: &str, load: &Load, baseline: Option<&Load>) {
+    let ratio = baseline.map_or("-".to_owned(), |base| format!("{:.2}", load.rps / base.rps));
+    println!(
+        "| {name} | {:.0} | {:.2} | {:.2} | {ratio} | {} |",
+        load.rps, load.p50, load.p99, load.non_2xx
+    );
+}
+
+fn header(title: &str) {
+    println!("\n{title}");
+    println!("| load | requests/s | p50 ms | p99 ms | ratio to baseline | non-2xx |");
+    println!("|---|---|---|---|---|---|");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| {
+                    line.split_whitespace()
+                        .nth(1)
+                        .and_then(|kib| kib.parse().ok())
+                })
+        })
+        .unwrap_or(0)
+}
+
+fn curl(url: &str, token: &str) -> Result<String, String> {
+    let output = Command::new("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {token}"), url])
+        .output()
+        .map_err(|err| err.to_string())?;
+    if !output.status.success() {
+        return Err(format!("curl {url} failed"));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A wrk script that POSTs a promote with a fresh digest every request.
+fn promote_script(dir: &Path, token: &str) -> Result<std::path::PathBuf, String> {
+    let script = format!(
+        r#"
+counter = 0
+prefix = string.format("%08x", os.time() % 0x7fffffff)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {token}"
+request = function()
+  counter = counter + 1
+  local body = string.format('{{"template_name":"t-%d","image_digest":"sha256:%s%048d%08x"}}', counter % {TEMPLATES}, prefix, 0, counter)
+  return wrk.format(nil, "/cp/admin/runtime-image/promote", nil, body)
+end
+"#
+    );
+    let path = dir.join("promote.lua");
+    std::fs::write(&path, script).map_err(|err| err.to_string())?;
+    Ok(path)
+}
+
+/// A wrk script that PUTs a fresh value under one of 50 keys in etcd.
+fn etcd_script(dir: &Path) -> Result<std::path::PathBuf, String> {
+    // base64 of "k-NN" is fixed per key; values are base64 of a counter.
+    let script = r#"
+counter = 0
+local b = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function enc(data)
+  return ((data:gsub('.', function(x)
+    local r, byte = '', x:byte()
+    for i = 8, 1, -1 do r = r .. (byte % 2 ^ i - byte % 2 ^ (i - 1) > 0 and '1' or '0') end
+    return r
+  end) .. '0000'):gsub('%d%d%d?%d?%d?%d?', function(x)
+    if (#x < 6) then return '' end
+    local c = 0
+    for i = 1, 6 do c = c + (x:sub(i, i) == '1' and 2 ^ (6 - i) or 0) end
+    return b:sub(c + 1, c + 1)
+  end) .. ({ '', '==', '=' })[#data % 3 + 1])
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  counter = counter + 1
+  local body = string.format('{"key":"%s","value":"%s"}', enc(string.format("k-%02d", counter % 50)), enc(string.format("sha256:%064d", counter)))
+  return wrk.format(nil, "/v3/kv/put", nil, body)
+end
+"#;
+    let path = dir.join("etcd.lua");
+    std::fs::write(&path, script).map_err(|err| err.to_string())?;
+    Ok(path)
+}
+
+pub fn run(pinion: &Path) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let database = format!("sqlite://{}", dir.path().join("bench.db").display());
+    for i in 0..TEMPLATES {
+        pinion_cmd(
+            pinion,
+            &[
+                "template",
+                "add",
+                &format!("t-{i}"),
+                "--repository",
+                &format!("registry.example.com/team/t-{i}"),
+            ],
+            &database,
+        )?;
+    }
+    let promote_token = pinion_cmd(
+        pinion,
+        &["token", "create", "--name", "ci", "--scope", "promote"],
+        &database,
+    )?;
+    let read_token = pinion_cmd(
+        pinion,
+        &[
+            "token",
+            "create",
+            "--name",
+            "provisioner",
+            "--scope",
+            "read",
+        ],
+        &database,
+    )?;
+    let (server, url) = serve(pinion, &database, &[("PINION_REGISTRY_CHECK", "off")])?;
+    let pid = server.0.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss = rss_kib(pid);
+    for i in 0..TEMPLATES {
+        let status = Command::new(pinion)
+            .args([
+                "promote",
+                "--server",
+                &url,
+                "--template",
+                &format!("t-{i}"),
+                "--digest",
+                &format!("sha256:{:064x}", i + 1),
+            ])
+            .env("PINION_TOKEN", &promote_token)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|err| err.to_string())?;
+        if !status.success() {
+            return Err("seeding pins failed".into());
+        }
+    }
+
+    // nginx serves the very bytes pinion answers, as static files.
+    let resolve_path = "/cp/runtime-image/resolve?template_name=t-7&region=us-east-2";
+    let list_path = "/cp/admin/runtime-image";
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).map_err(|err| err.to_string())?;
+    std::fs::write(
+        www.join("resolve.json"),
+        curl(&format!("{url}{resolve_path}"), &read_token)?,
+    )
+    .map_err(|err| err.to_string())?;
+    std::fs::write(
+        www.join("list.json"),
+        curl(&format!("{url}{list_path}"), &read_token)?,
+    )
+    .map_err(|err| err.to_string())?;
+    let nginx_port = free_port();
+    let conf = format!(
+        "daemon off; worker_processes 2; pid {dir}/nginx.pid; error_log {dir}/nginx.err;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; default_type application/json; client_body_temp_path {dir}/tmp;\n\
+           server {{ listen 127.0.0.1:{nginx_port}; root {www}; }} }}\n",
+        dir = dir.path().display(),
+        www = www.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).map_err(|err| err.to_string())?;
+    let nginx = Command::new("nginx")
+        .args(["-c"])
+        .arg(dir.path().join("nginx.conf"))
+        .args(["-p"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Guard)
+        .map_err(|err| format!("nginx: {err}"))?;
+    wait_for_port(nginx_port)?;
+
+    header("Read path, 50 pins, `wrk -t1 -c32`, 10 s each");
+    let nginx_resolve = wrk(
+        32,
+        &format!("http://127.0.0.1:{nginx_port}/resolve.json"),
+        None,
+        None,
+    )?;
+    row("nginx static resolve body (baseline)", &nginx_resolve, None);
+    let resolve = wrk(32, &format!("{url}{resolve_path}"), None, Some(&read_token))?;
+    row("pinion resolve", &resolve, Some(&nginx_resolve));
+    let read_rss = rss_kib(pid);
+    let nginx_list = wrk(
+        32,
+        &format!("http://127.0.0.1:{nginx_port}/list.json"),
+        None,
+        None,
+    )?;
+    row("nginx static list body (baseline)", &nginx_list, None);
+    let list = wrk(32, &format!("{url}{list_path}"), None, Some(&read_token))?;
+    row("pinion list (50 pins)", &list, Some(&nginx_list));
+    let after_list_rss = rss_kib(pid);
+    drop(nginx);
+
+    // etcd `put` through its HTTP gateway, fsync per commit, same load generator.
+    let etcd_port = free_port();
+    let peer_port = free_port();
+    let etcd = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{etcd_port}"),
+        ])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{etcd_port}"),
+        ])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+        ])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer_port}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("default=http://127.0.0.1:{peer_port}"),
+        ])
+        .args(["--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Guard)
+        .map_err(|err| format!("etcd: {err}"))?;
+    wait_for_port(etcd_port)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let etcd_lua = etcd_script(dir.path())?;
+    let promote_lua = promote_script(dir.path(), &promote_token)?;
+    header("Durable writes: promote with a fresh digest per request, `wrk -t1`, 10 s each");
+    for connections in [1, 32] {
+        let put = wrk(
+            connections,
+            &format!("http://127.0.0.1:{etcd_port}"),
+            Some(&etcd_lua),
+            None,
+        )?;
+        row(
+            &format!("etcd 3.4 put, c={connections} (baseline)"),
+            &put,
+            None,
+        );
+        let promote = wrk(connections, &url, Some(&promote_lua), None)?;
+        row(
+            &format!("pinion promote, c={connections}"),
+            &promote,
+            Some(&put),
+        );
+    }
+    drop(etcd);
+
+    println!("\nMemory (VmRSS of `pinion serve`)");
+    println!("| moment | RSS |");
+    println!("|---|---|");
+    println!(
+        "| idle, after start | {:.1} MiB |",
+        idle_rss as f64 / 1024.0
+    );
+    println!(
+        "| after the resolve load | {:.1} MiB |",
+        read_rss as f64 / 1024.0
+    );
+    println!(
+        "| after the list load | {:.1} MiB |",
+        after_list_rss as f64 / 1024.0
+    );
+    println!(
+        "| after the promote loads | {:.1} MiB |",
+        rss_kib(pid) as f64 / 1024.0
+    );
+
+    let digest = format!("sha256:{:064x}", 8);
+    let verify = format!(
+        "{} verify --server {url} --template t-7 --digest {digest}",
+        pinion.display()
+    );
+    // The pipeline existing CI jobs run, as a script so no quoting is lost.
+    let script = dir.path().join("curl-jq.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "curl -sf -H \"Authorization: Bearer $PINION_TOKEN\" '{url}/cp/admin/runtime-image?template_name=t-7' \\\n  | jq -e '.pins[] | select(.template_name==\"t-7\" and .region==\"global\") | .image_digest == \"{digest}\"' >/dev/null\n"
+        ),
+    )
+    .map_err(|err| err.to_string())?;
+    let pipeline = format!("bash {}", script.display());
+    // Re-pin t-7 so both commands check a digest that is really there.
+    let status = Command::new(pinion)
+        .args([
+            "promote",
+            "--server",
+            &url,
+            "--template",
+            "t-7",
+            "--digest",
+            &digest,
+        ])
+        .env("PINION_TOKEN", &promote_token)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|err| err.to_string())?;
+    if !status.success() {
+        return Err("re-pinning t-7 failed".into());
+    }
+    hyperfine_table(
+        "`pinion verify` beside the `curl | jq` pipeline it replaces",
+        30,
+        &[("curl | jq", pipeline), ("pinion verify", verify)],
+        &[("PINION_TOKEN", read_token.as_str())],
+    )?;
+    drop(server);
+    Ok(())
+}

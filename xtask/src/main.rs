@@ -1,0 +1,31 @@
+//! Pinion's automation. `cargo xtask bench [registry|http|all]` builds the
+//! release binary, starts what it measures (a real registry, the server, and
+//! the reference servers) on loopback, and prints the figures that
+//! `docs/benchmarks.md` records, each beside its baseline from the same run.
+
+mod bench;
+// The OCI registry and image helpers the end-to-end tests use, shared so the
+// benchmark pushes images exactly as the tests do.
+#[allow(clippy::unwrap_used, dead_code)]
+#[path = "../../crates/pinion-cli/tests/it/oci.rs"]
+mod oci;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match words.as_slice() {
+        ["bench"] | ["bench", "all"] => bench::run(true, true),
+        ["bench", "registry"] => bench::run(true, false),
+        ["bench", "http"] => bench::run(false, true),
+        _ => Err("usage: cargo xtask bench [registry|http|all]".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("error: {reason}");
+            ExitCode::from(2)
+        }
+    }
+}
