@@ -95,7 +95,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("could not listen on `{}`", args.listen))?;
-        pinion_server::run(settings, listener, shutdown_signal()).await?;
+        pinion_server::run(settings, listener, shutdown_signal()?).await?;
         Ok(())
     })
 }
@@ -131,30 +131,20 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// Completes on SIGTERM or ctrl-c (SIGINT).
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+/// Completes on SIGTERM or ctrl-c (SIGINT). The handlers are installed
+/// here, before the server says it is listening, so a signal that arrives
+/// the moment after is a graceful stop and not the default instant death.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => {},
             _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 /// Logs to stderr; `PINION_LOG` sets the filter (default `info`).

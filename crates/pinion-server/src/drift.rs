@@ -155,11 +155,7 @@ pub async fn check_once(state: &AppState, interval: Duration) {
     let mut entries = Vec::new();
     for (template, repository) in &repositories {
         let answer = memory.answers.get(repository).cloned();
-        let pins: Vec<_> = view
-            .pins
-            .values()
-            .filter(|pin| pin.template == *template)
-            .collect();
+        let pins: Vec<_> = view.pins_of(template).collect();
         if pins.is_empty() {
             entries.push(entry(
                 template,

@@ -26,15 +26,26 @@ pub async fn observe(request: Request, next: Next) -> Response {
         .unwrap_or_else(new_request_id);
     // The path only: query strings carry no secret here, but they are the
     // caller's data and the path is enough to find the request.
-    let span = tracing::info_span!(
-        "request",
-        id = %id,
-        method = %request.method(),
-        path = %request.uri().path(),
-        actor = tracing::field::Empty,
-    );
-    let started = Instant::now();
     let is_read = request.method() == axum::http::Method::GET;
+    // Reads get a debug-level span: at the default level it costs nothing.
+    let span = if is_read {
+        tracing::debug_span!(
+            "request",
+            id = %id,
+            method = %request.method(),
+            path = %request.uri().path(),
+            actor = tracing::field::Empty,
+        )
+    } else {
+        tracing::info_span!(
+            "request",
+            id = %id,
+            method = %request.method(),
+            path = %request.uri().path(),
+            actor = tracing::field::Empty,
+        )
+    };
+    let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     if (status.is_client_error() || status.is_server_error())

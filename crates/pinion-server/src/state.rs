@@ -34,8 +34,9 @@ const MAX_BATCH: usize = 512;
 /// What the read path serves, indexed for lookups. Immutable once built.
 #[derive(Debug, Default)]
 pub struct View {
-    /// Keyed by (template, region): iteration is the contract's list order.
-    pub pins: BTreeMap<(TemplateName, Region), PinRecord>,
+    /// By template, then region: iteration is the contract's list order, and
+    /// a lookup borrows the parsed names instead of building a key.
+    pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>>,
     pub runtimes: BTreeMap<TemplateName, RuntimeRecord>,
     pub tokens: Vec<TokenRecord>,
     /// A digest of everything the read endpoints serve (pins and catalog),
@@ -48,13 +49,35 @@ pub struct View {
 }
 
 impl View {
+    /// Every pin, ordered by template then region.
+    pub fn pins(&self) -> impl Iterator<Item = &PinRecord> {
+        self.pins.values().flat_map(BTreeMap::values)
+    }
+
+    pub fn pin_count(&self) -> usize {
+        self.pins.values().map(BTreeMap::len).sum()
+    }
+
+    /// The pin of exactly this template and region.
+    pub fn pin(&self, template: &TemplateName, region: &Region) -> Option<&PinRecord> {
+        self.pins.get(template)?.get(region)
+    }
+
+    /// The pins of one template, ordered by region.
+    pub fn pins_of(&self, template: &TemplateName) -> impl Iterator<Item = &PinRecord> {
+        self.pins
+            .get(template)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+    }
+
     fn new(
-        pins: BTreeMap<(TemplateName, Region), PinRecord>,
+        pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>>,
         runtimes: BTreeMap<TemplateName, RuntimeRecord>,
         tokens: Vec<TokenRecord>,
     ) -> View {
         let mut hasher = Sha256::new();
-        for pin in pins.values() {
+        for pin in pins.values().flat_map(BTreeMap::values) {
             hasher.update(format!(
                 "p\0{}\0{}\0{}\0{}\n",
                 pin.template, pin.region, pin.revision, pin.digest
@@ -77,12 +100,14 @@ impl View {
     }
 
     fn from_snapshot(snapshot: Snapshot) -> View {
+        let mut pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>> = BTreeMap::new();
+        for pin in snapshot.pins {
+            pins.entry(pin.template.clone())
+                .or_default()
+                .insert(pin.region.clone(), pin);
+        }
         View::new(
-            snapshot
-                .pins
-                .into_iter()
-                .map(|pin| ((pin.template.clone(), pin.region.clone()), pin))
-                .collect(),
+            pins,
             snapshot
                 .runtimes
                 .into_iter()
@@ -96,7 +121,10 @@ impl View {
     fn with_changes(&self, pins: Vec<PinRecord>, runtimes: Vec<RuntimeRecord>) -> View {
         let mut all_pins = self.pins.clone();
         for pin in pins {
-            all_pins.insert((pin.template.clone(), pin.region.clone()), pin);
+            all_pins
+                .entry(pin.template.clone())
+                .or_default()
+                .insert(pin.region.clone(), pin);
         }
         let mut all_runtimes = self.runtimes.clone();
         for runtime in runtimes {

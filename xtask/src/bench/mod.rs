@@ -120,7 +120,9 @@ impl Drop for Guard {
     /// SIGTERM first, so a master process (nginx) takes its workers with it;
     /// SIGKILL if it is still there after two seconds.
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if matches!(self.0.try_wait(), Ok(Some(_))) {

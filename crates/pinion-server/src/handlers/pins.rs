@@ -6,7 +6,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::header::{ETAG, IF_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pinion_api::{PinList, PinResponse, PromoteRequest, Resolved, RollbackRequest};
+use pinion_api::{PinList, PinResponse, PromoteRequest, RollbackRequest};
 use pinion_core::{Digest, GitSha, Label, Notes, Region, RunUrl, Scope, TemplateName};
 use pinion_store::{
     CiProvenance, Expectation, PinRecord, PromoteOutcome, Promotion, Rollback, RollbackOutcome,
@@ -342,18 +342,20 @@ pub async fn list_pins(
     let template = query.template()?;
     let region = query.region()?;
     let view = state.view();
-    let key = format!(
-        "list\0{}\0{}",
-        template.as_ref().map(TemplateName::as_str).unwrap_or(""),
-        region.as_ref().map(Region::as_str).unwrap_or("")
+    let etag = etag(
+        &view,
+        &caller,
+        &[
+            "list",
+            template.as_ref().map_or("", TemplateName::as_str),
+            region.as_ref().map_or("", Region::as_str),
+        ],
     );
-    let etag = etag(&view, &caller, &key);
     let everything = template.is_none() && region.is_none() && caller.templates.is_none();
     Ok(cached_json(&headers, etag, || {
         let render = || {
             let pins = view
-                .pins
-                .values()
+                .pins()
                 .filter(|pin| template.as_ref().is_none_or(|t| *t == pin.template))
                 .filter(|pin| region.as_ref().is_none_or(|r| *r == pin.region))
                 .filter(|pin| caller.may_use(&pin.template))
@@ -379,15 +381,14 @@ pub async fn resolve(
     let query = Query::parse(raw.as_deref());
     let template = parse_field(
         "template_name",
-        TemplateName::parse(query.get("template_name").unwrap_or_default()),
+        TemplateName::parse(query.get("template_name").as_deref().unwrap_or_default()),
     )?;
     let region = query.region()?.unwrap_or_default();
     caller.require_template(&template)?;
     let view = state.view();
     let pin = view
-        .pins
-        .get(&(template.clone(), region.clone()))
-        .or_else(|| view.pins.get(&(template.clone(), Region::global())))
+        .pin(&template, &region)
+        .or_else(|| view.pin(&template, &Region::global()))
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -395,15 +396,52 @@ pub async fn resolve(
                 format!("no pin for template `{template}` in region `{region}` nor in `global`"),
             )
         })?;
-    let resolved = Resolved {
-        template_name: template.to_string(),
-        region: region.to_string(),
-        matched_region: pin.region.to_string(),
-        image_digest: pin.digest.to_string(),
-        image_ref: super::image_ref(&view, pin),
+    let image_ref = super::image_ref(&view, pin);
+    let resolved = ResolvedBody {
+        template_name: template.as_str(),
+        region: region.as_str(),
+        matched_region: pin.region.as_str(),
+        image_digest: pin.digest.as_str(),
+        image_ref: image_ref.as_deref(),
     };
-    let key = format!("resolve\0{template}\0{region}");
-    Ok(cached_json(&headers, etag(&view, &caller, &key), || {
-        to_bytes(&resolved)
-    }))
+    let etag = etag(
+        &view,
+        &caller,
+        &["resolve", template.as_str(), region.as_str()],
+    );
+    Ok(cached_json(&headers, etag, || to_bytes(&resolved)))
+}
+
+/// [`pinion_api::Resolved`], borrowed: the hot path serialises without
+/// copying a string.
+#[derive(serde::Serialize)]
+struct ResolvedBody<'a> {
+    template_name: &'a str,
+    region: &'a str,
+    matched_region: &'a str,
+    image_digest: &'a str,
+    image_ref: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use pinion_api::Resolved;
+
+    use super::*;
+
+    #[test]
+    fn the_borrowed_resolve_body_is_the_wire_shape() {
+        let body = ResolvedBody {
+            template_name: "codex",
+            region: "eu-west-1",
+            matched_region: "global",
+            image_digest: "sha256:00",
+            image_ref: Some("r@sha256:00"),
+        };
+        let wire: Resolved = serde_json::from_slice(&to_bytes(&body)).unwrap();
+        assert_eq!(wire.template_name, "codex");
+        assert_eq!(wire.region, "eu-west-1");
+        assert_eq!(wire.matched_region, "global");
+        assert_eq!(wire.image_ref.as_deref(), Some("r@sha256:00"));
+    }
 }

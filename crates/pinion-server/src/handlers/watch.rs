@@ -59,7 +59,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "# HELP pinion_pin_age_seconds Seconds since the pin last moved"
     );
     let _ = writeln!(text, "# TYPE pinion_pin_age_seconds gauge");
-    for pin in view.pins.values() {
+    for pin in view.pins() {
         let age = (now - pin.promoted_at).as_seconds_f64().max(0.0);
         let _ = writeln!(
             text,
@@ -95,7 +95,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let _ = writeln!(text, "pinion_drift_last_check_timestamp_seconds {last}");
     let _ = writeln!(text, "# HELP pinion_pins Pins in the store");
     let _ = writeln!(text, "# TYPE pinion_pins gauge");
-    let _ = writeln!(text, "pinion_pins {}", view.pins.len());
+    let _ = writeln!(text, "pinion_pins {}", view.pin_count());
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
