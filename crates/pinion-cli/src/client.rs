@@ -50,48 +50,43 @@ impl Client {
         target: &Target,
         request: &PromoteRequest,
     ) -> Result<Promoted, String> {
-        let url = endpoint(&target.base, "cp/admin/runtime-image/promote");
-        let (status, body) = self
-            .send(target, || self.http.post(url.clone()).json(request))
-            .await?;
-        if status != StatusCode::OK && status != StatusCode::CREATED {
-            return Err(unexpected_status(status, &body));
-        }
-        let response: PinResponse = serde_json::from_slice(&body).map_err(|err| {
-            format!(
-                "server answered {} but the body is not a pin ({}): {}",
-                status.as_u16(),
-                err,
-                preview(&body)
-            )
-        })?;
-        let pin = response.pin;
         let region = request.region.as_deref().unwrap_or("global");
-        if pin.image_digest != request.image_digest
-            || pin.template_name != request.template_name
-            || pin.region != region
-        {
-            return Err(format!(
-                "server answered {} but the returned pin is `{}`/`{}` at `{}`, expected `{}`/`{}` at `{}`",
-                status.as_u16(),
-                pin.template_name,
-                pin.region,
-                pin.image_digest,
-                request.template_name,
-                region,
-                request.image_digest
-            ));
-        }
-        Ok(Promoted { status, pin })
+        self.post_for_pin(target, "cp/admin/runtime-image/promote", request, |pin| {
+            pin.template_name == request.template_name
+                && pin.region == region
+                && pin.image_digest == request.image_digest
+        })
+        .await
     }
 
-    /// Rolls back; succeeds only on 200/201 with a pin of that template and region.
+    /// Rolls back; succeeds only on 200/201 with a pin of that template and
+    /// region (at `to_digest`, when one was asked for).
     pub async fn rollback(
         &self,
         target: &Target,
         request: &RollbackRequest,
     ) -> Result<Promoted, String> {
-        let url = endpoint(&target.base, "cp/admin/runtime-image/rollback");
+        let region = request.region.as_deref().unwrap_or("global");
+        self.post_for_pin(target, "cp/admin/runtime-image/rollback", request, |pin| {
+            pin.template_name == request.template_name
+                && pin.region == region
+                && request
+                    .to_digest
+                    .as_ref()
+                    .is_none_or(|to| *to == pin.image_digest)
+        })
+        .await
+    }
+
+    /// POSTs and accepts only a 200/201 `{"pin"}` answer that `expected` holds for.
+    async fn post_for_pin(
+        &self,
+        target: &Target,
+        path: &str,
+        request: &impl serde::Serialize,
+        expected: impl Fn(&Pin) -> bool,
+    ) -> Result<Promoted, String> {
+        let url = endpoint(&target.base, path);
         let (status, body) = self
             .send(target, || self.http.post(url.clone()).json(request))
             .await?;
@@ -105,13 +100,8 @@ impl Client {
                 preview(&body)
             )
         })?;
-        let region = request.region.as_deref().unwrap_or("global");
         let pin = response.pin;
-        let digest_ok = request
-            .to_digest
-            .as_ref()
-            .is_none_or(|to| *to == pin.image_digest);
-        if pin.template_name != request.template_name || pin.region != region || !digest_ok {
+        if !expected(&pin) {
             return Err(format!(
                 "server answered {} but the returned pin is `{}`/`{}` at `{}`, which is not what was asked",
                 status.as_u16(),

@@ -7,10 +7,8 @@ use std::sync::Arc;
 
 use pinion_api::{DriftReport, PinList, RuntimeList};
 use pinion_core::{Digest, DriftStatus, Repository};
-use pinion_registry::{Reference, Registry, RegistryError, Tag};
+use pinion_registry::{Registry, Tag, TagAnswer, resolve_tags};
 use serde::Serialize;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::ExitCode;
 use crate::actions;
@@ -102,7 +100,7 @@ pub async fn drift(args: DriftArgs) -> ExitCode {
                 .and_then(|image| Repository::parse(image).ok())
         })
         .collect();
-    let answers = resolve_all(Arc::new(registry), &tag, repositories).await;
+    let answers = resolve_tags(Arc::new(registry), repositories, &tag, CONCURRENCY).await;
     let results: Vec<TargetDrift> = targets
         .iter()
         .zip(fetched)
@@ -150,35 +148,7 @@ async fn fetch(client: &Client, target: &Target) -> Result<Fetched, String> {
     })
 }
 
-type Answers = HashMap<Repository, Result<Option<Digest>, String>>;
-
-async fn resolve_all(
-    registry: Arc<Registry>,
-    tag: &Tag,
-    repositories: BTreeSet<Repository>,
-) -> Answers {
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut lookups = JoinSet::new();
-    for repository in repositories {
-        let (registry, limit, tag) = (registry.clone(), limit.clone(), tag.clone());
-        lookups.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let answer = match registry.manifest(&repository, &Reference::Tag(tag)).await {
-                Ok(manifest) => Ok(Some(manifest.digest)),
-                Err(RegistryError::NotFound(_)) => Ok(None),
-                Err(err) => Err(err.to_string()),
-            };
-            (repository, answer)
-        });
-    }
-    let mut answers = HashMap::new();
-    while let Some(joined) = lookups.join_next().await {
-        if let Ok((repository, answer)) = joined {
-            answers.insert(repository, answer);
-        }
-    }
-    answers
-}
+type Answers = HashMap<Repository, TagAnswer>;
 
 fn rows(target: &Target, fetched: Result<Fetched, String>, answers: &Answers) -> TargetDrift {
     let mut result = TargetDrift {

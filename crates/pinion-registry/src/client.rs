@@ -526,3 +526,37 @@ fn describe(err: &reqwest::Error) -> String {
     }
     text
 }
+
+/// What a repository's tag points at: `Ok(None)` when the tag does not exist,
+/// `Err` with a one-line reason when the lookup failed.
+pub type TagAnswer = Result<Option<Digest>, String>;
+
+/// Resolves `tag` in every repository, at most `concurrency` lookups at once.
+pub async fn resolve_tags(
+    registry: std::sync::Arc<Registry>,
+    repositories: impl IntoIterator<Item = Repository>,
+    tag: &crate::Tag,
+    concurrency: usize,
+) -> HashMap<Repository, TagAnswer> {
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut lookups = tokio::task::JoinSet::new();
+    for repository in repositories {
+        let (registry, limit, tag) = (registry.clone(), limit.clone(), tag.clone());
+        lookups.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let answer = match registry.manifest(&repository, &Reference::Tag(tag)).await {
+                Ok(manifest) => Ok(Some(manifest.digest)),
+                Err(RegistryError::NotFound(_)) => Ok(None),
+                Err(err) => Err(err.to_string()),
+            };
+            (repository, answer)
+        });
+    }
+    let mut answers = HashMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok((repository, answer)) = joined {
+            answers.insert(repository, answer);
+        }
+    }
+    answers
+}

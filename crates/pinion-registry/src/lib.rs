@@ -17,7 +17,7 @@ mod client;
 mod credentials;
 mod image;
 
-pub use client::{Manifest, Registry, RegistrySettings};
+pub use client::{Manifest, Registry, RegistrySettings, TagAnswer, resolve_tags};
 pub use credentials::Credentials;
 pub use image::{ImageName, Platform, Reference, Tag};
 

@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use pinion_api::{DriftEntry, DriftReport};
 use pinion_core::{Digest, DriftStatus, Region, Repository, TemplateName};
-use pinion_registry::{Reference, RegistryError};
+use pinion_registry::resolve_tags;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::state::AppState;
 
@@ -105,26 +103,7 @@ pub async fn check_once(state: &AppState, interval: Duration) {
             .collect()
     };
 
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut lookups = JoinSet::new();
-    for repository in due {
-        let (registry, limit, tag) = (state.registry(), limit.clone(), tag.clone());
-        lookups.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let answer = match registry.manifest(&repository, &Reference::Tag(tag)).await {
-                Ok(manifest) => Ok(Some(manifest.digest)),
-                Err(RegistryError::NotFound(_)) => Ok(None),
-                Err(err) => Err(err.to_string()),
-            };
-            (repository, answer)
-        });
-    }
-    let mut answers = Vec::new();
-    while let Some(joined) = lookups.join_next().await {
-        if let Ok(answer) = joined {
-            answers.push(answer);
-        }
-    }
+    let answers = resolve_tags(state.registry(), due, &tag, CONCURRENCY).await;
 
     let now = OffsetDateTime::now_utc();
     let mut memory = drift.memory.lock().unwrap_or_else(PoisonError::into_inner);
