@@ -178,6 +178,37 @@ fn a_lying_registry_is_refused() {
     assert!(out.stdout.is_empty());
 }
 
+#[test]
+fn an_oversized_manifest_is_refused() {
+    let huge = format!(r#"{{"schemaVersion":2,"pad":"{}"}}"#, "x".repeat(5 * 1024 * 1024));
+    let bloated = FaultServer::start(Fault::Answer(200, "application/vnd.oci.image.manifest.v1+json", huge));
+    let out = pinion_digest(&format!("{}/codex:latest", bloated.addr), &[], &[]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.reason().contains("larger than"), "{out:?}");
+}
+
+#[test]
+fn the_server_reads_registry_credentials_like_the_cli() {
+    let registry = TestRegistry::start(Auth::Basic("ci", "server-side-password-5d1e"));
+    register_secret("server-side-password-5d1e");
+    let pushed = registry.push_image("codex", "latest", "server-auth");
+    let config_dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:server-side-password-5d1e");
+    let config = serde_json::json!({"auths": {registry.host(): {"auth": auth}}});
+    std::fs::write(config_dir.path().join("config.json"), config.to_string()).unwrap();
+    let docker_config = config_dir.path().to_str().unwrap().to_owned();
+    let (_env, server, token, read) = server_for(&registry, &[("DOCKER_CONFIG", &docker_config)]);
+    assert_eq!(promote(&server, &token, &pushed).status, 201);
+    let missing = promote(&server, &token, &digest(3));
+    assert_eq!(missing.error_code(), "digest_not_in_registry");
+    assert_eq!(server.pinned(&read, "codex", "global"), Some(pushed));
+
+    let (_env, anonymous, token, _read) = server_for(&registry, &[]);
+    let refused = promote(&anonymous, &token, &digest(3));
+    assert_eq!(refused.status, 503, "no credentials: the registry refuses, nothing is written");
+    assert_eq!(refused.error_code(), "registry_unavailable");
+}
+
 /// A server whose catalog points `codex` at the test registry.
 fn server_for(registry: &TestRegistry, env_vars: &[(&str, &str)]) -> (Env, Server, String, String) {
     let env = Env::new();
