@@ -120,7 +120,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(_) => {
+            err if err.is_unavailable() => {
                 tracing::error!(error = %err, "store unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

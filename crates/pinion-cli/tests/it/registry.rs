@@ -180,8 +180,15 @@ fn a_lying_registry_is_refused() {
 
 #[test]
 fn an_oversized_manifest_is_refused() {
-    let huge = format!(r#"{{"schemaVersion":2,"pad":"{}"}}"#, "x".repeat(5 * 1024 * 1024));
-    let bloated = FaultServer::start(Fault::Answer(200, "application/vnd.oci.image.manifest.v1+json", huge));
+    let huge = format!(
+        r#"{{"schemaVersion":2,"pad":"{}"}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let bloated = FaultServer::start(Fault::Answer(
+        200,
+        "application/vnd.oci.image.manifest.v1+json",
+        huge,
+    ));
     let out = pinion_digest(&format!("{}/codex:latest", bloated.addr), &[], &[]);
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.reason().contains("larger than"), "{out:?}");
@@ -205,7 +212,10 @@ fn the_server_reads_registry_credentials_like_the_cli() {
 
     let (_env, anonymous, token, _read) = server_for(&registry, &[]);
     let refused = promote(&anonymous, &token, &digest(3));
-    assert_eq!(refused.status, 503, "no credentials: the registry refuses, nothing is written");
+    assert_eq!(
+        refused.status, 503,
+        "no credentials: the registry refuses, nothing is written"
+    );
     assert_eq!(refused.error_code(), "registry_unavailable");
 }
 

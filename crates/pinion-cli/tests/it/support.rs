@@ -79,20 +79,53 @@ pub fn run(command: &mut Command) -> Output {
     result
 }
 
-/// A temporary directory holding one database.
+/// A temporary directory and one fresh database: a SQLite file in the
+/// directory, or, when `PINION_TEST_ENGINE=postgres`, a PostgreSQL database
+/// created on the server `PINION_TEST_POSTGRES_URL` names and dropped after.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
 }
 
 impl Env {
     pub fn new() -> Env {
+        let postgres =
+            (std::env::var("PINION_TEST_ENGINE").as_deref() == Ok("postgres")).then(|| {
+                let admin = std::env::var("PINION_TEST_POSTGRES_URL")
+                    .expect("PINION_TEST_ENGINE=postgres needs PINION_TEST_POSTGRES_URL");
+                static NEXT: AtomicUsize = AtomicUsize::new(0);
+                let name = format!(
+                    "pinion_it_{}_{}",
+                    std::process::id(),
+                    NEXT.fetch_add(1, Ordering::SeqCst)
+                );
+                let created = Command::new("psql")
+                    .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
+                    .output()
+                    .expect("psql");
+                assert!(
+                    created.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&created.stderr)
+                );
+                (admin, name)
+            });
         Env {
             dir: tempfile::tempdir().unwrap(),
+            postgres,
         }
     }
 
     pub fn database(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("pinion.db").display())
+        match &self.postgres {
+            Some((admin, name)) => {
+                let base = admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base);
+                format!("{base}/{name}")
+            }
+            None => format!("sqlite://{}", self.dir.path().join("pinion.db").display()),
+        }
     }
 
     pub fn add_template(&self, name: &str, repository: &str) {
@@ -142,6 +175,21 @@ impl Env {
 
     pub fn start(&self) -> Server {
         Server::start(&self.database(), &[])
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.postgres {
+            let _ = Command::new("psql")
+                .args([
+                    "-q",
+                    admin.as_str(),
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .output();
+        }
     }
 }
 
@@ -526,8 +574,9 @@ fn read_head(stream: &mut TcpStream) -> String {
 /// A populated environment: a template `codex` (and `hermes`), tokens of each
 /// kind, and a running server.
 pub struct Fixture {
-    pub env: Env,
+    /// Declared first so it stops before its database goes away.
     pub server: Server,
+    pub env: Env,
     pub admin: String,
     pub promote: String,
     pub read: String,

@@ -14,10 +14,116 @@ fn digest(n: u8) -> Digest {
     Digest::from_sha256(&[n; 32])
 }
 
-fn open(dir: &tempfile::TempDir) -> Store {
-    let url =
-        DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
-    Store::open(&url).unwrap()
+/// A fresh, empty database of one engine: a SQLite file in a temporary
+/// directory, or a PostgreSQL database created for this test and dropped
+/// after it.
+enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin: String, name: String },
+}
+
+impl TestDb {
+    fn url(&self) -> DatabaseUrl {
+        match self {
+            TestDb::Sqlite(dir) => {
+                DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display()))
+                    .unwrap()
+            }
+            TestDb::Postgres { admin, name } => {
+                DatabaseUrl::parse(&with_database(admin, name)).unwrap()
+            }
+        }
+    }
+
+    /// Runs SQL with the engine's own shell; returns whether it succeeded.
+    fn exec_raw(&self, sql: &str) -> bool {
+        let mut command = match self {
+            TestDb::Sqlite(dir) => {
+                let mut command = std::process::Command::new("sqlite3");
+                command.arg(dir.path().join("p.db")).arg(sql);
+                command
+            }
+            TestDb::Postgres { admin, name } => {
+                let mut command = std::process::Command::new("psql");
+                command.args([
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-q",
+                    &with_database(admin, name),
+                    "-c",
+                    sql,
+                ]);
+                command
+            }
+        };
+        command
+            .output()
+            .map(|out| out.status.success())
+            .unwrap_or(false)
+    }
+
+    /// Raises the schema version, as a newer release would.
+    fn bump_schema(&self) -> bool {
+        match self {
+            TestDb::Sqlite(_) => self.exec_raw("PRAGMA user_version = 999;"),
+            TestDb::Postgres { .. } => self.exec_raw("UPDATE pinion_schema SET version = 999;"),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { admin, name } = self {
+            let _ = std::process::Command::new("psql")
+                .args([
+                    "-q",
+                    admin.as_str(),
+                    "-c",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ])
+                .output();
+        }
+    }
+}
+
+/// `postgres://user@host:port/x` with the database part replaced.
+fn with_database(admin: &str, name: &str) -> String {
+    let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+/// SQLite always; PostgreSQL too when `PINION_TEST_POSTGRES_URL` names a
+/// server (an admin connection that may create databases).
+fn databases() -> Vec<TestDb> {
+    let mut databases = vec![TestDb::Sqlite(tempfile::tempdir().unwrap())];
+    match std::env::var("PINION_TEST_POSTGRES_URL") {
+        Ok(admin) if !admin.is_empty() => {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let name = format!(
+                "pinion_store_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            );
+            let created = std::process::Command::new("psql")
+                .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
+                .output()
+                .expect("psql");
+            assert!(
+                created.status.success(),
+                "{}",
+                String::from_utf8_lossy(&created.stderr)
+            );
+            databases.push(TestDb::Postgres { admin, name });
+        }
+        _ => eprintln!(
+            "PINION_TEST_POSTGRES_URL is unset: the PostgreSQL half of this test was skipped"
+        ),
+    }
+    databases
+}
+
+fn open(db: &TestDb) -> Store {
+    Store::open(&db.url()).unwrap()
 }
 
 fn promotion(template: &str, region: &str, digest: Digest) -> Promotion {
@@ -49,101 +155,105 @@ fn add_template(store: &mut Store, name: &str, pinnable: bool) {
 
 #[test]
 fn promote_moves_then_reports_unchanged() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
 
-    let first = store
-        .promote(&promotion("codex", "global", digest(1)))
-        .unwrap();
-    assert!(matches!(
-        first,
-        PromoteOutcome::Moved { previous: None, .. }
-    ));
-    let again = store
-        .promote(&promotion("codex", "global", digest(1)))
-        .unwrap();
-    assert!(matches!(again, PromoteOutcome::Unchanged { .. }));
-    let moved = store
-        .promote(&promotion("codex", "global", digest(2)))
-        .unwrap();
-    match moved {
-        PromoteOutcome::Moved { pin, previous } => {
-            assert_eq!(previous, Some(digest(1)));
-            assert_eq!(pin.digest, digest(2));
+        let first = store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        assert!(matches!(
+            first,
+            PromoteOutcome::Moved { previous: None, .. }
+        ));
+        let again = store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        assert!(matches!(again, PromoteOutcome::Unchanged { .. }));
+        let moved = store
+            .promote(&promotion("codex", "global", digest(2)))
+            .unwrap();
+        match moved {
+            PromoteOutcome::Moved { pin, previous } => {
+                assert_eq!(previous, Some(digest(1)));
+                assert_eq!(pin.digest, digest(2));
+            }
+            other => panic!("expected a move, got {other:?}"),
         }
-        other => panic!("expected a move, got {other:?}"),
+        let snapshot = store.snapshot().unwrap();
+        assert_eq!(snapshot.pins.len(), 1);
+        assert_eq!(snapshot.pins[0].digest, digest(2));
     }
-    let snapshot = store.snapshot().unwrap();
-    assert_eq!(snapshot.pins.len(), 1);
-    assert_eq!(snapshot.pins[0].digest, digest(2));
 }
 
 #[test]
 fn promote_refuses_unknown_and_unpinnable_templates_without_writing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "frozen", false);
-    assert_eq!(
-        store
-            .promote(&promotion("codx", "global", digest(1)))
-            .unwrap(),
-        PromoteOutcome::UnknownTemplate
-    );
-    assert_eq!(
-        store
-            .promote(&promotion("frozen", "global", digest(1)))
-            .unwrap(),
-        PromoteOutcome::NotPinnable
-    );
-    assert!(store.snapshot().unwrap().pins.is_empty());
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "frozen", false);
+        assert_eq!(
+            store
+                .promote(&promotion("codx", "global", digest(1)))
+                .unwrap(),
+            PromoteOutcome::UnknownTemplate
+        );
+        assert_eq!(
+            store
+                .promote(&promotion("frozen", "global", digest(1)))
+                .unwrap(),
+            PromoteOutcome::NotPinnable
+        );
+        assert!(store.snapshot().unwrap().pins.is_empty());
+    }
 }
 
 #[test]
 fn state_survives_reopening_and_migrations_are_idempotent() {
-    let dir = tempfile::tempdir().unwrap();
-    {
+    for dir in databases() {
+        {
+            let mut store = open(&dir);
+            add_template(&mut store, "codex", true);
+            store
+                .promote(&promotion("codex", "eu-west-1", digest(7)))
+                .unwrap();
+        }
         let mut store = open(&dir);
-        add_template(&mut store, "codex", true);
-        store
-            .promote(&promotion("codex", "eu-west-1", digest(7)))
-            .unwrap();
+        let snapshot = store.snapshot().unwrap();
+        assert_eq!(snapshot.runtimes.len(), 1);
+        assert_eq!(snapshot.pins[0].region.as_str(), "eu-west-1");
+        assert_eq!(snapshot.pins[0].digest, digest(7));
     }
-    let mut store = open(&dir);
-    let snapshot = store.snapshot().unwrap();
-    assert_eq!(snapshot.runtimes.len(), 1);
-    assert_eq!(snapshot.pins[0].region.as_str(), "eu-west-1");
-    assert_eq!(snapshot.pins[0].digest, digest(7));
 }
 
 #[test]
 fn pins_are_ordered_by_template_then_region() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    for name in ["zeta", "alpha"] {
-        add_template(&mut store, name, true);
-        for region in ["us-east-2", "global", "eu-west-1"] {
-            store.promote(&promotion(name, region, digest(3))).unwrap();
+    for dir in databases() {
+        let mut store = open(&dir);
+        for name in ["zeta", "alpha"] {
+            add_template(&mut store, name, true);
+            for region in ["us-east-2", "global", "eu-west-1"] {
+                store.promote(&promotion(name, region, digest(3))).unwrap();
+            }
         }
+        let order: Vec<String> = store
+            .snapshot()
+            .unwrap()
+            .pins
+            .iter()
+            .map(|pin| format!("{}/{}", pin.template, pin.region))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "alpha/eu-west-1",
+                "alpha/global",
+                "alpha/us-east-2",
+                "zeta/eu-west-1",
+                "zeta/global",
+                "zeta/us-east-2"
+            ]
+        );
     }
-    let order: Vec<String> = store
-        .snapshot()
-        .unwrap()
-        .pins
-        .iter()
-        .map(|pin| format!("{}/{}", pin.template, pin.region))
-        .collect();
-    assert_eq!(
-        order,
-        [
-            "alpha/eu-west-1",
-            "alpha/global",
-            "alpha/us-east-2",
-            "zeta/eu-west-1",
-            "zeta/global",
-            "zeta/us-east-2"
-        ]
-    );
 }
 
 fn token(name: &str, hash: u8) -> NewToken {
@@ -158,67 +268,57 @@ fn token(name: &str, hash: u8) -> NewToken {
 
 #[test]
 fn token_names_are_unique_among_active_tokens_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    store.create_token(&token("ci", 1)).unwrap();
-    assert!(matches!(
-        store.create_token(&token("ci", 2)),
-        Err(StoreError::TokenNameTaken(_))
-    ));
-    let name = TokenName::parse("ci").unwrap();
-    assert!(
-        store
-            .revoke_token(&name, OffsetDateTime::now_utc())
-            .unwrap()
-    );
-    assert!(
-        !store
-            .revoke_token(&name, OffsetDateTime::now_utc())
-            .unwrap()
-    );
-    store.create_token(&token("ci", 3)).unwrap();
+    for dir in databases() {
+        let mut store = open(&dir);
+        store.create_token(&token("ci", 1)).unwrap();
+        assert!(matches!(
+            store.create_token(&token("ci", 2)),
+            Err(StoreError::TokenNameTaken(_))
+        ));
+        let name = TokenName::parse("ci").unwrap();
+        assert!(
+            store
+                .revoke_token(&name, OffsetDateTime::now_utc())
+                .unwrap()
+        );
+        assert!(
+            !store
+                .revoke_token(&name, OffsetDateTime::now_utc())
+                .unwrap()
+        );
+        store.create_token(&token("ci", 3)).unwrap();
 
-    let all = store.tokens().unwrap();
-    assert_eq!(all.len(), 2);
-    assert!(all[0].revoked_at.is_some());
-    let active = store.snapshot().unwrap().tokens;
-    assert_eq!(active.len(), 1);
-    assert_eq!(active[0].secret_hash, [3; 32]);
-    assert_eq!(active[0].templates.as_ref().unwrap()[0].as_str(), "codex");
+        let all = store.tokens().unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all[0].revoked_at.is_some());
+        let active = store.snapshot().unwrap().tokens;
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].secret_hash, [3; 32]);
+        assert_eq!(active[0].templates.as_ref().unwrap()[0].as_str(), "codex");
+    }
 }
 
 #[test]
 fn data_version_moves_when_another_connection_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut writer = open(&dir);
-    let reader = open(&dir);
-    let before = reader.data_version().unwrap();
-    add_template(&mut writer, "codex", true);
-    assert_ne!(reader.data_version().unwrap(), before);
+    for dir in databases() {
+        let mut writer = open(&dir);
+        let mut reader = open(&dir);
+        let before = reader.data_version().unwrap();
+        add_template(&mut writer, "codex", true);
+        assert_ne!(reader.data_version().unwrap(), before);
+    }
 }
 
 #[test]
 fn refuses_a_database_from_a_newer_pinion() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(&dir));
-    let raw = bump_schema_version(&dir);
-    assert!(raw, "bumped the schema version");
-    let url =
-        DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
-    assert!(matches!(
-        Store::open(&url),
-        Err(StoreError::SchemaTooNew { .. })
-    ));
-}
-
-/// Raises the schema version with the sqlite3 shell, as a newer release would.
-fn bump_schema_version(dir: &tempfile::TempDir) -> bool {
-    std::process::Command::new("sqlite3")
-        .arg(dir.path().join("p.db"))
-        .arg("PRAGMA user_version = 999;")
-        .status()
-        .map(|status| status.success())
-        .unwrap_or(false)
+    for dir in databases() {
+        drop(open(&dir));
+        assert!(dir.bump_schema(), "bumped the schema version");
+        assert!(matches!(
+            Store::open(&dir.url()),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+    }
 }
 
 fn history(store: &mut Store, template: &str) -> Vec<pinion_store::HistoryEntry> {
@@ -233,105 +333,108 @@ fn history(store: &mut Store, template: &str) -> Vec<pinion_store::HistoryEntry>
 
 #[test]
 fn every_move_appends_one_history_entry_in_a_linear_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
-    for n in [1, 2, 2, 3] {
-        store
-            .promote(&promotion("codex", "global", digest(n)))
-            .unwrap();
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        for n in [1, 2, 2, 3] {
+            store
+                .promote(&promotion("codex", "global", digest(n)))
+                .unwrap();
+        }
+        let entries = history(&mut store, "codex");
+        assert_eq!(entries.len(), 3, "the repeat wrote nothing");
+        assert!(
+            entries
+                .windows(2)
+                .all(|pair| pair[0].revision > pair[1].revision),
+            "newest first"
+        );
+        assert_eq!(entries[2].from_digest, None);
+        assert_eq!(entries[1].from_digest, Some(digest(1)));
+        assert_eq!(entries[0].from_digest, Some(digest(2)));
+        assert_eq!(entries[0].to_digest, digest(3));
+        let pin = store.snapshot().unwrap().pins.remove(0);
+        assert_eq!(pin.revision, entries[0].revision);
     }
-    let entries = history(&mut store, "codex");
-    assert_eq!(entries.len(), 3, "the repeat wrote nothing");
-    assert!(
-        entries
-            .windows(2)
-            .all(|pair| pair[0].revision > pair[1].revision),
-        "newest first"
-    );
-    assert_eq!(entries[2].from_digest, None);
-    assert_eq!(entries[1].from_digest, Some(digest(1)));
-    assert_eq!(entries[0].from_digest, Some(digest(2)));
-    assert_eq!(entries[0].to_digest, digest(3));
-    let pin = store.snapshot().unwrap().pins.remove(0);
-    assert_eq!(pin.revision, entries[0].revision);
 }
 
 #[test]
 fn compare_and_swap_refuses_a_stale_expectation_without_writing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
-    let mut first = promotion("codex", "global", digest(1));
-    first.expect = Expectation::Digest(digest(9));
-    assert_eq!(
-        store.promote(&first).unwrap(),
-        PromoteOutcome::Conflict { current: None },
-        "expecting a digest of a pin that does not exist"
-    );
-    store
-        .promote(&promotion("codex", "global", digest(1)))
-        .unwrap();
-    let mut stale = promotion("codex", "global", digest(2));
-    stale.expect = Expectation::Digest(digest(7));
-    assert!(matches!(
-        store.promote(&stale).unwrap(),
-        PromoteOutcome::Conflict { current: Some(_) }
-    ));
-    let mut good = promotion("codex", "global", digest(2));
-    good.expect = Expectation::Digest(digest(1));
-    assert!(matches!(
-        store.promote(&good).unwrap(),
-        PromoteOutcome::Moved { .. }
-    ));
-    let revision = store.snapshot().unwrap().pins[0].revision;
-    let mut by_revision = promotion("codex", "global", digest(3));
-    by_revision.expect = Expectation::Revision(revision - 1);
-    assert!(matches!(
-        store.promote(&by_revision).unwrap(),
-        PromoteOutcome::Conflict { .. }
-    ));
-    by_revision.expect = Expectation::Revision(revision);
-    assert!(matches!(
-        store.promote(&by_revision).unwrap(),
-        PromoteOutcome::Moved { .. }
-    ));
-    assert_eq!(history(&mut store, "codex").len(), 3);
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        let mut first = promotion("codex", "global", digest(1));
+        first.expect = Expectation::Digest(digest(9));
+        assert_eq!(
+            store.promote(&first).unwrap(),
+            PromoteOutcome::Conflict { current: None },
+            "expecting a digest of a pin that does not exist"
+        );
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        let mut stale = promotion("codex", "global", digest(2));
+        stale.expect = Expectation::Digest(digest(7));
+        assert!(matches!(
+            store.promote(&stale).unwrap(),
+            PromoteOutcome::Conflict { current: Some(_) }
+        ));
+        let mut good = promotion("codex", "global", digest(2));
+        good.expect = Expectation::Digest(digest(1));
+        assert!(matches!(
+            store.promote(&good).unwrap(),
+            PromoteOutcome::Moved { .. }
+        ));
+        let revision = store.snapshot().unwrap().pins[0].revision;
+        let mut by_revision = promotion("codex", "global", digest(3));
+        by_revision.expect = Expectation::Revision(revision - 1);
+        assert!(matches!(
+            store.promote(&by_revision).unwrap(),
+            PromoteOutcome::Conflict { .. }
+        ));
+        by_revision.expect = Expectation::Revision(revision);
+        assert!(matches!(
+            store.promote(&by_revision).unwrap(),
+            PromoteOutcome::Moved { .. }
+        ));
+        assert_eq!(history(&mut store, "codex").len(), 3);
+    }
 }
 
 #[test]
 fn an_older_build_cannot_overwrite_a_newer_one_unless_forced() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
-    let mut newer = promotion("codex", "global", digest(2));
-    newer.build_sequence = Some(20);
-    store.promote(&newer).unwrap();
-    let mut older = promotion("codex", "global", digest(1));
-    older.build_sequence = Some(19);
-    assert!(matches!(
-        store.promote(&older).unwrap(),
-        PromoteOutcome::StaleBuild { .. }
-    ));
-    let unsequenced = promotion("codex", "global", digest(3));
-    assert!(matches!(
-        store.promote(&unsequenced).unwrap(),
-        PromoteOutcome::Moved { .. }
-    ));
-    assert_eq!(
-        store.snapshot().unwrap().pins[0].build_sequence,
-        Some(20),
-        "the newest build is remembered"
-    );
-    assert!(matches!(
-        store.promote(&older).unwrap(),
-        PromoteOutcome::StaleBuild { .. }
-    ));
-    older.force = true;
-    assert!(matches!(
-        store.promote(&older).unwrap(),
-        PromoteOutcome::Moved { .. }
-    ));
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        let mut newer = promotion("codex", "global", digest(2));
+        newer.build_sequence = Some(20);
+        store.promote(&newer).unwrap();
+        let mut older = promotion("codex", "global", digest(1));
+        older.build_sequence = Some(19);
+        assert!(matches!(
+            store.promote(&older).unwrap(),
+            PromoteOutcome::StaleBuild { .. }
+        ));
+        let unsequenced = promotion("codex", "global", digest(3));
+        assert!(matches!(
+            store.promote(&unsequenced).unwrap(),
+            PromoteOutcome::Moved { .. }
+        ));
+        assert_eq!(
+            store.snapshot().unwrap().pins[0].build_sequence,
+            Some(20),
+            "the newest build is remembered"
+        );
+        assert!(matches!(
+            store.promote(&older).unwrap(),
+            PromoteOutcome::StaleBuild { .. }
+        ));
+        older.force = true;
+        assert!(matches!(
+            store.promote(&older).unwrap(),
+            PromoteOutcome::Moved { .. }
+        ));
+    }
 }
 
 fn rollback(to: Option<Digest>) -> Rollback {
@@ -347,126 +450,125 @@ fn rollback(to: Option<Digest>) -> Rollback {
 
 #[test]
 fn rollback_returns_to_the_previous_digest_and_is_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
-    assert_eq!(
-        store.rollback(&rollback(None)).unwrap(),
-        RollbackOutcome::NoPin
-    );
-    store
-        .promote(&promotion("codex", "global", digest(1)))
-        .unwrap();
-    assert_eq!(
-        store.rollback(&rollback(None)).unwrap(),
-        RollbackOutcome::NoPrevious
-    );
-    store
-        .promote(&promotion("codex", "global", digest(2)))
-        .unwrap();
-    store
-        .promote(&promotion("codex", "global", digest(3)))
-        .unwrap();
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        assert_eq!(
+            store.rollback(&rollback(None)).unwrap(),
+            RollbackOutcome::NoPin
+        );
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        assert_eq!(
+            store.rollback(&rollback(None)).unwrap(),
+            RollbackOutcome::NoPrevious
+        );
+        store
+            .promote(&promotion("codex", "global", digest(2)))
+            .unwrap();
+        store
+            .promote(&promotion("codex", "global", digest(3)))
+            .unwrap();
 
-    match store.rollback(&rollback(None)).unwrap() {
-        RollbackOutcome::Moved { pin, previous } => {
-            assert_eq!((pin.digest, previous), (digest(2), digest(3)));
+        match store.rollback(&rollback(None)).unwrap() {
+            RollbackOutcome::Moved { pin, previous } => {
+                assert_eq!((pin.digest, previous), (digest(2), digest(3)));
+            }
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
+        assert_eq!(
+            store.rollback(&rollback(Some(digest(9)))).unwrap(),
+            RollbackOutcome::NotInHistory
+        );
+        assert!(matches!(
+            store.rollback(&rollback(Some(digest(2)))).unwrap(),
+            RollbackOutcome::Unchanged { .. }
+        ));
+        assert!(matches!(
+            store.rollback(&rollback(Some(digest(1)))).unwrap(),
+            RollbackOutcome::Moved { .. }
+        ));
+        let entries = history(&mut store, "codex");
+        assert_eq!(entries[0].action, Action::Rollback);
+        assert_eq!(entries[0].actor.as_str(), "oncall");
+        assert_eq!(
+            (entries[0].from_digest.clone(), entries[0].to_digest.clone()),
+            (Some(digest(2)), digest(1))
+        );
+        assert_eq!(entries[1].action, Action::Rollback);
+        assert_eq!(entries.len(), 5);
     }
-    assert_eq!(
-        store.rollback(&rollback(Some(digest(9)))).unwrap(),
-        RollbackOutcome::NotInHistory
-    );
-    assert!(matches!(
-        store.rollback(&rollback(Some(digest(2)))).unwrap(),
-        RollbackOutcome::Unchanged { .. }
-    ));
-    assert!(matches!(
-        store.rollback(&rollback(Some(digest(1)))).unwrap(),
-        RollbackOutcome::Moved { .. }
-    ));
-    let entries = history(&mut store, "codex");
-    assert_eq!(entries[0].action, Action::Rollback);
-    assert_eq!(entries[0].actor.as_str(), "oncall");
-    assert_eq!(
-        (entries[0].from_digest.clone(), entries[0].to_digest.clone()),
-        (Some(digest(2)), digest(1))
-    );
-    assert_eq!(entries[1].action, Action::Rollback);
-    assert_eq!(entries.len(), 5);
 }
 
 #[test]
 fn history_cannot_be_rewritten() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
-    store
-        .promote(&promotion("codex", "global", digest(1)))
-        .unwrap();
-    let db = dir.path().join("p.db");
-    for sql in [
-        "UPDATE history SET to_digest = 'x';",
-        "DELETE FROM history;",
-    ] {
-        let status = std::process::Command::new("sqlite3")
-            .arg(&db)
-            .arg(sql)
-            .output()
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        store
+            .promote(&promotion("codex", "global", digest(1)))
             .unwrap();
-        assert!(!status.status.success(), "{sql} must fail");
+        for sql in [
+            "UPDATE history SET to_digest = 'x';",
+            "DELETE FROM history;",
+        ] {
+            assert!(!dir.exec_raw(sql), "{sql} must fail");
+        }
+        assert!(dir.exec_raw("SELECT 1;"), "the shell itself works");
+        assert_eq!(history(&mut store, "codex").len(), 1);
     }
-    assert_eq!(history(&mut store, "codex").len(), 1);
 }
 
 #[test]
 fn history_pages_by_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    add_template(&mut store, "codex", true);
-    for n in 1..=5 {
-        store
-            .promote(&promotion("codex", "global", digest(n)))
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        for n in 1..=5 {
+            store
+                .promote(&promotion("codex", "global", digest(n)))
+                .unwrap();
+        }
+        let page = store
+            .history(&HistoryQuery {
+                limit: 2,
+                ..HistoryQuery::default()
+            })
             .unwrap();
+        assert_eq!(page.len(), 2);
+        let next = store
+            .history(&HistoryQuery {
+                limit: 2,
+                before: Some(page[1].revision),
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(next[0].revision, page[1].revision - 1);
+        assert_eq!(next[0].to_digest, digest(3));
     }
-    let page = store
-        .history(&HistoryQuery {
-            limit: 2,
-            ..HistoryQuery::default()
-        })
-        .unwrap();
-    assert_eq!(page.len(), 2);
-    let next = store
-        .history(&HistoryQuery {
-            limit: 2,
-            before: Some(page[1].revision),
-            ..HistoryQuery::default()
-        })
-        .unwrap();
-    assert_eq!(next[0].revision, page[1].revision - 1);
-    assert_eq!(next[0].to_digest, digest(3));
 }
 
 #[test]
 fn audit_keeps_a_bounded_number_of_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(&dir);
-    for n in 0..7u16 {
-        let refusal = Refusal {
-            at: OffsetDateTime::now_utc(),
-            actor: (n % 2 == 0).then(|| TokenName::parse("ci").unwrap()),
-            template: Some(TemplateName::parse("codex").unwrap()),
-            region: None,
-            action: "promote".into(),
-            status: 400 + n,
-            code: format!("code_{n}"),
-        };
-        store.record_refusal(&refusal, 5).unwrap();
+    for dir in databases() {
+        let mut store = open(&dir);
+        for n in 0..7u16 {
+            let refusal = Refusal {
+                at: OffsetDateTime::now_utc(),
+                actor: (n % 2 == 0).then(|| TokenName::parse("ci").unwrap()),
+                template: Some(TemplateName::parse("codex").unwrap()),
+                region: None,
+                action: "promote".into(),
+                status: 400 + n,
+                code: format!("code_{n}"),
+            };
+            store.record_refusal(&refusal, 5).unwrap();
+        }
+        let entries = store.audit(100, None).unwrap();
+        assert_eq!(entries.len(), 5);
+        assert_eq!(entries[0].refusal.code, "code_6");
+        assert_eq!(entries[4].refusal.code, "code_2");
+        assert_eq!(store.audit(100, Some(entries[1].id)).unwrap().len(), 3);
     }
-    let entries = store.audit(100, None).unwrap();
-    assert_eq!(entries.len(), 5);
-    assert_eq!(entries[0].refusal.code, "code_6");
-    assert_eq!(entries[4].refusal.code, "code_2");
-    assert_eq!(store.audit(100, Some(entries[1].id)).unwrap().len(), 3);
 }

@@ -1,0 +1,305 @@
+//! The PostgreSQL engine, for several stateless `pinion serve` replicas on a
+//! database the platform already runs. Same queries as SQLite (`ops`), its
+//! own schema, and:
+//!
+//! - every write transaction first bumps the one row of `pinion_meta`. That
+//!   row lock serialises writers across replicas (history revisions are then
+//!   assigned in commit order, and compare-and-swap sees the latest pin),
+//!   and the counter is the change feed replicas poll;
+//! - a connection that breaks (database restarted, network cut) is replaced
+//!   on the next use, so the service recovers without a restart.
+
+use std::error::Error;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::{Client, NoTls};
+
+use crate::StoreError;
+use crate::sql::{Row, Sql, Value};
+
+/// Schema migrations, applied in order under an advisory lock (replicas
+/// starting together migrate once). Never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE pinion_meta (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        change_counter BIGINT NOT NULL
+    );
+    INSERT INTO pinion_meta (id, change_counter) VALUES (1, 0);
+    CREATE TABLE runtimes (
+        name        TEXT PRIMARY KEY,
+        image       TEXT,
+        pinnable    BIGINT NOT NULL CHECK (pinnable IN (0, 1)),
+        updated_at  TEXT NOT NULL
+    );
+    CREATE TABLE pins (
+        template_name  TEXT NOT NULL,
+        region         TEXT NOT NULL,
+        image_digest   TEXT NOT NULL,
+        git_sha        TEXT,
+        notes          TEXT,
+        promoted_at    TEXT NOT NULL,
+        promoted_by    TEXT NOT NULL,
+        revision       BIGINT NOT NULL,
+        build_sequence BIGINT,
+        PRIMARY KEY (template_name, region)
+    );
+    CREATE TABLE history (
+        revision       BIGSERIAL PRIMARY KEY,
+        template_name  TEXT NOT NULL,
+        region         TEXT NOT NULL,
+        from_digest    TEXT,
+        to_digest      TEXT NOT NULL,
+        git_sha        TEXT,
+        notes          TEXT,
+        actor          TEXT NOT NULL,
+        action         TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+        at             TEXT NOT NULL,
+        ci_run_url     TEXT,
+        repository     TEXT,
+        workflow       TEXT,
+        build_sequence BIGINT
+    );
+    CREATE INDEX history_pin ON history (template_name, region, revision);
+    CREATE FUNCTION pinion_history_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'history is append-only'; END $$;
+    CREATE TRIGGER history_append_only BEFORE UPDATE OR DELETE ON history
+        FOR EACH ROW EXECUTE FUNCTION pinion_history_append_only();
+    CREATE TABLE audit (
+        id            BIGSERIAL PRIMARY KEY,
+        at            TEXT NOT NULL,
+        actor         TEXT,
+        template_name TEXT,
+        region        TEXT,
+        action        TEXT NOT NULL,
+        status        BIGINT NOT NULL,
+        code          TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id          BIGSERIAL PRIMARY KEY,
+        name        TEXT NOT NULL,
+        scope       TEXT NOT NULL CHECK (scope IN ('read', 'promote', 'admin')),
+        templates   TEXT,
+        secret_hash BYTEA NOT NULL UNIQUE CHECK (length(secret_hash) = 32),
+        created_at  TEXT NOT NULL,
+        revoked_at  TEXT
+    );
+    CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked_at IS NULL;
+"#];
+
+/// The advisory lock key migrations hold ("pinion" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7069_6e69_6f6e;
+
+pub(crate) struct Postgres {
+    config: postgres::Config,
+    client: Option<Client>,
+    /// Writes this connection committed; each bumped the change counter by
+    /// one, so `counter - own_writes` moves only when someone else writes.
+    own_writes: i64,
+}
+
+impl Postgres {
+    pub fn open(url: &str) -> Result<Postgres, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|_| StoreError::UnsupportedUrl("the PostgreSQL URL does not parse".into()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let mut store = Postgres {
+            config,
+            client: None,
+            own_writes: 0,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The connection, (re)connecting if there is none or it broke.
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let client = self.config.connect(NoTls)?;
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("no connection".into()))
+    }
+
+    /// Forgets a connection after an error, so the next use reconnects.
+    fn settle<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        result
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let client = self.client()?;
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS pinion_schema (version BIGINT NOT NULL)")?;
+        let applied: i64 = tx
+            .query_opt("SELECT version FROM pinion_schema", &[])?
+            .map(|row| row.get(0))
+            .unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if applied > known {
+            return Err(StoreError::SchemaTooNew {
+                found: applied,
+                known,
+            });
+        }
+        for migration in MIGRATIONS.iter().skip(applied as usize) {
+            tx.batch_execute(migration)?;
+        }
+        tx.execute("DELETE FROM pinion_schema", &[])?;
+        tx.execute("INSERT INTO pinion_schema (version) VALUES ($1)", &[&known])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs `work` in a write transaction serialised with every other writer
+    /// (the `pinion_meta` row lock) and commits.
+    pub fn write<T>(
+        &mut self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = (|| {
+            let client = self.client()?;
+            let mut tx = client.transaction()?;
+            tx.execute(
+                "UPDATE pinion_meta SET change_counter = change_counter + 1 WHERE id = 1",
+                &[],
+            )?;
+            let result = work(&mut Adapter(&mut tx))?;
+            tx.commit()?;
+            Ok(result)
+        })();
+        if result.is_ok() {
+            self.own_writes += 1;
+        }
+        self.settle(result)
+    }
+
+    /// Runs `work` in one repeatable-read transaction: a consistent snapshot.
+    pub fn read<T>(
+        &mut self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = (|| {
+            let client = self.client()?;
+            let mut tx = client
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let result = work(&mut Adapter(&mut tx))?;
+            tx.commit()?;
+            Ok(result)
+        })();
+        self.settle(result)
+    }
+
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        let result = (|| {
+            self.client()?.simple_query("SELECT 1")?;
+            Ok(())
+        })();
+        self.settle(result)
+    }
+
+    /// Moves when another connection (another replica, `pinion token`) commits.
+    pub fn data_version(&mut self) -> Result<i64, StoreError> {
+        let result = (|| {
+            let counter: i64 = self
+                .client()?
+                .query_one("SELECT change_counter FROM pinion_meta WHERE id = 1", &[])?
+                .get(0);
+            Ok(counter - self.own_writes)
+        })();
+        self.settle(result)
+    }
+}
+
+struct Adapter<'a, 'b>(&'a mut postgres::Transaction<'b>);
+
+/// `?N` placeholders (SQLite's) as `$N` (PostgreSQL's).
+fn dollar_placeholders(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+impl Sql for Adapter<'_, '_> {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|value| value as &(dyn ToSql + Sync))
+            .collect();
+        match self.0.execute(dollar_placeholders(sql).as_str(), &params) {
+            Ok(changed) => Ok(changed),
+            Err(err) if err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::Constraint(err.to_string()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|value| value as &(dyn ToSql + Sync))
+            .collect();
+        let rows = self.0.query(dollar_placeholders(sql).as_str(), &params)?;
+        rows.iter()
+            .map(|row| {
+                let mut values = Vec::with_capacity(row.len());
+                for (index, column) in row.columns().iter().enumerate() {
+                    let value = match *column.type_() {
+                        Type::INT8 => row.try_get::<_, Option<i64>>(index)?.map(Value::Int),
+                        Type::INT4 => row
+                            .try_get::<_, Option<i32>>(index)?
+                            .map(|n| Value::Int(n.into())),
+                        Type::INT2 => row
+                            .try_get::<_, Option<i16>>(index)?
+                            .map(|n| Value::Int(n.into())),
+                        Type::BOOL => row
+                            .try_get::<_, Option<bool>>(index)?
+                            .map(|b| Value::Int(b.into())),
+                        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(index)?.map(Value::Blob),
+                        _ => row.try_get::<_, Option<String>>(index)?.map(Value::Text),
+                    };
+                    values.push(value.unwrap_or(Value::Null));
+                }
+                Ok(Row(values))
+            })
+            .collect()
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(number) => match *ty {
+                Type::INT4 => i32::try_from(*number)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*number)?.to_sql(ty, out),
+                Type::BOOL => (*number != 0).to_sql(ty, out),
+                _ => number.to_sql(ty, out),
+            },
+            Value::Text(text) => text.to_sql(ty, out),
+            Value::Blob(bytes) => bytes.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
