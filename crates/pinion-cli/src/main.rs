@@ -79,6 +79,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     settings.request_timeout = Duration::from_secs(args.request_timeout);
     settings.require_provenance = args.require_provenance;
+    settings.strict_reads = args.read_consistency == "strict";
     settings.registry = registry::settings(&args.registry).map_err(anyhow::Error::msg)?;
     settings.drift_interval = parse_interval(&args.drift_interval).map_err(anyhow::Error::msg)?;
     settings.drift_tag = pinion_registry::Tag::parse(&args.drift_tag)

@@ -14,6 +14,8 @@ mod state;
 pub mod token;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -74,6 +76,11 @@ pub struct Settings {
     pub drift_interval: Duration,
     /// The tag pins are compared with.
     pub drift_tag: pinion_registry::Tag,
+    /// Check the database's change counter before every read, so a write
+    /// acknowledged by any replica is visible here at once (one small query
+    /// per read). Off: reads are served from memory, and other replicas'
+    /// writes arrive through the change feed within milliseconds.
+    pub strict_reads: bool,
 }
 
 impl Settings {
@@ -89,6 +96,7 @@ impl Settings {
             registry: pinion_registry::RegistrySettings::default(),
             drift_interval: Duration::from_secs(300),
             drift_tag: pinion_registry::Tag::latest(),
+            strict_reads: false,
         }
     }
 }
@@ -146,6 +154,8 @@ pub async fn run(
         .await
         .map_err(std::io::Error::other)??;
     let watcher = tokio::spawn(watch_database(state.clone(), reload_interval));
+    let following = Arc::new(AtomicBool::new(true));
+    follow_database(state.clone(), following.clone())?;
     let drift_watcher = tokio::spawn(drift::watch(state.clone()));
     let address = listener.local_addr()?;
     tracing::info!("listening on http://{address}");
@@ -153,9 +163,38 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     watcher.abort();
+    following.store(false, Ordering::SeqCst);
     drift_watcher.abort();
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Follows the database's change feed where it has one (PostgreSQL's
+/// `NOTIFY`), so another replica's write reaches this one's view within
+/// milliseconds; the periodic check in [`watch_database`] stays as the
+/// fallback for a missed notification or a broken feed connection.
+fn follow_database(state: AppState, following: Arc<AtomicBool>) -> std::io::Result<()> {
+    let url = state.settings().database.clone();
+    std::thread::Builder::new()
+        .name("pinion-changes".into())
+        .spawn(move || {
+            let keep_going = || following.load(Ordering::SeqCst);
+            let mut on_change = || {
+                if let Err(err) = state.reload_if_changed() {
+                    tracing::warn!(error = %err, "could not reload after a change notification");
+                }
+            };
+            while keep_going() {
+                match pinion_store::follow_changes(&url, &keep_going, &mut on_change) {
+                    Ok(_) => return,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "change feed lost; retrying in 1s (periodic checks continue)");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Picks up changes other processes commit, so a token created or revoked

@@ -322,6 +322,20 @@ impl AppState {
         Ok(true)
     }
 
+    /// With strict reads, makes the view current with the database before a
+    /// read is answered; otherwise does nothing.
+    pub async fn ensure_fresh(&self) -> Result<(), ApiError> {
+        if !self.settings().strict_reads {
+            return Ok(());
+        }
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || state.reload_if_changed())
+            .await
+            .map_err(|_| writer_gone())?
+            .map(drop)
+            .map_err(ApiError::from)
+    }
+
     /// Whether the database answers. Blocking: call from the blocking pool.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.inner

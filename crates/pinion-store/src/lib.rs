@@ -81,6 +81,22 @@ impl StoreError {
     }
 }
 
+/// Follows other connections' commits as they happen, for engines that have
+/// a change feed (PostgreSQL's `LISTEN`): blocks, calling `on_change` after
+/// each batch of commits, until `keep_going` returns false (Ok) or the
+/// connection fails (Err; call again to reconnect). SQLite has no feed:
+/// returns `Ok(false)` at once, and the caller polls [`Store::data_version`].
+pub fn follow_changes(
+    url: &DatabaseUrl,
+    keep_going: &dyn Fn() -> bool,
+    on_change: &mut dyn FnMut(),
+) -> Result<bool, StoreError> {
+    match url {
+        DatabaseUrl::Sqlite(_) => Ok(false),
+        DatabaseUrl::Postgres(url) => postgres::listen(url, keep_going, on_change).map(|()| true),
+    }
+}
+
 /// One connection to the database, of either engine. Not `Sync`: the
 /// server keeps one for writes and one for reads, each behind its own lock.
 pub struct Store {

@@ -13,6 +13,7 @@ use std::error::Error;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, NoTls};
 
@@ -174,6 +175,8 @@ impl Postgres {
                 "UPDATE pinion_meta SET change_counter = change_counter + 1 WHERE id = 1",
                 &[],
             )?;
+            // Delivered to every listening replica when (and only if) this commits.
+            tx.batch_execute("NOTIFY pinion_changes")?;
             let result = work(&mut Adapter(&mut tx))?;
             tx.commit()?;
             Ok(result)
@@ -222,6 +225,48 @@ impl Postgres {
         })();
         self.settle(result)
     }
+}
+
+/// Blocks, calling `on_change` each time another connection commits a write
+/// (`NOTIFY pinion_changes`), until the connection fails or `keep_going`
+/// says stop. The caller reconnects after an error.
+pub(crate) fn listen(
+    url: &str,
+    keep_going: &dyn Fn() -> bool,
+    on_change: &mut dyn FnMut(),
+) -> Result<(), StoreError> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|_| StoreError::UnsupportedUrl("the PostgreSQL URL does not parse".into()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute("LISTEN pinion_changes")?;
+    // Anything committed before LISTEN took effect is picked up by the
+    // caller's periodic check; report once so it looks now.
+    on_change();
+    while keep_going() {
+        let seen = {
+            let mut notifications = client.notifications();
+            let first = notifications
+                .timeout_iter(Duration::from_millis(500))
+                .next()?;
+            // Fold whatever else already arrived into one reload.
+            let mut pending = notifications.iter();
+            while pending.next()?.is_some() {}
+            first.is_some()
+        };
+        if seen {
+            on_change();
+        }
+        if client.is_closed() {
+            return Err(StoreError::Unavailable(
+                "the change feed connection closed".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Adapter<'a, 'b>(&'a mut postgres::Transaction<'b>);

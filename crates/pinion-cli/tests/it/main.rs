@@ -15,4 +15,5 @@ mod hostile;
 mod oci;
 mod offline;
 mod pipeline;
+mod postgres;
 mod registry;

@@ -19,6 +19,7 @@ pub async fn list_runtimes(
     caller: Caller,
 ) -> Result<Json<RuntimeList>, ApiError> {
     caller.require(Scope::Read)?;
+    state.ensure_fresh().await?;
     let view = state.view();
     let runtimes = view
         .runtimes

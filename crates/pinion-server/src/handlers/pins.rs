@@ -341,6 +341,7 @@ pub async fn list_pins(
     let query = Query::parse(raw.as_deref());
     let template = query.template()?;
     let region = query.region()?;
+    state.ensure_fresh().await?;
     let view = state.view();
     let etag = etag(
         &view,
@@ -385,6 +386,7 @@ pub async fn resolve(
     )?;
     let region = query.region()?.unwrap_or_default();
     caller.require_template(&template)?;
+    state.ensure_fresh().await?;
     let view = state.view();
     let pin = view
         .pin(&template, &region)

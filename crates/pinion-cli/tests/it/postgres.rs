@@ -1,0 +1,299 @@
+//! PostgreSQL-only behaviour: several replicas on one database, and a
+//! database outage. These run in the PostgreSQL pass of the suite
+//! (`PINION_TEST_ENGINE=postgres`); in the SQLite pass they say so and end.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::support::{Env, Server, digest, http};
+
+fn on_postgres() -> bool {
+    let yes = std::env::var("PINION_TEST_ENGINE").as_deref() == Ok("postgres");
+    if !yes {
+        eprintln!("PINION_TEST_ENGINE is not `postgres`: this PostgreSQL test was skipped");
+    }
+    yes
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every
+/// connection closed, new ones refused) and restore: a database outage
+/// without stopping the machine's server.
+struct CuttableProxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CuttableProxy {
+    fn start(upstream: SocketAddr) -> CuttableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (cut_flag, tracked) = (cut.clone(), open.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if cut_flag.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                for stream in [&client, &server] {
+                    if let Ok(clone) = stream.try_clone() {
+                        tracked.lock().unwrap().push(clone);
+                    }
+                }
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            }
+        });
+        CuttableProxy { addr, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(read) => {
+                    if to.write_all(&buffer[..read]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// The database URL with its host and port replaced by `addr`.
+fn through(url: &str, addr: SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let credentials = authority
+        .rsplit_once('@')
+        .map_or(String::new(), |(user, _)| format!("{user}@"));
+    format!("{scheme}://{credentials}{addr}/{path}")
+}
+
+fn upstream(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let authority = rest.split_once('/').unwrap().0;
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    host_port.parse().unwrap()
+}
+
+fn promote(server: &Server, token: &str, n: u32) -> crate::support::Response {
+    server.post(
+        "/cp/admin/runtime-image/promote",
+        token,
+        &format!(
+            r#"{{"template_name":"codex","image_digest":"{}"}}"#,
+            digest(n)
+        ),
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_database_outage_is_503_changes_nothing_and_heals_itself() {
+    if !on_postgres() {
+        return;
+    }
+    let env = Env::new();
+    env.add_template("codex", "localhost:5000/codex");
+    let token = env.token("ci", "promote", &[]);
+    let proxy = CuttableProxy::start(upstream(&env.database()));
+    let server = Server::start(&through(&env.database(), proxy.addr), &[]);
+    assert_eq!(promote(&server, &token, 1).status, 201);
+
+    proxy.cut();
+    wait_until("readyz 503", Duration::from_secs(10), || {
+        http(server.addr, "GET", "/readyz", None, None).status == 503
+    });
+    let refused = promote(&server, &token, 2);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.error_code(), "store_unavailable");
+    // Reads keep serving the last pins this replica knew: a provisioner
+    // should not fail because the database blinked.
+    assert_eq!(server.pinned(&token, "codex", "global"), Some(digest(1)));
+
+    proxy.restore();
+    wait_until("readyz 200", Duration::from_secs(15), || {
+        http(server.addr, "GET", "/readyz", None, None).status == 200
+    });
+    let healed = promote(&server, &token, 3);
+    assert_eq!(healed.status, 201, "{healed:?}");
+    let history = server.history(&token, "codex");
+    let moves: Vec<&str> = history
+        .iter()
+        .map(|entry| entry["to_digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        moves,
+        [digest(1), digest(3)],
+        "the refused promotion left nothing behind"
+    );
+}
+
+/// 200 promote-on-one, resolve-on-the-other pairs across two replicas;
+/// returns how many resolves were fresh on the first try (every one must be
+/// fresh within two seconds), after checking the history is one chain.
+fn alternate_between_replicas(read_consistency: &str) -> u32 {
+    let env = Env::new();
+    env.add_template("codex", "localhost:5000/codex");
+    let token = env.token("ci", "promote", &[]);
+    let settings = [("PINION_READ_CONSISTENCY", read_consistency)];
+    let one = Server::start(&env.database(), &settings);
+    let two = Server::start(&env.database(), &settings);
+    let resolve = |server: &Server| {
+        server
+            .get("/cp/runtime-image/resolve?template_name=codex", &token)
+            .json()["image_digest"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let mut fresh_at_once = 0;
+    for n in 1..=200u32 {
+        let (writer, reader) = if n % 2 == 0 {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        assert_eq!(promote(writer, &token, n).status, 201);
+        if resolve(reader) == Some(digest(n)) {
+            fresh_at_once += 1;
+        }
+        wait_until(
+            "the other replica sees the promotion",
+            Duration::from_secs(2),
+            || resolve(reader) == Some(digest(n)),
+        );
+    }
+    let entries = one.history(&token, "codex");
+    assert_eq!(entries.len(), 200);
+    for pair in entries.windows(2) {
+        assert_eq!(
+            pair[1]["from_digest"], pair[0]["to_digest"],
+            "one chain across replicas"
+        );
+    }
+    fresh_at_once
+}
+
+#[test]
+fn strict_replicas_read_each_others_writes_at_once() {
+    if !on_postgres() {
+        return;
+    }
+    assert_eq!(
+        alternate_between_replicas("strict"),
+        200,
+        "every resolve after a 2xx elsewhere is fresh"
+    );
+}
+
+#[test]
+fn fast_replicas_see_each_others_writes_within_moments() {
+    if !on_postgres() {
+        return;
+    }
+    let fresh = alternate_between_replicas("fast");
+    eprintln!("fast reads: {fresh} of 200 resolves on the other replica were fresh at once");
+}
+
+#[test]
+fn concurrent_writers_on_two_replicas_form_one_chain() {
+    if !on_postgres() {
+        return;
+    }
+    let env = Env::new();
+    env.add_template("codex", "localhost:5000/codex");
+    let token = env.token("ci", "promote", &[]);
+    let one = Server::start(&env.database(), &[]);
+    let two = Server::start(&env.database(), &[]);
+    assert_eq!(promote(&one, &token, 0).status, 201);
+    let acknowledged = Arc::new(Mutex::new(vec![digest(0)]));
+    let writers: Vec<_> = (0..16u32)
+        .map(|writer| {
+            let addr = if writer % 2 == 0 { one.addr } else { two.addr };
+            let (token, acknowledged) = (token.clone(), acknowledged.clone());
+            thread::spawn(move || {
+                let mut wins = 0;
+                for attempt in 0..300u32 {
+                    if wins == 2 {
+                        break;
+                    }
+                    // Read the pin from the database's point of view: the history's newest entry.
+                    let newest = http(addr, "GET", "/cp/admin/runtime-image/history?template_name=codex&limit=1", Some(&token), None);
+                    let current = newest.json()["history"][0]["to_digest"].as_str().unwrap().to_owned();
+                    let next = digest(1_000 + writer * 1_000 + attempt);
+                    let body = format!(r#"{{"template_name":"codex","image_digest":"{next}","expected_digest":"{current}"}}"#);
+                    let response = http(addr, "POST", "/cp/admin/runtime-image/promote", Some(&token), Some(body.as_bytes()));
+                    match response.status {
+                        201 => {
+                            wins += 1;
+                            acknowledged.lock().unwrap().push(next);
+                        }
+                        409 => assert_eq!(response.error_code(), "pin_conflict"),
+                        other => panic!("unexpected {other}: {response:?}"),
+                    }
+                }
+                wins
+            })
+        })
+        .collect();
+    let wins: u32 = writers
+        .into_iter()
+        .map(|writer| writer.join().unwrap())
+        .sum();
+    assert_eq!(wins, 32);
+    let entries = one.history(&token, "codex");
+    for pair in entries.windows(2) {
+        assert_eq!(pair[1]["from_digest"], pair[0]["to_digest"], "one chain");
+    }
+    let in_history: std::collections::HashSet<String> = entries
+        .iter()
+        .map(|entry| entry["to_digest"].as_str().unwrap().to_owned())
+        .collect();
+    let acknowledged: std::collections::HashSet<String> =
+        acknowledged.lock().unwrap().iter().cloned().collect();
+    assert_eq!(
+        entries.len(),
+        acknowledged.len(),
+        "exactly the acknowledged promotions"
+    );
+    assert_eq!(in_history, acknowledged);
+}
