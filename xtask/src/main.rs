@@ -1,4 +1,4 @@
-//! Pinion's automation. `cargo xtask bench [registry|http|all]` builds the
+//! Pinion's automation. `cargo xtask bench [registry|http|postgres|all]` builds the
 //! release binary, starts what it measures (a real registry, the server, and
 //! the reference servers) on loopback, and prints the figures that
 //! `docs/benchmarks.md` records, each beside its baseline from the same run.
@@ -16,10 +16,11 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {
-        ["bench"] | ["bench", "all"] => bench::run(true, true),
-        ["bench", "registry"] => bench::run(true, false),
-        ["bench", "http"] => bench::run(false, true),
-        _ => Err("usage: cargo xtask bench [registry|http|all]".to_owned()),
+        ["bench"] | ["bench", "all"] => bench::run(true, true, true),
+        ["bench", "registry"] => bench::run(true, false, false),
+        ["bench", "http"] => bench::run(false, true, false),
+        ["bench", "postgres"] => bench::run(false, false, true),
+        _ => Err("usage: cargo xtask bench [registry|http|postgres|all]".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

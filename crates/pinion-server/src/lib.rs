@@ -175,6 +175,7 @@ pub async fn run(
 /// fallback for a missed notification or a broken feed connection.
 fn follow_database(state: AppState, following: Arc<AtomicBool>) -> std::io::Result<()> {
     let url = state.settings().database.clone();
+    let own_writers = state.own_writers();
     std::thread::Builder::new()
         .name("pinion-changes".into())
         .spawn(move || {
@@ -185,7 +186,7 @@ fn follow_database(state: AppState, following: Arc<AtomicBool>) -> std::io::Resu
                 }
             };
             while keep_going() {
-                match pinion_store::follow_changes(&url, &keep_going, &mut on_change) {
+                match pinion_store::follow_changes(&url, &own_writers, &keep_going, &mut on_change) {
                     Ok(_) => return,
                     Err(err) => {
                         tracing::warn!(error = %err, "change feed lost; retrying in 1s (periodic checks continue)");

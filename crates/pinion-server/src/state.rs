@@ -173,6 +173,9 @@ struct Inner {
     drift: Drift,
     published: Arc<Published>,
     writer: mpsc::Sender<Job>,
+    /// What the writer connection's writes are called in change
+    /// notifications: the change feed skips them, they are already here.
+    writer_instance: Option<String>,
     /// Reads snapshots, history and audit, and pings.
     reader: Mutex<ReaderState>,
 }
@@ -188,6 +191,7 @@ impl AppState {
     /// starts the writer thread.
     pub fn open(settings: Settings) -> Result<AppState, ServeError> {
         let writer_store = Store::open(&settings.database)?;
+        let writer_instance = writer_store.instance();
         let mut reader = Store::open(&settings.database)?;
         let seen_version = reader.data_version()?;
         let published = Arc::new(Published {
@@ -208,6 +212,7 @@ impl AppState {
                 drift,
                 published,
                 writer,
+                writer_instance,
                 reader: Mutex::new(ReaderState {
                     store: reader,
                     seen_version,
@@ -226,6 +231,11 @@ impl AppState {
 
     pub fn drift(&self) -> &Drift {
         &self.inner.drift
+    }
+
+    /// The writers whose change notifications this server can ignore.
+    pub fn own_writers(&self) -> Vec<String> {
+        self.inner.writer_instance.iter().cloned().collect()
     }
 
     /// The current view; cheap (one `Arc` clone).

@@ -86,14 +86,19 @@ impl StoreError {
 /// each batch of commits, until `keep_going` returns false (Ok) or the
 /// connection fails (Err; call again to reconnect). SQLite has no feed:
 /// returns `Ok(false)` at once, and the caller polls [`Store::data_version`].
+/// `ignore` names writers (see [`Store::instance`]) whose notifications do
+/// not count: a server's own writes are already in its view.
 pub fn follow_changes(
     url: &DatabaseUrl,
+    ignore: &[String],
     keep_going: &dyn Fn() -> bool,
     on_change: &mut dyn FnMut(),
 ) -> Result<bool, StoreError> {
     match url {
         DatabaseUrl::Sqlite(_) => Ok(false),
-        DatabaseUrl::Postgres(url) => postgres::listen(url, keep_going, on_change).map(|()| true),
+        DatabaseUrl::Postgres(url) => {
+            postgres::listen(url, ignore, keep_going, on_change).map(|()| true)
+        }
     }
 }
 
@@ -118,6 +123,15 @@ impl Store {
             DatabaseUrl::Postgres(url) => Engine::Postgres(Box::new(Postgres::open(url)?)),
         };
         Ok(Store { engine })
+    }
+
+    /// The name this connection's writes carry in change notifications
+    /// (PostgreSQL); `None` where the engine has no change feed.
+    pub fn instance(&self) -> Option<String> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(engine) => Some(engine.instance().to_owned()),
+        }
     }
 
     /// `sqlite` or `postgres`.

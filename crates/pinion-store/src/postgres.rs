@@ -15,7 +15,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
+use std::collections::HashMap;
 
 use crate::StoreError;
 use crate::sql::{Row, Sql, Value};
@@ -95,6 +96,12 @@ const MIGRATION_LOCK: i64 = 0x7069_6e69_6f6e;
 pub(crate) struct Postgres {
     config: postgres::Config,
     client: Option<Client>,
+    /// Prepared statements of the current connection, by SQL text: a query
+    /// then costs one round trip instead of two.
+    statements: HashMap<String, Statement>,
+    /// Names this connection's writes in `NOTIFY`, so a server can ignore
+    /// the notifications of its own writes.
+    instance: String,
     /// Writes this connection committed; each bumped the change counter by
     /// one, so `counter - own_writes` moves only when someone else writes.
     own_writes: i64,
@@ -111,6 +118,8 @@ impl Postgres {
         let mut store = Postgres {
             config,
             client: None,
+            statements: HashMap::new(),
+            instance: instance_id(),
             own_writes: 0,
         };
         store.migrate()?;
@@ -121,6 +130,7 @@ impl Postgres {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
+            self.statements.clear();
             let client = self.config.connect(NoTls)?;
             self.client = Some(client);
         }
@@ -168,16 +178,23 @@ impl Postgres {
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let notify = format!("NOTIFY pinion_changes, '{}'", self.instance);
         let result = (|| {
-            let client = self.client()?;
+            self.client()?;
+            let (Some(client), statements) = (self.client.as_mut(), &mut self.statements) else {
+                return Err(StoreError::Unavailable("no connection".into()));
+            };
             let mut tx = client.transaction()?;
             tx.execute(
                 "UPDATE pinion_meta SET change_counter = change_counter + 1 WHERE id = 1",
                 &[],
             )?;
             // Delivered to every listening replica when (and only if) this commits.
-            tx.batch_execute("NOTIFY pinion_changes")?;
-            let result = work(&mut Adapter(&mut tx))?;
+            tx.batch_execute(&notify)?;
+            let result = work(&mut Adapter {
+                tx: &mut tx,
+                statements,
+            })?;
             tx.commit()?;
             Ok(result)
         })();
@@ -193,13 +210,19 @@ impl Postgres {
         work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let result = (|| {
-            let client = self.client()?;
+            self.client()?;
+            let (Some(client), statements) = (self.client.as_mut(), &mut self.statements) else {
+                return Err(StoreError::Unavailable("no connection".into()));
+            };
             let mut tx = client
                 .build_transaction()
                 .isolation_level(postgres::IsolationLevel::RepeatableRead)
                 .read_only(true)
                 .start()?;
-            let result = work(&mut Adapter(&mut tx))?;
+            let result = work(&mut Adapter {
+                tx: &mut tx,
+                statements,
+            })?;
             tx.commit()?;
             Ok(result)
         })();
@@ -212,6 +235,11 @@ impl Postgres {
             Ok(())
         })();
         self.settle(result)
+    }
+
+    /// The name this connection's writes carry in their notifications.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Moves when another connection (another replica, `pinion token`) commits.
@@ -232,6 +260,7 @@ impl Postgres {
 /// says stop. The caller reconnects after an error.
 pub(crate) fn listen(
     url: &str,
+    ignore: &[String],
     keep_going: &dyn Fn() -> bool,
     on_change: &mut dyn FnMut(),
 ) -> Result<(), StoreError> {
@@ -248,14 +277,18 @@ pub(crate) fn listen(
     on_change();
     while keep_going() {
         let seen = {
+            let foreign = |payload: &str| !ignore.iter().any(|own| own == payload);
             let mut notifications = client.notifications();
-            let first = notifications
+            let mut seen = notifications
                 .timeout_iter(Duration::from_millis(500))
-                .next()?;
+                .next()?
+                .is_some_and(|notification| foreign(notification.payload()));
             // Fold whatever else already arrived into one reload.
             let mut pending = notifications.iter();
-            while pending.next()?.is_some() {}
-            first.is_some()
+            while let Some(notification) = pending.next()? {
+                seen |= foreign(notification.payload());
+            }
+            seen
         };
         if seen {
             on_change();
@@ -269,7 +302,29 @@ pub(crate) fn listen(
     Ok(())
 }
 
-struct Adapter<'a, 'b>(&'a mut postgres::Transaction<'b>);
+struct Adapter<'a, 'b> {
+    tx: &'a mut postgres::Transaction<'b>,
+    statements: &'a mut HashMap<String, Statement>,
+}
+
+impl Adapter<'_, '_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.prepare(&dollar_placeholders(sql))?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+/// A random name for this connection's notifications.
+fn instance_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
 
 /// `?N` placeholders (SQLite's) as `$N` (PostgreSQL's).
 fn dollar_placeholders(sql: &str) -> String {
@@ -282,7 +337,8 @@ impl Sql for Adapter<'_, '_> {
             .iter()
             .map(|value| value as &(dyn ToSql + Sync))
             .collect();
-        match self.0.execute(dollar_placeholders(sql).as_str(), &params) {
+        let statement = self.statement(sql)?;
+        match self.tx.execute(&statement, &params) {
             Ok(changed) => Ok(changed),
             Err(err) if err.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 Err(StoreError::Constraint(err.to_string()))
@@ -296,7 +352,8 @@ impl Sql for Adapter<'_, '_> {
             .iter()
             .map(|value| value as &(dyn ToSql + Sync))
             .collect();
-        let rows = self.0.query(dollar_placeholders(sql).as_str(), &params)?;
+        let statement = self.statement(sql)?;
+        let rows = self.tx.query(&statement, &params)?;
         rows.iter()
             .map(|row| {
                 let mut values = Vec::with_capacity(row.len());

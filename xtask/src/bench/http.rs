@@ -9,18 +9,18 @@ use std::time::Duration;
 
 use super::{Guard, free_port, hyperfine_table, pinion_cmd, serve, wait_for_port};
 
-const TEMPLATES: usize = 50;
+pub(super) const TEMPLATES: usize = 50;
 const SECONDS: &str = "10";
 
 /// One wrk run: requests per second and latency percentiles in ms.
-struct Load {
-    rps: f64,
+pub(super) struct Load {
+    pub rps: f64,
     p50: f64,
     p99: f64,
     non_2xx: u64,
 }
 
-fn wrk(
+pub(super) fn wrk(
     connections: u32,
     url: &str,
     script: Option<&Path>,
@@ -77,7 +77,7 @@ fn wrk(
     })
 }
 
-fn row(name: &str, load: &Load, baseline: Option<&Load>) {
+pub(super) fn row(name: &str, load: &Load, baseline: Option<&Load>) {
     let ratio = baseline.map_or("-".to_owned(), |base| format!("{:.2}", load.rps / base.rps));
     println!(
         "| {name} | {:.0} | {:.2} | {:.2} | {ratio} | {} |",
@@ -85,7 +85,7 @@ fn row(name: &str, load: &Load, baseline: Option<&Load>) {
     );
 }
 
-fn header(title: &str) {
+pub(super) fn header(title: &str) {
     println!("\n{title}");
     println!("| load | requests/s | p50 ms | p99 ms | ratio to baseline | non-2xx |");
     println!("|---|---|---|---|---|---|");
@@ -119,7 +119,7 @@ fn curl(url: &str, token: &str) -> Result<String, String> {
 }
 
 /// A wrk script that POSTs a promote with a fresh digest every request.
-fn promote_script(dir: &Path, token: &str) -> Result<std::path::PathBuf, String> {
+pub(super) fn promote_script(dir: &Path, token: &str) -> Result<std::path::PathBuf, String> {
     let script = format!(
         r#"
 counter = 0
@@ -170,10 +170,20 @@ end
     Ok(path)
 }
 
-pub fn run(pinion: &Path) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
-    let database = format!("sqlite://{}", dir.path().join("bench.db").display());
+/// A running server with 50 templates, 50 pins and two tokens.
+pub(super) struct Seeded {
+    pub server: Guard,
+    pub url: String,
+    pub promote_token: String,
+    pub read_token: String,
+    /// RSS right after start, before the pins were seeded.
+    pub idle_rss: u64,
+}
+
+/// Starts `pinion serve` on `database` and seeds it.
+pub(super) fn seeded_server(pinion: &Path, database: &str) -> Result<Seeded, String> {
     for i in 0..TEMPLATES {
+        let repository = format!("registry.example.com/team/t-{i}");
         pinion_cmd(
             pinion,
             &[
@@ -181,15 +191,15 @@ pub fn run(pinion: &Path) -> Result<(), String> {
                 "add",
                 &format!("t-{i}"),
                 "--repository",
-                &format!("registry.example.com/team/t-{i}"),
+                &repository,
             ],
-            &database,
+            database,
         )?;
     }
     let promote_token = pinion_cmd(
         pinion,
         &["token", "create", "--name", "ci", "--scope", "promote"],
-        &database,
+        database,
     )?;
     let read_token = pinion_cmd(
         pinion,
@@ -201,12 +211,11 @@ pub fn run(pinion: &Path) -> Result<(), String> {
             "--scope",
             "read",
         ],
-        &database,
+        database,
     )?;
-    let (server, url) = serve(pinion, &database, &[("PINION_REGISTRY_CHECK", "off")])?;
-    let pid = server.0.id();
+    let (server, url) = serve(pinion, database, &[("PINION_REGISTRY_CHECK", "off")])?;
     std::thread::sleep(Duration::from_millis(500));
-    let idle_rss = rss_kib(pid);
+    let idle_rss = rss_kib(server.0.id());
     for i in 0..TEMPLATES {
         let status = Command::new(pinion)
             .args([
@@ -226,9 +235,32 @@ pub fn run(pinion: &Path) -> Result<(), String> {
             return Err("seeding pins failed".into());
         }
     }
+    Ok(Seeded {
+        server,
+        url,
+        promote_token,
+        read_token,
+        idle_rss,
+    })
+}
+
+pub(super) const RESOLVE_PATH: &str =
+    "/cp/runtime-image/resolve?template_name=t-7&region=us-east-2";
+
+pub fn run(pinion: &Path) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+    let database = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let Seeded {
+        server,
+        url,
+        promote_token,
+        read_token,
+        idle_rss,
+    } = seeded_server(pinion, &database)?;
+    let pid = server.0.id();
 
     // nginx serves the very bytes pinion answers, as static files.
-    let resolve_path = "/cp/runtime-image/resolve?template_name=t-7&region=us-east-2";
+    let resolve_path = RESOLVE_PATH;
     let list_path = "/cp/admin/runtime-image";
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).map_err(|err| err.to_string())?;

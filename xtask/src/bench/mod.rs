@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::oci::{Auth, TestRegistry};
 
-pub fn run(registry: bool, http: bool) -> Result<(), String> {
+pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
     let mut tools = vec![("hyperfine", "hyperfine")];
     if registry {
         tools.extend([
@@ -25,6 +25,13 @@ pub fn run(registry: bool, http: bool) -> Result<(), String> {
             ("etcdctl", "etcd-client"),
         ]);
     }
+    if postgres {
+        tools.extend([
+            ("wrk", "wrk"),
+            ("pgbench", "postgresql"),
+            ("psql", "postgresql-client"),
+        ]);
+    }
     install_missing(&tools)?;
     let pinion = build_release()?;
     println!(
@@ -37,6 +44,9 @@ pub fn run(registry: bool, http: bool) -> Result<(), String> {
     }
     if http {
         http::run(&pinion)?;
+    }
+    if postgres {
+        postgres::run(&pinion)?;
     }
     Ok(())
 }
@@ -370,3 +380,4 @@ fn bench_registry(pinion: &Path) -> Result<(), String> {
 }
 
 pub mod http;
+pub mod postgres;
