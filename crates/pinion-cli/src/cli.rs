@@ -110,11 +110,12 @@ pub struct ServeArgs {
     /// The tag the drift watcher compares pins with.
     #[arg(long, env = "PINION_DRIFT_TAG", default_value = "latest")]
     pub drift_tag: String,
-    /// `fast`: reads are answered from memory; other replicas' writes arrive
-    /// within milliseconds. `strict`: every read first checks the database's
-    /// change counter, so a write acknowledged by any replica is seen at once
-    /// (and reads fail while the database is down).
-    #[arg(long, env = "PINION_READ_CONSISTENCY", default_value = "fast", value_parser = ["fast", "strict"])]
+    /// `strict`: every read first checks the database's change counter, so a
+    /// write acknowledged by any replica is seen at once (reads fail while
+    /// the database is down). `fast`: reads are answered from memory; other
+    /// replicas' writes arrive within milliseconds. `auto`: strict on
+    /// PostgreSQL (replicas), fast on SQLite (one server).
+    #[arg(long, env = "PINION_READ_CONSISTENCY", default_value = "auto", value_parser = ["auto", "fast", "strict"])]
     pub read_consistency: String,
     /// Refuse promotions that carry no `git_sha` and `ci_run_url`.
     #[arg(long, env = "PINION_REQUIRE_PROVENANCE", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]

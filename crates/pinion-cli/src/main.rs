@@ -79,7 +79,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     settings.request_timeout = Duration::from_secs(args.request_timeout);
     settings.require_provenance = args.require_provenance;
-    settings.strict_reads = args.read_consistency == "strict";
+    settings.strict_reads = match args.read_consistency.as_str() {
+        "strict" => true,
+        "fast" => false,
+        _ => matches!(settings.database, DatabaseUrl::Postgres(_)),
+    };
     settings.registry = registry::settings(&args.registry).map_err(anyhow::Error::msg)?;
     settings.drift_interval = parse_interval(&args.drift_interval).map_err(anyhow::Error::msg)?;
     settings.drift_tag = pinion_registry::Tag::parse(&args.drift_tag)

@@ -181,7 +181,11 @@ pub(super) struct Seeded {
 }
 
 /// Starts `pinion serve` on `database` and seeds it.
-pub(super) fn seeded_server(pinion: &Path, database: &str) -> Result<Seeded, String> {
+pub(super) fn seeded_server(
+    pinion: &Path,
+    database: &str,
+    env: &[(&str, &str)],
+) -> Result<Seeded, String> {
     for i in 0..TEMPLATES {
         let repository = format!("registry.example.com/team/t-{i}");
         pinion_cmd(
@@ -213,7 +217,9 @@ pub(super) fn seeded_server(pinion: &Path, database: &str) -> Result<Seeded, Str
         ],
         database,
     )?;
-    let (server, url) = serve(pinion, database, &[("PINION_REGISTRY_CHECK", "off")])?;
+    let mut settings = vec![("PINION_REGISTRY_CHECK", "off")];
+    settings.extend_from_slice(env);
+    let (server, url) = serve(pinion, database, &settings)?;
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(server.0.id());
     for i in 0..TEMPLATES {
@@ -256,7 +262,7 @@ pub fn run(pinion: &Path) -> Result<(), String> {
         promote_token,
         read_token,
         idle_rss,
-    } = seeded_server(pinion, &database)?;
+    } = seeded_server(pinion, &database, &[])?;
     let pid = server.0.id();
 
     // nginx serves the very bytes pinion answers, as static files.

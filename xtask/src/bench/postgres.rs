@@ -10,17 +10,24 @@ use super::http::{RESOLVE_PATH, Seeded, header, promote_script, row, seeded_serv
 pub fn run(pinion: &Path) -> Result<(), String> {
     let admin = std::env::var("PINION_BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("pinion_bench_{}", std::process::id());
     let base = admin
         .rsplit_once('/')
         .map_or(admin.as_str(), |(base, _)| base);
-    let database = format!("{base}/{name}");
-    psql(&admin, &format!("CREATE DATABASE {name}"))?;
-    let result = measure(pinion, &database);
-    let _ = psql(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    );
+    let names: Vec<String> = ["strict", "fast"]
+        .iter()
+        .map(|mode| format!("pinion_bench_{mode}_{}", std::process::id()))
+        .collect();
+    for name in &names {
+        psql(&admin, &format!("CREATE DATABASE {name}"))?;
+    }
+    let databases: Vec<String> = names.iter().map(|name| format!("{base}/{name}")).collect();
+    let result = measure(pinion, &databases[0], &databases[1]);
+    for name in &names {
+        let _ = psql(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
+    }
     result
 }
 
@@ -36,19 +43,27 @@ fn psql(url: &str, sql: &str) -> Result<(), String> {
         .ok_or_else(|| format!("psql: {}", String::from_utf8_lossy(&output.stderr)))
 }
 
-fn measure(pinion: &Path, postgres: &str) -> Result<(), String> {
+fn measure(pinion: &Path, postgres: &str, postgres_fast: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
     let sqlite = format!("sqlite://{}", dir.path().join("bench.db").display());
-    header("PostgreSQL beside SQLite, 50 pins, `wrk -t1`, 10 s each (ratio: PostgreSQL to SQLite)");
+    header("PostgreSQL beside SQLite, 50 pins, `wrk -t1`, 10 s each (ratio: to SQLite)");
     let mut results = Vec::new();
-    for (engine, database) in [("sqlite", sqlite.as_str()), ("postgres", postgres)] {
+    for (engine, database, consistency) in [
+        ("sqlite", sqlite.as_str(), "auto"),
+        ("postgres, strict reads (default)", postgres, "strict"),
+        ("postgres, fast reads", postgres_fast, "fast"),
+    ] {
         let Seeded {
             server,
             url,
             promote_token,
             read_token,
             ..
-        } = seeded_server(pinion, database)?;
+        } = seeded_server(
+            pinion,
+            database,
+            &[("PINION_READ_CONSISTENCY", consistency)],
+        )?;
         let script = promote_script(dir.path(), &promote_token)?;
         let resolve = wrk(32, &format!("{url}{RESOLVE_PATH}"), None, Some(&read_token))?;
         let promote_1 = wrk(1, &url, Some(&script), None)?;
@@ -56,19 +71,31 @@ fn measure(pinion: &Path, postgres: &str) -> Result<(), String> {
         drop(server);
         results.push((engine, resolve, promote_1, promote_32));
     }
-    let [
-        (_, sqlite_resolve, sqlite_1, sqlite_32),
-        (_, pg_resolve, pg_1, pg_32),
-    ] = &results[..]
-    else {
+    let Some((_, sqlite_resolve, sqlite_1, sqlite_32)) = results.first() else {
         return Err("missing results".into());
     };
-    row("sqlite: resolve, c=32", sqlite_resolve, None);
-    row("postgres: resolve, c=32", pg_resolve, Some(sqlite_resolve));
-    row("sqlite: promote, c=1", sqlite_1, None);
-    row("postgres: promote, c=1", pg_1, Some(sqlite_1));
-    row("sqlite: promote, c=32", sqlite_32, None);
-    row("postgres: promote, c=32", pg_32, Some(sqlite_32));
+    for (index, (engine, resolve, _, _)) in results.iter().enumerate() {
+        row(
+            &format!("{engine}: resolve, c=32"),
+            resolve,
+            (index > 0).then_some(sqlite_resolve),
+        );
+    }
+    for (index, (engine, _, promote_1, _)) in results.iter().enumerate() {
+        row(
+            &format!("{engine}: promote, c=1"),
+            promote_1,
+            (index > 0).then_some(sqlite_1),
+        );
+    }
+    for (index, (engine, _, _, promote_32)) in results.iter().enumerate() {
+        row(
+            &format!("{engine}: promote, c=32"),
+            promote_32,
+            (index > 0).then_some(sqlite_32),
+        );
+    }
+    let pg_32 = &results[1].3;
 
     // pgbench: one-row UPDATEs from 32 clients, the database's own rate.
     let pgbench_db = postgres;

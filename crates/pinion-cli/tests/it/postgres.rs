@@ -127,16 +127,18 @@ fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_database_outage_is_503_changes_nothing_and_heals_itself() {
-    if !on_postgres() {
-        return;
-    }
+/// Cuts the database away from a server, checks what it answers, restores
+/// it, and checks it heals; `reads_survive` says whether reads keep serving
+/// the last known pins meanwhile.
+fn outage(read_consistency: &str, reads_survive: bool) {
     let env = Env::new();
     env.add_template("codex", "localhost:5000/codex");
     let token = env.token("ci", "promote", &[]);
     let proxy = CuttableProxy::start(upstream(&env.database()));
-    let server = Server::start(&through(&env.database(), proxy.addr), &[]);
+    let server = Server::start(
+        &through(&env.database(), proxy.addr),
+        &[("PINION_READ_CONSISTENCY", read_consistency)],
+    );
     assert_eq!(promote(&server, &token, 1).status, 201);
 
     proxy.cut();
@@ -146,9 +148,15 @@ fn a_database_outage_is_503_changes_nothing_and_heals_itself() {
     let refused = promote(&server, &token, 2);
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(refused.error_code(), "store_unavailable");
-    // Reads keep serving the last pins this replica knew: a provisioner
-    // should not fail because the database blinked.
-    assert_eq!(server.pinned(&token, "codex", "global"), Some(digest(1)));
+    let read = server.get("/cp/runtime-image/resolve?template_name=codex", &token);
+    if reads_survive {
+        // A provisioner should not fail because the database blinked.
+        assert_eq!(read.status, 200, "{read:?}");
+        assert_eq!(read.json()["image_digest"], digest(1));
+    } else {
+        assert_eq!(read.status, 503, "{read:?}");
+        assert_eq!(read.error_code(), "store_unavailable");
+    }
 
     proxy.restore();
     wait_until("readyz 200", Duration::from_secs(15), || {
@@ -156,6 +164,7 @@ fn a_database_outage_is_503_changes_nothing_and_heals_itself() {
     });
     let healed = promote(&server, &token, 3);
     assert_eq!(healed.status, 201, "{healed:?}");
+    assert_eq!(server.pinned(&token, "codex", "global"), Some(digest(3)));
     let history = server.history(&token, "codex");
     let moves: Vec<&str> = history
         .iter()
@@ -166,6 +175,22 @@ fn a_database_outage_is_503_changes_nothing_and_heals_itself() {
         [digest(1), digest(3)],
         "the refused promotion left nothing behind"
     );
+}
+
+#[test]
+fn a_database_outage_is_503_for_writes_and_heals_itself_with_fast_reads() {
+    if !on_postgres() {
+        return;
+    }
+    outage("fast", true);
+}
+
+#[test]
+fn a_database_outage_fails_strict_reads_too_and_heals_itself() {
+    if !on_postgres() {
+        return;
+    }
+    outage("strict", false);
 }
 
 /// 200 promote-on-one, resolve-on-the-other pairs across two replicas;

@@ -49,6 +49,23 @@ impl Attempt {
         }
     }
 
+    /// Parses the pin a write names (region `global` when absent),
+    /// remembering it for the audit log.
+    fn pin(
+        &mut self,
+        template: &str,
+        region: Option<&str>,
+    ) -> Result<(TemplateName, Region), ApiError> {
+        let template = parse_field("template_name", TemplateName::parse(template))?;
+        self.template = Some(template.clone());
+        let region = match region {
+            None => Region::global(),
+            Some(region) => parse_field("region", Region::parse(region))?,
+        };
+        self.region = Some(region.clone());
+        Ok((template, region))
+    }
+
     /// Unwraps the authentication result, remembering who it was.
     fn caller(&mut self, caller: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
         let caller = caller?;

@@ -42,13 +42,7 @@ async fn promote_inner(
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Promote)?;
     let request: PromoteRequest = read_json(body, state.settings().body_limit).await?;
-    let template = parse_field("template_name", TemplateName::parse(&request.template_name))?;
-    attempt.template = Some(template.clone());
-    let region = match request.region.as_deref() {
-        None => Region::global(),
-        Some(region) => parse_field("region", Region::parse(region))?,
-    };
-    attempt.region = Some(region.clone());
+    let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let digest = parse_field("image_digest", Digest::parse(&request.image_digest))?;
     let git_sha = optional_field("git_sha", request.git_sha.as_deref(), GitSha::parse)?;
     let notes = optional_field("notes", request.notes.as_deref(), Notes::parse)?;
@@ -285,13 +279,7 @@ async fn rollback_inner(
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Promote)?;
     let request: RollbackRequest = read_json(body, state.settings().body_limit).await?;
-    let template = parse_field("template_name", TemplateName::parse(&request.template_name))?;
-    attempt.template = Some(template.clone());
-    let region = match request.region.as_deref() {
-        None => Region::global(),
-        Some(region) => parse_field("region", Region::parse(region))?,
-    };
-    attempt.region = Some(region.clone());
+    let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let to = optional_field("to_digest", request.to_digest.as_deref(), Digest::parse)?;
     let notes = optional_field("notes", request.notes.as_deref(), Notes::parse)?;
     caller.require_template(&template)?;
