@@ -10,7 +10,7 @@
 //! processes commit (seen through SQLite's `data_version`) replace the view
 //! with a fresh snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
@@ -32,7 +32,7 @@ use crate::{ServeError, Settings};
 const MAX_BATCH: usize = 512;
 
 /// What the read path serves, indexed for lookups. Immutable once built.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct View {
     /// By template, then region: iteration is the contract's list order, and
     /// a lookup borrows the parsed names instead of building a key.
@@ -46,7 +46,17 @@ pub struct View {
     /// the one pollers ask for, and it is the same bytes for every caller
     /// that may see every template.
     pub list_body: OnceLock<Bytes>,
+    /// Per pin, its resolve answer (body and ETag) for a caller asking for
+    /// exactly that template and region, made on first use: the hot path of
+    /// a fleet's provisioning is then a lookup and a copy of two handles.
+    resolved: BTreeMap<TemplateName, BTreeMap<Region, OnceLock<(Bytes, String)>>>,
+    /// The same for regions answered by the `global` fallback, keyed by
+    /// `template/region`; bounded, since any valid region name may be asked.
+    fallbacks: RwLock<HashMap<String, (Bytes, String)>>,
 }
+
+/// At most this many fallback answers are kept per view.
+const MAX_FALLBACKS: usize = 4096;
 
 impl View {
     /// Every pin, ordered by template then region.
@@ -61,6 +71,42 @@ impl View {
     /// The pin of exactly this template and region.
     pub fn pin(&self, template: &TemplateName, region: &Region) -> Option<&PinRecord> {
         self.pins.get(template)?.get(region)
+    }
+
+    /// The cached resolve answer of the pin of exactly this template and
+    /// region, if there is such a pin.
+    pub fn resolved_cell(
+        &self,
+        template: &TemplateName,
+        region: &Region,
+    ) -> Option<&OnceLock<(Bytes, String)>> {
+        self.resolved.get(template)?.get(region)
+    }
+
+    /// The cached fallback answer for `template/region`, or `make`'s, kept
+    /// while there is room.
+    pub fn fallback_answer(
+        &self,
+        key: String,
+        make: impl FnOnce() -> (Bytes, String),
+    ) -> (Bytes, String) {
+        if let Some(found) = self
+            .fallbacks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return found.clone();
+        }
+        let made = make();
+        let mut fallbacks = self
+            .fallbacks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if fallbacks.len() < MAX_FALLBACKS {
+            fallbacks.insert(key, made.clone());
+        }
+        made
     }
 
     /// The pins of one template, ordered by region.
@@ -90,12 +136,24 @@ impl View {
                 runtime.name, runtime.pinnable
             ));
         }
+        let resolved = pins
+            .iter()
+            .map(|(template, regions)| {
+                let cells = regions
+                    .keys()
+                    .map(|region| (region.clone(), OnceLock::new()))
+                    .collect();
+                (template.clone(), cells)
+            })
+            .collect();
         View {
             pins,
             runtimes,
             tokens,
             content_tag: hasher.finalize().into(),
             list_body: OnceLock::new(),
+            resolved,
+            fallbacks: RwLock::new(HashMap::new()),
         }
     }
 

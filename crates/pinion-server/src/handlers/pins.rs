@@ -376,6 +376,33 @@ pub async fn resolve(
     caller.require_template(&template)?;
     state.ensure_fresh().await?;
     let view = state.view();
+    let answer = |pin: &PinRecord| {
+        let image_ref = super::image_ref(&view, pin);
+        let resolved = ResolvedBody {
+            template_name: template.as_str(),
+            region: region.as_str(),
+            matched_region: pin.region.as_str(),
+            image_digest: pin.digest.as_str(),
+            image_ref: image_ref.as_deref(),
+        };
+        let etag = etag(
+            &view,
+            &caller,
+            &["resolve", template.as_str(), region.as_str()],
+        );
+        (to_bytes(&resolved), etag)
+    };
+    // Asked for a region that has its own pin, by a token that may see every
+    // template: the answer is the same bytes for every such caller.
+    if caller.templates.is_none() {
+        if let (Some(pin), Some(cell)) = (
+            view.pin(&template, &region),
+            view.resolved_cell(&template, &region),
+        ) {
+            let (body, etag) = cell.get_or_init(|| answer(pin));
+            return Ok(cached_json(&headers, etag.clone(), || body.clone()));
+        }
+    }
     let pin = view
         .pin(&template, &region)
         .or_else(|| view.pin(&template, &Region::global()))
@@ -386,20 +413,12 @@ pub async fn resolve(
                 format!("no pin for template `{template}` in region `{region}` nor in `global`"),
             )
         })?;
-    let image_ref = super::image_ref(&view, pin);
-    let resolved = ResolvedBody {
-        template_name: template.as_str(),
-        region: region.as_str(),
-        matched_region: pin.region.as_str(),
-        image_digest: pin.digest.as_str(),
-        image_ref: image_ref.as_deref(),
+    let (body, etag) = if caller.templates.is_none() {
+        view.fallback_answer(format!("{template}/{region}"), || answer(pin))
+    } else {
+        answer(pin)
     };
-    let etag = etag(
-        &view,
-        &caller,
-        &["resolve", template.as_str(), region.as_str()],
-    );
-    Ok(cached_json(&headers, etag, || to_bytes(&resolved)))
+    Ok(cached_json(&headers, etag, || body))
 }
 
 /// [`pinion_api::Resolved`], borrowed: the hot path serialises without
