@@ -5,37 +5,48 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use std::sync::Arc;
+
 use pinion_core::{Scope, TemplateName, TokenName};
+use pinion_store::TokenRecord;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::token;
 
-/// An authenticated caller: the token's name and what it may do.
+/// An authenticated caller: the token's record, shared with the view (no
+/// copy per request).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub name: TokenName,
-    pub scope: Scope,
-    pub templates: Option<Vec<TemplateName>>,
+    token: Arc<TokenRecord>,
 }
 
 impl Caller {
+    /// The token's name: what `promoted_by` and the audit record.
+    pub fn name(&self) -> &TokenName {
+        &self.token.name
+    }
+
+    /// The templates the token is restricted to; `None` for all.
+    pub fn templates(&self) -> Option<&[TemplateName]> {
+        self.token.templates.as_deref()
+    }
+
     /// 403 unless the token's scope covers `needed`.
     pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
-        if self.scope.allows(needed) {
+        if self.token.scope.allows(needed) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
                 "token `{}` has scope `{}`; this needs `{}`",
-                self.name, self.scope, needed
+                self.token.name, self.token.scope, needed
             )))
         }
     }
 
     /// Whether the token may touch this template.
     pub fn may_use(&self, template: &TemplateName) -> bool {
-        self.templates
-            .as_ref()
+        self.templates()
             .is_none_or(|allowed| allowed.contains(template))
     }
 
@@ -46,7 +57,7 @@ impl Caller {
         } else {
             Err(ApiError::forbidden(format!(
                 "token `{}` is not allowed to use template `{}`",
-                self.name, template
+                self.token.name, template
             )))
         }
     }
@@ -81,9 +92,7 @@ impl FromRequestParts<AppState> for Caller {
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
         tracing::Span::current().record("actor", record.name.as_str());
         Ok(Caller {
-            name: record.name.clone(),
-            scope: record.scope,
-            templates: record.templates.clone(),
+            token: record.clone(),
         })
     }
 }

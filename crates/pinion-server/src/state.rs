@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use axum::body::Bytes;
+use axum::http::HeaderValue;
 use pinion_core::{Region, TemplateName};
 use pinion_registry::Registry;
 use pinion_store::{
@@ -38,7 +39,7 @@ pub struct View {
     /// a lookup borrows the parsed names instead of building a key.
     pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>>,
     pub runtimes: BTreeMap<TemplateName, RuntimeRecord>,
-    pub tokens: Vec<TokenRecord>,
+    pub tokens: Vec<Arc<TokenRecord>>,
     /// A digest of everything the read endpoints serve (pins and catalog),
     /// so equal content gives equal ETags on every replica and restart.
     pub content_tag: [u8; 32],
@@ -49,10 +50,10 @@ pub struct View {
     /// Per pin, its resolve answer (body and ETag) for a caller asking for
     /// exactly that template and region, made on first use: the hot path of
     /// a fleet's provisioning is then a lookup and a copy of two handles.
-    resolved: BTreeMap<TemplateName, BTreeMap<Region, OnceLock<(Bytes, String)>>>,
+    resolved: BTreeMap<TemplateName, BTreeMap<Region, OnceLock<(Bytes, HeaderValue)>>>,
     /// The same for regions answered by the `global` fallback, keyed by
     /// `template/region`; bounded, since any valid region name may be asked.
-    fallbacks: RwLock<HashMap<String, (Bytes, String)>>,
+    fallbacks: RwLock<HashMap<String, (Bytes, HeaderValue)>>,
 }
 
 /// At most this many fallback answers are kept per view.
@@ -79,7 +80,7 @@ impl View {
         &self,
         template: &TemplateName,
         region: &Region,
-    ) -> Option<&OnceLock<(Bytes, String)>> {
+    ) -> Option<&OnceLock<(Bytes, HeaderValue)>> {
         self.resolved.get(template)?.get(region)
     }
 
@@ -88,8 +89,8 @@ impl View {
     pub fn fallback_answer(
         &self,
         key: String,
-        make: impl FnOnce() -> (Bytes, String),
-    ) -> (Bytes, String) {
+        make: impl FnOnce() -> (Bytes, HeaderValue),
+    ) -> (Bytes, HeaderValue) {
         if let Some(found) = self
             .fallbacks
             .read()
@@ -120,7 +121,7 @@ impl View {
     fn new(
         pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>>,
         runtimes: BTreeMap<TemplateName, RuntimeRecord>,
-        tokens: Vec<TokenRecord>,
+        tokens: Vec<Arc<TokenRecord>>,
     ) -> View {
         let mut hasher = Sha256::new();
         for pin in pins.values().flat_map(BTreeMap::values) {
@@ -171,7 +172,7 @@ impl View {
                 .into_iter()
                 .map(|runtime| (runtime.name.clone(), runtime))
                 .collect(),
-            snapshot.tokens,
+            snapshot.tokens.into_iter().map(Arc::new).collect(),
         )
     }
 

@@ -69,7 +69,7 @@ impl Attempt {
     /// Unwraps the authentication result, remembering who it was.
     fn caller(&mut self, caller: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
         let caller = caller?;
-        self.actor = Some(caller.name.clone());
+        self.actor = Some(caller.name().clone());
         Ok(caller)
     }
 }
@@ -189,11 +189,11 @@ fn runtime_body(runtime: &RuntimeRecord) -> Runtime {
 /// request (and, for a template-restricted token, which sees less, its
 /// name). Equal content gives equal tags on every replica and after restarts.
 /// FNV-1a over a few short strings: this runs on every read.
-fn etag(view: &View, caller: &Caller, parts: &[&str]) -> String {
+fn etag(view: &View, caller: &Caller, parts: &[&str]) -> HeaderValue {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash = OFFSET;
-    let restricted = caller.templates.as_ref().map(|_| caller.name.as_str());
+    let restricted = caller.templates().map(|_| caller.name().as_str());
     for part in restricted.iter().chain(parts) {
         for byte in part.bytes().chain([0]) {
             hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
@@ -206,21 +206,23 @@ fn etag(view: &View, caller: &Caller, parts: &[&str]) -> String {
         tag.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     tag.push('"');
-    tag
+    // Quotes and hex digits only: always a valid header value.
+    HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A 200 JSON answer with its ETag, or a bodiless 304 when the caller
 /// already has it (`If-None-Match`).
-fn cached_json(headers: &HeaderMap, etag: String, body: impl FnOnce() -> Bytes) -> Response {
+fn cached_json(headers: &HeaderMap, etag: HeaderValue, body: impl FnOnce() -> Bytes) -> Response {
+    let tag = etag.to_str().unwrap_or_default();
     let matches = headers
         .get(IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| {
             value.split(',').any(|candidate| {
                 let candidate = candidate.trim();
-                candidate == "*" || candidate.trim_start_matches("W/") == etag
+                candidate == "*" || candidate.trim_start_matches("W/") == tag
             })
         });
     let mut response = if matches {
@@ -232,9 +234,7 @@ fn cached_json(headers: &HeaderMap, etag: String, body: impl FnOnce() -> Bytes) 
         )
             .into_response()
     };
-    if let Ok(value) = HeaderValue::from_str(&etag) {
-        response.headers_mut().insert(ETAG, value);
-    }
+    response.headers_mut().insert(ETAG, etag);
     response
 }
 

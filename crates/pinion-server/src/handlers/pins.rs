@@ -92,7 +92,7 @@ async fn promote_inner(
         git_sha,
         notes,
         ci,
-        actor: caller.name.clone(),
+        actor: caller.name().clone(),
         at: now(),
         expect,
         build_sequence: request.build_sequence,
@@ -287,7 +287,7 @@ async fn rollback_inner(
         template: template.clone(),
         region: region.clone(),
         to,
-        actor: caller.name.clone(),
+        actor: caller.name().clone(),
         at: now(),
         notes,
     };
@@ -340,7 +340,7 @@ pub async fn list_pins(
             region.as_ref().map_or("", Region::as_str),
         ],
     );
-    let everything = template.is_none() && region.is_none() && caller.templates.is_none();
+    let everything = template.is_none() && region.is_none() && caller.templates().is_none();
     Ok(cached_json(&headers, etag, || {
         let render = || {
             let pins = view
@@ -394,7 +394,7 @@ pub async fn resolve(
     };
     // Asked for a region that has its own pin, by a token that may see every
     // template: the answer is the same bytes for every such caller.
-    if caller.templates.is_none() {
+    if caller.templates().is_none() {
         if let (Some(pin), Some(cell)) = (
             view.pin(&template, &region),
             view.resolved_cell(&template, &region),
@@ -413,7 +413,7 @@ pub async fn resolve(
                 format!("no pin for template `{template}` in region `{region}` nor in `global`"),
             )
         })?;
-    let (body, etag) = if caller.templates.is_none() {
+    let (body, etag) = if caller.templates().is_none() {
         view.fallback_answer(format!("{template}/{region}"), || answer(pin))
     } else {
         answer(pin)
