@@ -134,14 +134,6 @@ impl Store {
         }
     }
 
-    /// `sqlite` or `postgres`.
-    pub fn engine(&self) -> &'static str {
-        match self.engine {
-            Engine::Sqlite(_) => "sqlite",
-            Engine::Postgres(_) => "postgres",
-        }
-    }
-
     fn write<T>(
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,

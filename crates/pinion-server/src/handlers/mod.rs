@@ -20,7 +20,7 @@ use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{Pin, Runtime};
-use pinion_core::{ParseError, Region, TemplateName, TokenName};
+use pinion_core::{ImageRef, ParseError, Region, TemplateName, TokenName};
 use pinion_store::{PinRecord, Refusal, RuntimeRecord};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -159,7 +159,7 @@ fn image_ref(view: &View, pin: &PinRecord) -> Option<String> {
     view.runtimes
         .get(&pin.template)
         .and_then(|runtime| runtime.repository.as_ref())
-        .map(|repository| format!("{repository}@{}", pin.digest))
+        .map(|repository| ImageRef::new(repository.clone(), pin.digest.clone()).to_string())
 }
 
 fn pin_body(view: &View, pin: &PinRecord) -> Pin {
