@@ -78,6 +78,14 @@ macro_rules! label_type {
                 &self.0
             }
         }
+
+        /// Hash, equality and order are the string's, so maps keyed by the
+        /// name can be searched with a plain `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

@@ -3,6 +3,7 @@
 //! per request.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use std::sync::Arc;
@@ -63,11 +64,10 @@ impl Caller {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+impl Caller {
+    /// Checks the bearer token of a request against the view's token table.
+    pub fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
+        let header = headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
         })?;
         let presented = header
@@ -94,5 +94,13 @@ impl FromRequestParts<AppState> for Caller {
         Ok(Caller {
             token: record.clone(),
         })
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Caller::authenticate(&parts.headers, state)
     }
 }

@@ -139,7 +139,7 @@ fn router(state: AppState) -> Router {
         .merge(bounded)
         .fallback(handlers::not_found)
         .with_state(state)
-        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(middleware::ObserveLayer)
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.

@@ -2,91 +2,206 @@
 //! guarantee that every error answer carries the contract's error body, even
 //! those made by routing or by a layer rather than a handler.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue};
-use axum::middleware::Next;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use tracing::Instrument;
+use tower::{Layer, Service};
+use tracing::Span;
 
 use crate::error::{ApiError, ContractBody};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub async fn observe(request: Request, next: Next) -> Response {
-    let id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| is_safe_request_id(value))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    // The path only: query strings carry no secret here, but they are the
-    // caller's data and the path is enough to find the request.
-    let is_read = request.method() == axum::http::Method::GET;
-    // Reads get a debug-level span: at the default level it costs nothing.
-    let span = if is_read {
-        tracing::debug_span!(
-            "request",
-            id = %id,
-            method = %request.method(),
-            path = %request.uri().path(),
-            actor = tracing::field::Empty,
-        )
-    } else {
-        tracing::info_span!(
-            "request",
-            id = %id,
-            method = %request.method(),
-            path = %request.uri().path(),
-            actor = tracing::field::Empty,
-        )
-    };
-    let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    if (status.is_client_error() || status.is_server_error())
-        && response.extensions().get::<ContractBody>().is_none()
-    {
-        response = ApiError::from_status(status).into_response();
+/// The layer in front of every route. A plain [`Service`] with its own
+/// future rather than `axum::middleware::from_fn`: this runs on every read,
+/// and `from_fn` boxes two futures and clones the router per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
     }
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID.clone(), value);
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Observed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
     }
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // Reads are the hot path: a line each would cost more than answering.
-    // Writes and every error are logged at `info`.
-    if is_read && status.as_u16() < 400 {
-        span.in_scope(|| tracing::debug!(status = status.as_u16(), elapsed_ms, "answered"));
-    } else {
-        span.in_scope(|| tracing::info!(status = status.as_u16(), elapsed_ms, "answered"));
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let id = request
+            .headers()
+            .get(&REQUEST_ID)
+            .filter(|value| is_safe_request_id(value.as_bytes()))
+            .cloned()
+            .unwrap_or_else(new_request_id);
+        let is_read = request.method() == Method::GET;
+        // The path only: query strings carry no secret here, but they are the
+        // caller's data and the path is enough to find the request. Reads get
+        // a debug-level span: at the default level it costs nothing.
+        let id_text = id.to_str().unwrap_or_default();
+        let span = if is_read {
+            tracing::debug_span!(
+                "request",
+                id = id_text,
+                method = %request.method(),
+                path = %request.uri().path(),
+                actor = tracing::field::Empty,
+            )
+        } else {
+            tracing::info_span!(
+                "request",
+                id = id_text,
+                method = %request.method(),
+                path = %request.uri().path(),
+                actor = tracing::field::Empty,
+            )
+        };
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Observed {
+            inner,
+            id: Some(id),
+            span,
+            is_read,
+            started: Instant::now(),
+        }
     }
-    response
+}
+
+pin_project_lite::pin_project! {
+    /// The routed request's future, inside its span; on completion it adds
+    /// the request id, normalises error bodies and logs one line.
+    pub struct Observed<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+        span: Span,
+        is_read: bool,
+        started: Instant,
+    }
+}
+
+impl<F> Future for Observed<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        let status = response.status();
+        if (status.is_client_error() || status.is_server_error())
+            && response.extensions().get::<ContractBody>().is_none()
+        {
+            response = ApiError::from_status(status).into_response();
+        }
+        if let Some(id) = this.id.take() {
+            response.headers_mut().insert(REQUEST_ID.clone(), id);
+        }
+        let elapsed_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+        // Reads are the hot path: a line each would cost more than answering.
+        // Writes and every error are logged at `info`.
+        if *this.is_read && status.as_u16() < 400 {
+            tracing::debug!(status = status.as_u16(), elapsed_ms, "answered");
+        } else {
+            tracing::info!(status = status.as_u16(), elapsed_ms, "answered");
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 /// A caller-supplied id is kept only if it is short and plain, so it cannot
 /// inject anything into logs.
-fn is_safe_request_id(value: &str) -> bool {
+fn is_safe_request_id(value: &[u8]) -> bool {
     !value.is_empty()
         && value.len() <= 64
         && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// A process-random prefix and a counter: unique, cheap (no system call
 /// per request), and it sorts in arrival order within a process.
-fn new_request_id() -> String {
+fn new_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| {
+    let prefix = *PREFIX.get_or_init(|| {
         let mut bytes = [0u8; 4];
         let _ = getrandom::fill(&mut bytes);
         u32::from_le_bytes(bytes)
     });
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix:08x}-{count:x}")
+    request_id(prefix, COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `{prefix:08x}-{count:x}`, written without the formatting machinery.
+fn request_id(prefix: u32, count: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 8 + 1 + 16];
+    for (i, slot) in text[..8].iter_mut().enumerate() {
+        *slot = HEX[((prefix >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    text[8] = b'-';
+    let digits = (16 - count.leading_zeros() as usize / 4).max(1);
+    for (i, slot) in text[9..9 + digits].iter_mut().enumerate() {
+        *slot = HEX[((count >> (4 * (digits - 1 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text[..9 + digits]).unwrap_or(HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_the_count_in_hex() {
+        for (prefix, count) in [
+            (0, 0),
+            (0xdead_beef, 1),
+            (0x0000_00ff, 0x10),
+            (u32::MAX, 0xfff),
+            (0x1234_5678, u64::MAX),
+        ] {
+            assert_eq!(
+                request_id(prefix, count).to_str().ok(),
+                Some(format!("{prefix:08x}-{count:x}").as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn only_short_plain_request_ids_are_kept() {
+        assert!(is_safe_request_id(b"abc-123_x.y"));
+        assert!(!is_safe_request_id(b""));
+        assert!(!is_safe_request_id(&[b'a'; 65]));
+        assert!(!is_safe_request_id(b"a b"));
+        assert!(!is_safe_request_id(b"a\nb"));
+    }
 }

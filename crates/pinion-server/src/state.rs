@@ -11,6 +11,7 @@
 //! with a fresh snapshot.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
@@ -47,13 +48,25 @@ pub struct View {
     /// the one pollers ask for, and it is the same bytes for every caller
     /// that may see every template.
     pub list_body: OnceLock<Bytes>,
-    /// Per pin, its resolve answer (body and ETag) for a caller asking for
-    /// exactly that template and region, made on first use: the hot path of
-    /// a fleet's provisioning is then a lookup and a copy of two handles.
-    resolved: BTreeMap<TemplateName, BTreeMap<Region, OnceLock<(Bytes, HeaderValue)>>>,
-    /// The same for regions answered by the `global` fallback, keyed by
-    /// `template/region`; bounded, since any valid region name may be asked.
-    fallbacks: RwLock<HashMap<String, (Bytes, HeaderValue)>>,
+    /// Per template, the resolve answers given so far (body and ETag) to
+    /// callers that may see every template: the hot path of a fleet's
+    /// provisioning is then a lookup and a copy of two handles.
+    answers: BTreeMap<TemplateName, Answers>,
+    /// How many fallback answers all templates keep together.
+    fallback_count: AtomicUsize,
+}
+
+/// A resolve answer: the JSON body and its ETag.
+pub type Answer = (Bytes, HeaderValue);
+
+/// The resolve answers of one template, made on first use.
+#[derive(Debug, Default)]
+struct Answers {
+    /// For each region that has its own pin.
+    exact: BTreeMap<Region, OnceLock<Answer>>,
+    /// For regions answered by the `global` fallback; bounded by
+    /// [`MAX_FALLBACKS`] per view, since any valid region name may be asked.
+    fallback: RwLock<HashMap<Region, Answer>>,
 }
 
 /// At most this many fallback answers are kept per view.
@@ -69,45 +82,48 @@ impl View {
         self.pins.values().map(BTreeMap::len).sum()
     }
 
-    /// The pin of exactly this template and region.
-    pub fn pin(&self, template: &TemplateName, region: &Region) -> Option<&PinRecord> {
-        self.pins.get(template)?.get(region)
+    /// The pin that answers a resolve of `template` in `region`: its own,
+    /// else the `global` one.
+    pub fn resolve_pin(&self, template: &str, region: &str) -> Option<&PinRecord> {
+        let regions = self.pins.get(template)?;
+        regions.get(region).or_else(|| regions.get(Region::GLOBAL))
     }
 
-    /// The cached resolve answer of the pin of exactly this template and
-    /// region, if there is such a pin.
-    pub fn resolved_cell(
+    /// The resolve answer for `template` in `region` (its own pin, else the
+    /// `global` one), made by `make` on first use and kept for callers that
+    /// may see every template. `None` when neither pin exists.
+    pub fn cached_answer(
         &self,
-        template: &TemplateName,
+        template: &str,
         region: &Region,
-    ) -> Option<&OnceLock<(Bytes, HeaderValue)>> {
-        self.resolved.get(template)?.get(region)
-    }
-
-    /// The cached fallback answer for `template/region`, or `make`'s, kept
-    /// while there is room.
-    pub fn fallback_answer(
-        &self,
-        key: String,
-        make: impl FnOnce() -> (Bytes, HeaderValue),
-    ) -> (Bytes, HeaderValue) {
-        if let Some(found) = self
-            .fallbacks
+        make: impl FnOnce(&PinRecord) -> Answer,
+    ) -> Option<Answer> {
+        let regions = self.pins.get(template)?;
+        let answers = self.answers.get(template)?;
+        if let Some(pin) = regions.get(region) {
+            let cell = answers.exact.get(region)?;
+            return Some(cell.get_or_init(|| make(pin)).clone());
+        }
+        let global = regions.get(Region::GLOBAL)?;
+        if let Some(found) = answers
+            .fallback
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(region)
         {
-            return found.clone();
+            return Some(found.clone());
         }
-        let made = make();
-        let mut fallbacks = self
-            .fallbacks
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if fallbacks.len() < MAX_FALLBACKS {
-            fallbacks.insert(key, made.clone());
+        let made = make(global);
+        if self.fallback_count.load(Ordering::Relaxed) < MAX_FALLBACKS {
+            let mut fallback = answers
+                .fallback
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if fallback.insert(region.clone(), made.clone()).is_none() {
+                self.fallback_count.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        made
+        Some(made)
     }
 
     /// The pins of one template, ordered by region.
@@ -137,14 +153,18 @@ impl View {
                 runtime.name, runtime.pinnable
             ));
         }
-        let resolved = pins
+        let answers = pins
             .iter()
             .map(|(template, regions)| {
-                let cells = regions
+                let exact = regions
                     .keys()
                     .map(|region| (region.clone(), OnceLock::new()))
                     .collect();
-                (template.clone(), cells)
+                let answers = Answers {
+                    exact,
+                    fallback: RwLock::default(),
+                };
+                (template.clone(), answers)
             })
             .collect();
         View {
@@ -153,8 +173,8 @@ impl View {
             tokens,
             content_tag: hasher.finalize().into(),
             list_body: OnceLock::new(),
-            resolved,
-            fallbacks: RwLock::new(HashMap::new()),
+            answers,
+            fallback_count: AtomicUsize::new(0),
         }
     }
 

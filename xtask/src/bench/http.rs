@@ -11,13 +11,27 @@ use super::{Guard, free_port, hyperfine_table, pinion_cmd, serve, wait_for_port}
 
 pub(super) const TEMPLATES: usize = 50;
 const SECONDS: &str = "10";
+/// Each run of an alternating comparison.
+const ROUND_SECONDS: &str = "5";
 
-/// One wrk run: requests per second and latency percentiles in ms.
+/// Alternating rounds per comparison (`PINION_BENCH_ROUNDS`).
+fn rounds() -> usize {
+    std::env::var("PINION_BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|&rounds| rounds > 0)
+        .unwrap_or(3)
+}
+
+/// One wrk run: requests per second, latency percentiles in ms, and (when
+/// the serving processes are known) their CPU time per request.
 pub(super) struct Load {
     pub rps: f64,
     p50: f64,
     p99: f64,
     non_2xx: u64,
+    /// Server CPU (user + system) per request, in microseconds.
+    cpu_us: Option<f64>,
 }
 
 pub(super) fn wrk(
@@ -26,11 +40,24 @@ pub(super) fn wrk(
     script: Option<&Path>,
     token: Option<&str>,
 ) -> Result<Load, String> {
+    wrk_for(connections, url, script, token, SECONDS, &[])
+}
+
+/// A wrk run of `seconds`, charging the CPU time of `pids` (and their
+/// threads) to the requests it made.
+fn wrk_for(
+    connections: u32,
+    url: &str,
+    script: Option<&Path>,
+    token: Option<&str>,
+    seconds: &str,
+    pids: &[u32],
+) -> Result<Load, String> {
     let mut command = Command::new("wrk");
     command.args([
         "-t1",
         &format!("-c{connections}"),
-        &format!("-d{SECONDS}s"),
+        &format!("-d{seconds}s"),
         "--latency",
     ]);
     if let Some(token) = token {
@@ -40,7 +67,9 @@ pub(super) fn wrk(
         command.arg("-s").arg(script);
     }
     command.arg(url);
+    let before = cpu_ticks(pids);
     let output = command.output().map_err(|err| format!("wrk: {err}"))?;
+    let after = cpu_ticks(pids);
     let text = String::from_utf8_lossy(&output.stdout);
     let number_after = |label: &str| -> Option<String> {
         text.lines()
@@ -63,18 +92,57 @@ pub(super) fn wrk(
     let rps = number_after("Requests/sec:")
         .and_then(|value| value.parse().ok())
         .ok_or_else(|| format!("wrk printed no rate: {text}"))?;
+    let requests: Option<f64> = text
+        .lines()
+        .find(|line| line.contains(" requests in "))
+        .and_then(|line| line.split_whitespace().next())
+        .and_then(|value| value.parse().ok());
     let non_2xx = text
         .lines()
         .find(|line| line.contains("Non-2xx or 3xx responses:"))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or(0);
+    let cpu_us = match (before, after, requests) {
+        (Some(before), Some(after), Some(requests)) if requests > 0.0 => {
+            Some((after - before) as f64 * 1_000_000.0 / clock_ticks_per_second() / requests)
+        }
+        _ => None,
+    };
     Ok(Load {
         rps,
         p50: ms(number_after("50%")),
         p99: ms(number_after("99%")),
         non_2xx,
+        cpu_us,
     })
+}
+
+/// User plus system CPU time of these processes, in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name (field 2) may hold spaces; count after it.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .sum()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 pub(super) fn row(name: &str, load: &Load, baseline: Option<&Load>) {
@@ -89,6 +157,109 @@ pub(super) fn header(title: &str) {
     println!("\n{title}");
     println!("| load | requests/s | p50 ms | p99 ms | ratio to baseline | non-2xx |");
     println!("|---|---|---|---|---|---|");
+}
+
+/// One side of a comparison: what wrk drives and which processes serve it.
+pub(super) struct Side<'a> {
+    pub label: String,
+    pub connections: u32,
+    pub url: String,
+    pub script: Option<&'a Path>,
+    pub token: Option<&'a str>,
+    pub pids: Vec<u32>,
+}
+
+/// Runs each (baseline, candidate) pair `rounds` times, alternating, and
+/// prints every run and then the median ratio per pair: on a noisy machine
+/// the ratio of runs made seconds apart is the figure that holds still.
+pub(super) fn compare(title: &str, rounds: usize, pairs: &[(Side, Side)]) -> Result<(), String> {
+    println!("\n{title}");
+    println!(
+        "| round | load | requests/s | p50 ms | p99 ms | server CPU µs/request | ratio to baseline | non-2xx |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); pairs.len()];
+    let mut worst_p99: Vec<(f64, f64)> = vec![(0.0, 0.0); pairs.len()];
+    let mut cpu: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); pairs.len()];
+    let cell = |value: Option<f64>| value.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    for round in 1..=rounds {
+        for (index, (baseline, candidate)) in pairs.iter().enumerate() {
+            let run = |side: &Side| {
+                wrk_for(
+                    side.connections,
+                    &side.url,
+                    side.script,
+                    side.token,
+                    ROUND_SECONDS,
+                    &side.pids,
+                )
+            };
+            let base = run(baseline)?;
+            let load = run(candidate)?;
+            let ratio = load.rps / base.rps;
+            for (side, measured) in [(baseline, &base), (candidate, &load)] {
+                let is_base = std::ptr::eq(side, baseline);
+                println!(
+                    "| {round} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+                    side.label,
+                    measured.rps,
+                    measured.p50,
+                    measured.p99,
+                    cell(measured.cpu_us),
+                    if is_base {
+                        "-".to_owned()
+                    } else {
+                        format!("{ratio:.2}")
+                    },
+                    measured.non_2xx
+                );
+            }
+            ratios[index].push(ratio);
+            worst_p99[index].0 = worst_p99[index].0.max(base.p99);
+            worst_p99[index].1 = worst_p99[index].1.max(load.p99);
+            cpu[index].0.extend(base.cpu_us);
+            cpu[index].1.extend(load.cpu_us);
+        }
+    }
+    println!("\nSummary over {rounds} alternating rounds of {ROUND_SECONDS} s");
+    println!(
+        "| load | ratio to baseline, each round | median ratio | worst p99 ms (baseline / pinion) | median server CPU µs/request (baseline / pinion) |"
+    );
+    println!("|---|---|---|---|---|");
+    for (index, (_, candidate)) in pairs.iter().enumerate() {
+        let each: Vec<String> = ratios[index].iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "| {} | {} | **{:.2}** | {:.2} / {:.2} | {} / {} |",
+            candidate.label,
+            each.join(", "),
+            median(&ratios[index]).unwrap_or(f64::NAN),
+            worst_p99[index].0,
+            worst_p99[index].1,
+            cell(median(&cpu[index].0)),
+            cell(median(&cpu[index].1)),
+        );
+    }
+    Ok(())
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[middle]),
+        _ => Some((sorted[middle - 1] + sorted[middle]) / 2.0),
+    }
+}
+
+/// The processes a parent forked (nginx's workers).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|child| child.parse().ok())
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -302,27 +473,55 @@ pub fn run(pinion: &Path) -> Result<(), String> {
         .map_err(|err| format!("nginx: {err}"))?;
     wait_for_port(nginx_port)?;
 
-    header("Read path, 50 pins, `wrk -t1 -c32`, 10 s each");
-    let nginx_resolve = wrk(
-        32,
-        &format!("http://127.0.0.1:{nginx_port}/resolve.json"),
-        None,
-        None,
+    let nginx_pids = children(nginx.0.id());
+    let side = |label: &str, connections, url: String, token, pids: &[u32]| Side {
+        label: label.to_owned(),
+        connections,
+        url,
+        script: None,
+        token,
+        pids: pids.to_vec(),
+    };
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}");
+    compare(
+        "Read path, 50 pins, `wrk -t1 -c32`; baseline: nginx serving the same bytes",
+        rounds(),
+        &[
+            (
+                side(
+                    "nginx static resolve body",
+                    32,
+                    format!("{nginx_url}/resolve.json"),
+                    None,
+                    &nginx_pids,
+                ),
+                side(
+                    "pinion resolve",
+                    32,
+                    format!("{url}{resolve_path}"),
+                    Some(&read_token),
+                    &[pid],
+                ),
+            ),
+            (
+                side(
+                    "nginx static list body",
+                    32,
+                    format!("{nginx_url}/list.json"),
+                    None,
+                    &nginx_pids,
+                ),
+                side(
+                    "pinion list (50 pins)",
+                    32,
+                    format!("{url}{list_path}"),
+                    Some(&read_token),
+                    &[pid],
+                ),
+            ),
+        ],
     )?;
-    row("nginx static resolve body (baseline)", &nginx_resolve, None);
-    let resolve = wrk(32, &format!("{url}{resolve_path}"), None, Some(&read_token))?;
-    row("pinion resolve", &resolve, Some(&nginx_resolve));
     let read_rss = rss_kib(pid);
-    let nginx_list = wrk(
-        32,
-        &format!("http://127.0.0.1:{nginx_port}/list.json"),
-        None,
-        None,
-    )?;
-    row("nginx static list body (baseline)", &nginx_list, None);
-    let list = wrk(32, &format!("{url}{list_path}"), None, Some(&read_token))?;
-    row("pinion list (50 pins)", &list, Some(&nginx_list));
-    let after_list_rss = rss_kib(pid);
     drop(nginx);
 
     // etcd `put` through its HTTP gateway, fsync per commit, same load generator.
@@ -361,26 +560,42 @@ pub fn run(pinion: &Path) -> Result<(), String> {
     std::thread::sleep(Duration::from_secs(2));
     let etcd_lua = etcd_script(dir.path())?;
     let promote_lua = promote_script(dir.path(), &promote_token)?;
-    header("Durable writes: promote with a fresh digest per request, `wrk -t1`, 10 s each");
-    for connections in [1, 32] {
-        let put = wrk(
-            connections,
-            &format!("http://127.0.0.1:{etcd_port}"),
-            Some(&etcd_lua),
-            None,
-        )?;
-        row(
-            &format!("etcd 3.4 put, c={connections} (baseline)"),
-            &put,
-            None,
-        );
-        let promote = wrk(connections, &url, Some(&promote_lua), None)?;
-        row(
-            &format!("pinion promote, c={connections}"),
-            &promote,
-            Some(&put),
-        );
-    }
+    let etcd_pid = etcd.0.id();
+    let write_side = |label: String, connections, url: String, script, pid| Side {
+        label,
+        connections,
+        url,
+        script: Some(script),
+        token: None,
+        pids: vec![pid],
+    };
+    let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+    let pairs: Vec<(Side, Side)> = [1, 32]
+        .into_iter()
+        .map(|connections| {
+            (
+                write_side(
+                    format!("etcd 3.4 put, c={connections}"),
+                    connections,
+                    etcd_url.clone(),
+                    &etcd_lua,
+                    etcd_pid,
+                ),
+                write_side(
+                    format!("pinion promote, c={connections}"),
+                    connections,
+                    url.clone(),
+                    &promote_lua,
+                    pid,
+                ),
+            )
+        })
+        .collect();
+    compare(
+        "Durable writes: a fresh digest per request, `wrk -t1`; baseline: etcd `put`",
+        rounds(),
+        &pairs,
+    )?;
     drop(etcd);
 
     println!("\nMemory (VmRSS of `pinion serve`)");
@@ -391,12 +606,8 @@ pub fn run(pinion: &Path) -> Result<(), String> {
         idle_rss as f64 / 1024.0
     );
     println!(
-        "| after the resolve load | {:.1} MiB |",
+        "| after the read loads (resolve and list) | {:.1} MiB |",
         read_rss as f64 / 1024.0
-    );
-    println!(
-        "| after the list load | {:.1} MiB |",
-        after_list_rss as f64 / 1024.0
     );
     println!(
         "| after the promote loads | {:.1} MiB |",

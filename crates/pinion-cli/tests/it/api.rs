@@ -332,3 +332,68 @@ fn sigterm_stops_the_server_gracefully() {
     );
     assert!(logs.iter().any(|line| line.contains("stopped")), "{logs:?}");
 }
+
+#[test]
+fn every_answer_carries_a_request_id_and_a_plain_caller_id_is_kept() {
+    let fixture = Fixture::new();
+    let addr = fixture.server.addr;
+    let get = |extra: &str| {
+        let head = format!(
+            "GET /cp/runtimes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{extra}Connection: close\r\n\r\n",
+            fixture.read
+        );
+        crate::support::raw_http(addr, head.as_bytes(), b"")
+    };
+    let kept = get("X-Request-Id: deploy-42.a_b\r\n");
+    assert_eq!(kept.status, 200);
+    assert_eq!(kept.header("x-request-id"), Some("deploy-42.a_b"));
+
+    // Made up here: distinct per request, and never the unsafe value sent.
+    let first = get("X-Request-Id: has space\r\n");
+    let second = get(&format!("X-Request-Id: {}\r\n", "a".repeat(65)));
+    let made: Vec<String> = [&first, &second]
+        .iter()
+        .map(|answer| answer.header("x-request-id").expect("an id").to_owned())
+        .collect();
+    assert_ne!(made[0], made[1]);
+    for id in &made {
+        assert!(
+            id.len() <= 25 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+            "{id}"
+        );
+    }
+    // Errors made by routing carry one too, with the contract's body.
+    let missing = crate::support::raw_http(
+        addr,
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "not_found");
+    assert!(missing.header("x-request-id").is_some());
+}
+
+#[test]
+fn resolve_decodes_percent_and_plus_in_the_query() {
+    let fixture = Fixture::new();
+    let promoted = fixture.server.post(
+        "/cp/admin/runtime-image/promote",
+        &fixture.promote,
+        &promote_body("codex", &digest(1), None),
+    );
+    assert_eq!(promoted.status, 201);
+    let resolved = fixture.server.get(
+        "/cp/runtime-image/resolve?template%5Fname=co%64ex&region=eu%2Dwest-1",
+        &fixture.read,
+    );
+    assert_eq!(resolved.status, 200, "{resolved:?}");
+    assert_eq!(resolved.json()["region"], "eu-west-1");
+    assert_eq!(resolved.json()["image_digest"], digest(1));
+    // `+` is a space once decoded, which no template name contains.
+    let spaced = fixture.server.get(
+        "/cp/runtime-image/resolve?template_name=co+dex",
+        &fixture.read,
+    );
+    assert_eq!(spaced.status, 422);
+    assert_eq!(spaced.error_code(), "invalid_template_name");
+}

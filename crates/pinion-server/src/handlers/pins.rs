@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::header::{ETAG, IF_MATCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -319,14 +319,15 @@ async fn rollback_inner(
     }
 }
 
+/// The list pollers ask for; like [`resolve`], it borrows the request.
 pub async fn list_pins(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (parts, _body) = request.into_parts();
+    let caller = Caller::authenticate(&parts.headers, &state)?;
     caller.require(Scope::Read)?;
-    let query = Query::parse(raw.as_deref());
+    let query = Query::parse(parts.uri.query());
     let template = query.template()?;
     let region = query.region()?;
     state.ensure_fresh().await?;
@@ -341,7 +342,7 @@ pub async fn list_pins(
         ],
     );
     let everything = template.is_none() && region.is_none() && caller.templates().is_none();
-    Ok(cached_json(&headers, etag, || {
+    Ok(cached_json(&parts.headers, etag, || {
         let render = || {
             let pins = view
                 .pins()
@@ -360,14 +361,16 @@ pub async fn list_pins(
     }))
 }
 
+/// The hot path of provisioning. It takes the whole request instead of
+/// extractors that copy the header map and the query string.
 pub async fn resolve(
     State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (parts, _body) = request.into_parts();
+    let caller = Caller::authenticate(&parts.headers, &state)?;
     caller.require(Scope::Read)?;
-    let query = Query::parse(raw.as_deref());
+    let query = Query::parse(parts.uri.query());
     let template = parse_field(
         "template_name",
         TemplateName::parse(query.get("template_name").as_deref().unwrap_or_default()),
@@ -392,33 +395,25 @@ pub async fn resolve(
         );
         (to_bytes(&resolved), etag)
     };
-    // Asked for a region that has its own pin, by a token that may see every
-    // template: the answer is the same bytes for every such caller.
-    if caller.templates().is_none() {
-        if let (Some(pin), Some(cell)) = (
-            view.pin(&template, &region),
-            view.resolved_cell(&template, &region),
-        ) {
-            let (body, etag) = cell.get_or_init(|| answer(pin));
-            return Ok(cached_json(&headers, etag.clone(), || body.clone()));
-        }
-    }
-    let pin = view
-        .pin(&template, &region)
-        .or_else(|| view.pin(&template, &Region::global()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "runtime_pin_missing",
-                format!("no pin for template `{template}` in region `{region}` nor in `global`"),
-            )
-        })?;
+    let missing = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "runtime_pin_missing",
+            format!("no pin for template `{template}` in region `{region}` nor in `global`"),
+        )
+    };
+    // A token that may see every template gets the same bytes as every other
+    // such token: the view keeps them. A restricted token's ETag names it.
     let (body, etag) = if caller.templates().is_none() {
-        view.fallback_answer(format!("{template}/{region}"), || answer(pin))
+        view.cached_answer(template.as_str(), &region, answer)
+            .ok_or_else(missing)?
     } else {
+        let pin = view
+            .resolve_pin(template.as_str(), region.as_str())
+            .ok_or_else(missing)?;
         answer(pin)
     };
-    Ok(cached_json(&headers, etag, || body))
+    Ok(cached_json(&parts.headers, etag, || body))
 }
 
 /// [`pinion_api::Resolved`], borrowed: the hot path serialises without
