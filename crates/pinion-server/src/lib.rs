@@ -12,6 +12,7 @@ mod handlers;
 mod middleware;
 mod state;
 pub mod token;
+mod view;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -10,208 +10,23 @@
 //! processes commit (seen through SQLite's `data_version`) replace the view
 //! with a fresh snapshot.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use axum::body::Bytes;
-use axum::http::HeaderValue;
-use pinion_core::{Region, TemplateName};
 use pinion_registry::Registry;
 use pinion_store::{
-    PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord,
-    Snapshot, Store, StoreError, TokenRecord, Write, Written,
+    PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store,
+    StoreError, Write, Written,
 };
-use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 
 use crate::drift::Drift;
 use crate::error::ApiError;
+pub use crate::view::View;
 use crate::{ServeError, Settings};
 
 /// The most writes one transaction takes; more wait for the next one.
 const MAX_BATCH: usize = 512;
-
-/// What the read path serves, indexed for lookups. Immutable once built.
-#[derive(Debug)]
-pub struct View {
-    /// By template, then region: iteration is the contract's list order, and
-    /// a lookup borrows the parsed names instead of building a key.
-    pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>>,
-    pub runtimes: BTreeMap<TemplateName, RuntimeRecord>,
-    pub tokens: Vec<Arc<TokenRecord>>,
-    /// A digest of everything the read endpoints serve (pins and catalog),
-    /// so equal content gives equal ETags on every replica and restart.
-    pub content_tag: [u8; 32],
-    /// The whole pin list as JSON, made on first use: the unfiltered list is
-    /// the one pollers ask for, and it is the same bytes for every caller
-    /// that may see every template.
-    pub list_body: OnceLock<Bytes>,
-    /// Per template, the resolve answers given so far (body and ETag) to
-    /// callers that may see every template: the hot path of a fleet's
-    /// provisioning is then a lookup and a copy of two handles.
-    answers: BTreeMap<TemplateName, Answers>,
-    /// How many fallback answers all templates keep together.
-    fallback_count: AtomicUsize,
-}
-
-/// A resolve answer: the JSON body and its ETag.
-pub type Answer = (Bytes, HeaderValue);
-
-/// The resolve answers of one template, made on first use.
-#[derive(Debug, Default)]
-struct Answers {
-    /// For each region that has its own pin.
-    exact: BTreeMap<Region, OnceLock<Answer>>,
-    /// For regions answered by the `global` fallback; bounded by
-    /// [`MAX_FALLBACKS`] per view, since any valid region name may be asked.
-    fallback: RwLock<HashMap<Region, Answer>>,
-}
-
-/// At most this many fallback answers are kept per view.
-const MAX_FALLBACKS: usize = 4096;
-
-impl View {
-    /// Every pin, ordered by template then region.
-    pub fn pins(&self) -> impl Iterator<Item = &PinRecord> {
-        self.pins.values().flat_map(BTreeMap::values)
-    }
-
-    pub fn pin_count(&self) -> usize {
-        self.pins.values().map(BTreeMap::len).sum()
-    }
-
-    /// The pin that answers a resolve of `template` in `region`: its own,
-    /// else the `global` one.
-    pub fn resolve_pin(&self, template: &str, region: &str) -> Option<&PinRecord> {
-        let regions = self.pins.get(template)?;
-        regions.get(region).or_else(|| regions.get(Region::GLOBAL))
-    }
-
-    /// The resolve answer for `template` in `region` (its own pin, else the
-    /// `global` one), made by `make` on first use and kept for callers that
-    /// may see every template. `None` when neither pin exists.
-    pub fn cached_answer(
-        &self,
-        template: &str,
-        region: &Region,
-        make: impl FnOnce(&PinRecord) -> Answer,
-    ) -> Option<Answer> {
-        let regions = self.pins.get(template)?;
-        let answers = self.answers.get(template)?;
-        if let Some(pin) = regions.get(region) {
-            let cell = answers.exact.get(region)?;
-            return Some(cell.get_or_init(|| make(pin)).clone());
-        }
-        let global = regions.get(Region::GLOBAL)?;
-        if let Some(found) = answers
-            .fallback
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(region)
-        {
-            return Some(found.clone());
-        }
-        let made = make(global);
-        if self.fallback_count.load(Ordering::Relaxed) < MAX_FALLBACKS {
-            let mut fallback = answers
-                .fallback
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if fallback.insert(region.clone(), made.clone()).is_none() {
-                self.fallback_count.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Some(made)
-    }
-
-    /// The pins of one template, ordered by region.
-    pub fn pins_of(&self, template: &TemplateName) -> impl Iterator<Item = &PinRecord> {
-        self.pins
-            .get(template)
-            .into_iter()
-            .flat_map(BTreeMap::values)
-    }
-
-    fn new(
-        pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>>,
-        runtimes: BTreeMap<TemplateName, RuntimeRecord>,
-        tokens: Vec<Arc<TokenRecord>>,
-    ) -> View {
-        let mut hasher = Sha256::new();
-        for pin in pins.values().flat_map(BTreeMap::values) {
-            hasher.update(format!(
-                "p\0{}\0{}\0{}\0{}\n",
-                pin.template, pin.region, pin.revision, pin.digest
-            ));
-        }
-        for runtime in runtimes.values() {
-            let repository = runtime.repository.as_ref().map_or("", |r| r.as_str());
-            hasher.update(format!(
-                "r\0{}\0{repository}\0{}\n",
-                runtime.name, runtime.pinnable
-            ));
-        }
-        let answers = pins
-            .iter()
-            .map(|(template, regions)| {
-                let exact = regions
-                    .keys()
-                    .map(|region| (region.clone(), OnceLock::new()))
-                    .collect();
-                let answers = Answers {
-                    exact,
-                    fallback: RwLock::default(),
-                };
-                (template.clone(), answers)
-            })
-            .collect();
-        View {
-            pins,
-            runtimes,
-            tokens,
-            content_tag: hasher.finalize().into(),
-            list_body: OnceLock::new(),
-            answers,
-            fallback_count: AtomicUsize::new(0),
-        }
-    }
-
-    fn from_snapshot(snapshot: Snapshot) -> View {
-        let mut pins: BTreeMap<TemplateName, BTreeMap<Region, PinRecord>> = BTreeMap::new();
-        for pin in snapshot.pins {
-            pins.entry(pin.template.clone())
-                .or_default()
-                .insert(pin.region.clone(), pin);
-        }
-        View::new(
-            pins,
-            snapshot
-                .runtimes
-                .into_iter()
-                .map(|runtime| (runtime.name.clone(), runtime))
-                .collect(),
-            snapshot.tokens.into_iter().map(Arc::new).collect(),
-        )
-    }
-
-    /// This view with some pins and catalog entries replaced.
-    fn with_changes(&self, pins: Vec<PinRecord>, runtimes: Vec<RuntimeRecord>) -> View {
-        let mut all_pins = self.pins.clone();
-        for pin in pins {
-            all_pins
-                .entry(pin.template.clone())
-                .or_default()
-                .insert(pin.region.clone(), pin);
-        }
-        let mut all_runtimes = self.runtimes.clone();
-        for runtime in runtimes {
-            all_runtimes.insert(runtime.name.clone(), runtime);
-        }
-        View::new(all_pins, all_runtimes, self.tokens.clone())
-    }
-}
 
 /// The view and the lock that orders its replacements, shared with the
 /// writer thread.

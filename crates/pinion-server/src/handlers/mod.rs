@@ -185,23 +185,46 @@ fn runtime_body(runtime: &RuntimeRecord) -> Runtime {
     }
 }
 
-/// The ETag of a read answer: the view's content digest and a hash of the
+/// The ETag of a list answer: the view's content digest and a hash of the
 /// request (and, for a template-restricted token, which sees less, its
 /// name). Equal content gives equal tags on every replica and after restarts.
-/// FNV-1a over a few short strings: this runs on every read.
 fn etag(view: &View, caller: &Caller, parts: &[&str]) -> HeaderValue {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
     let restricted = caller.templates().map(|_| caller.name().as_str());
-    for part in restricted.iter().chain(parts) {
-        for byte in part.bytes().chain([0]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
-        }
-    }
-    let mut tag = String::with_capacity(34);
+    let hash = restricted
+        .iter()
+        .chain(parts)
+        .fold(FNV_OFFSET, |hash, part| {
+            fnv1a(fnv1a(hash, part.as_bytes()), &[0])
+        });
+    tag_value(&view.content_tag[..8], hash)
+}
+
+/// The ETag of a resolve answer: a hash of its bytes (and of the name of a
+/// template-restricted token). It changes exactly when the answer does, so
+/// an answer the view keeps across writes to other templates keeps its tag.
+fn body_etag(caller: &Caller, body: &[u8]) -> HeaderValue {
+    let restricted = caller.templates().map(|_| caller.name().as_str());
+    let named = restricted.map_or(FNV_OFFSET, |name| {
+        fnv1a(fnv1a(FNV_OFFSET, name.as_bytes()), &[0])
+    });
+    tag_value(b"resolve:", fnv1a(named, body))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a: this runs on every read, over a few short strings.
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(hash, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+/// `"<prefix hex><hash hex>"`.
+fn tag_value(prefix: &[u8], hash: u64) -> HeaderValue {
+    let mut tag = String::with_capacity(2 + 2 * (prefix.len() + 8));
     tag.push('"');
-    for byte in view.content_tag[..8].iter().chain(&hash.to_be_bytes()) {
+    for byte in prefix.iter().chain(&hash.to_be_bytes()) {
         tag.push(char::from(HEX[usize::from(byte >> 4)]));
         tag.push(char::from(HEX[usize::from(byte & 0xf)]));
     }

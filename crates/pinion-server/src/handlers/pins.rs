@@ -13,8 +13,8 @@ use pinion_store::{
 };
 
 use super::{
-    Attempt, Query, audited, cached_json, etag, now, optional_field, parse_field, pin_body,
-    read_json, to_bytes,
+    Attempt, Query, audited, body_etag, cached_json, etag, now, optional_field, parse_field,
+    pin_body, read_json, to_bytes,
 };
 use crate::RegistryCheck;
 use crate::auth::Caller;
@@ -388,12 +388,9 @@ pub async fn resolve(
             image_digest: pin.digest.as_str(),
             image_ref: image_ref.as_deref(),
         };
-        let etag = etag(
-            &view,
-            &caller,
-            &["resolve", template.as_str(), region.as_str()],
-        );
-        (to_bytes(&resolved), etag)
+        let body = to_bytes(&resolved);
+        let etag = body_etag(&caller, &body);
+        (body, etag)
     };
     let missing = || {
         ApiError::new(
