@@ -8,6 +8,7 @@
 mod auth;
 mod drift;
 mod error;
+mod fresh;
 mod handlers;
 mod middleware;
 mod state;

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::drift::Drift;
 use crate::error::ApiError;
+use crate::fresh::SharedChecks;
 pub use crate::view::View;
 use crate::{ServeError, Settings};
 
@@ -72,6 +73,7 @@ struct Inner {
     writer_instance: Option<String>,
     /// Reads snapshots, history and audit, and pings.
     reader: Mutex<ReaderState>,
+    checks: Arc<SharedChecks<Result<(), ApiError>>>,
 }
 
 struct ReaderState {
@@ -111,6 +113,9 @@ impl AppState {
                     store: reader,
                     seen_version,
                 }),
+                checks: Arc::new(SharedChecks::new(Err(ApiError::from_status(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                )))),
             }),
         })
     }
@@ -227,17 +232,17 @@ impl AppState {
     }
 
     /// With strict reads, makes the view current with the database before a
-    /// read is answered; otherwise does nothing.
+    /// read is answered, sharing checks between concurrent reads (see
+    /// [`crate::fresh`]); otherwise does nothing.
     pub async fn ensure_fresh(&self) -> Result<(), ApiError> {
         if !self.settings().strict_reads {
             return Ok(());
         }
         let state = self.clone();
-        tokio::task::spawn_blocking(move || state.reload_if_changed())
+        self.inner
+            .checks
+            .fresh(move || state.reload_if_changed().map(drop).map_err(ApiError::from))
             .await
-            .map_err(|_| writer_gone())?
-            .map(drop)
-            .map_err(ApiError::from)
     }
 
     /// Whether the database answers. Blocking: call from the blocking pool.

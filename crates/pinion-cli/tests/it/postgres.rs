@@ -30,6 +30,12 @@ struct CuttableProxy {
 
 impl CuttableProxy {
     fn start(upstream: SocketAddr) -> CuttableProxy {
+        CuttableProxy::slowed(upstream, Duration::ZERO)
+    }
+
+    /// Also holds back every answer from the database by `delay`: a
+    /// database far away.
+    fn slowed(upstream: SocketAddr, delay: Duration) -> CuttableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
@@ -50,8 +56,12 @@ impl CuttableProxy {
                         tracked.lock().unwrap().push(clone);
                     }
                 }
-                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pump(server, client);
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Duration::ZERO,
+                );
+                pump(server, client, delay);
             }
         });
         CuttableProxy { addr, cut, open }
@@ -69,13 +79,14 @@ impl CuttableProxy {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
     thread::spawn(move || {
         let mut buffer = [0u8; 16 * 1024];
         loop {
             match from.read(&mut buffer) {
                 Ok(0) | Err(_) => break,
                 Ok(read) => {
+                    thread::sleep(delay);
                     if to.write_all(&buffer[..read]).is_err() {
                         break;
                     }
@@ -321,4 +332,64 @@ fn concurrent_writers_on_two_replicas_form_one_chain() {
         "exactly the acknowledged promotions"
     );
     assert_eq!(in_history, acknowledged);
+}
+
+/// Strict reads share their freshness checks under load; sharing must never
+/// let a read miss a write acknowledged before it began. Eight clients, each
+/// with a template of its own, promote on one replica and at once resolve on
+/// another whose database answers arrive 3 ms late (so a check begun before
+/// the write is often still under way when the read arrives, and the change
+/// notification is late too), many times, all at the same time.
+#[test]
+fn concurrent_strict_reads_see_every_write_acknowledged_before_them() {
+    if !on_postgres() {
+        return;
+    }
+    let env = Env::new();
+    for client in 0..8 {
+        env.add_template(&format!("t-{client}"), "localhost:5000/t");
+    }
+    let token = env.token("ci", "promote", &[]);
+    let settings = [("PINION_READ_CONSISTENCY", "strict")];
+    let far = CuttableProxy::slowed(upstream(&env.database()), Duration::from_millis(3));
+    let writer = Server::start(&env.database(), &settings);
+    let reader = Server::start(&through(&env.database(), far.addr), &settings);
+    let clients: Vec<_> = (0..8u32)
+        .map(|client| {
+            let (writer, reader, token) = (writer.addr, reader.addr, token.clone());
+            thread::spawn(move || {
+                for round in 0..25u32 {
+                    // Out of step with the other clients, so reads arrive
+                    // at every point of a check under way.
+                    thread::sleep(Duration::from_micros(
+                        u64::from((client * 7 + round * 13) % 6) * 700,
+                    ));
+                    let expected = digest(client * 1_000 + round + 1);
+                    let body =
+                        format!(r#"{{"template_name":"t-{client}","image_digest":"{expected}"}}"#);
+                    let promoted = http(
+                        writer,
+                        "POST",
+                        "/cp/admin/runtime-image/promote",
+                        Some(&token),
+                        Some(body.as_bytes()),
+                    );
+                    assert_eq!(promoted.status, 201, "{promoted:?}");
+                    let path = format!(
+                        "/cp/runtime-image/resolve?template_name=t-{client}&region=eu-west-1"
+                    );
+                    let resolved = http(reader, "GET", &path, Some(&token), None);
+                    assert_eq!(resolved.status, 200, "{resolved:?}");
+                    assert_eq!(
+                        resolved.json()["image_digest"].as_str(),
+                        Some(expected.as_str()),
+                        "client {client}, round {round}: the other replica answered a stale pin"
+                    );
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
 }
