@@ -92,7 +92,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--audit-retention must be at least 1");
     }
     settings.audit_retention = args.audit_retention;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .context("could not start the async runtime")?;

@@ -160,6 +160,8 @@ pub async fn run(
     follow_database(state.clone(), following.clone())?;
     let drift_watcher = tokio::spawn(drift::watch(state.clone()));
     let address = listener.local_addr()?;
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!("answering HTTP on {workers} worker thread(s)");
     tracing::info!("listening on http://{address}");
     let result = axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)

@@ -473,6 +473,13 @@ pub fn run(pinion: &Path) -> Result<(), String> {
         .map_err(|err| format!("nginx: {err}"))?;
     wait_for_port(nginx_port)?;
 
+    // The same database served with one HTTP worker: on two cores shared
+    // with `wrk`, the default (one per core) leaves three busy threads.
+    let (one_worker, one_worker_url) = serve(
+        pinion,
+        &database,
+        &[("PINION_REGISTRY_CHECK", "off"), ("PINION_WORKERS", "1")],
+    )?;
     let nginx_pids = children(nginx.0.id());
     let side = |label: &str, connections, url: String, token, pids: &[u32]| Side {
         label: label.to_owned(),
@@ -505,6 +512,22 @@ pub fn run(pinion: &Path) -> Result<(), String> {
             ),
             (
                 side(
+                    "nginx static resolve body",
+                    32,
+                    format!("{nginx_url}/resolve.json"),
+                    None,
+                    &nginx_pids,
+                ),
+                side(
+                    "pinion resolve, --workers 1",
+                    32,
+                    format!("{one_worker_url}{resolve_path}"),
+                    Some(&read_token),
+                    &[one_worker.0.id()],
+                ),
+            ),
+            (
+                side(
                     "nginx static list body",
                     32,
                     format!("{nginx_url}/list.json"),
@@ -522,6 +545,7 @@ pub fn run(pinion: &Path) -> Result<(), String> {
         ],
     )?;
     let read_rss = rss_kib(pid);
+    drop(one_worker);
     drop(nginx);
 
     // etcd `put` through its HTTP gateway, fsync per commit, same load generator.

@@ -397,3 +397,43 @@ fn resolve_decodes_percent_and_plus_in_the_query() {
     assert_eq!(spaced.status, 422);
     assert_eq!(spaced.error_code(), "invalid_template_name");
 }
+
+#[test]
+fn serve_runs_the_number_of_http_workers_asked_for() {
+    let env = Env::new();
+    // The runtime's own count, as the server logs it at start.
+    let workers = |server: &Server| {
+        server
+            .logs()
+            .iter()
+            .find_map(|line| {
+                let count = line.split("answering HTTP on ").nth(1)?;
+                count.split_whitespace().next()?.parse::<usize>().ok()
+            })
+            .expect("the start-up line with the worker count")
+    };
+    for asked in [1, 3] {
+        let server = Server::start(&env.database(), &[("PINION_WORKERS", &asked.to_string())]);
+        assert_eq!(workers(&server), asked);
+        let answer = http(server.addr, "GET", "/healthz", None, None);
+        assert_eq!(answer.status, 200);
+    }
+    let default = Server::start(&env.database(), &[]);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(workers(&default), cores, "one per core by default");
+    for bad in ["0", "many", "-1"] {
+        let refused = crate::support::run(
+            crate::support::pinion()
+                .args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--database",
+                    &env.database(),
+                ])
+                .env("PINION_WORKERS", bad),
+        );
+        assert_eq!(refused.code, 2, "{bad}: {refused:?}");
+        assert!(refused.stderr.contains("--workers"), "{refused:?}");
+    }
+}
