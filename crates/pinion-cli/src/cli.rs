@@ -123,9 +123,9 @@ pub struct ServeArgs {
     /// How many refused writes the audit log keeps.
     #[arg(long, env = "PINION_AUDIT_RETENTION", default_value_t = 10_000)]
     pub audit_retention: usize,
-    /// Threads answering HTTP; default: one per CPU core. Fewer than the
-    /// cores shortens the tail latency of reads when other busy processes
-    /// share the machine (see docs/benchmarks.md).
+    /// Threads answering HTTP. Default: one per CPU core but one (at least
+    /// one), leaving a core to the writer thread, the kernel's network work
+    /// and database checks (see docs/benchmarks.md for the measurements).
     #[arg(long, env = "PINION_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }

@@ -92,11 +92,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--audit-retention must be at least 1");
     }
     settings.audit_retention = args.audit_retention;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = runtime
+    let workers = args.workers.map_or_else(default_workers, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("could not start the async runtime")?;
@@ -107,6 +105,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pinion_server::run(settings, listener, shutdown_signal()?).await?;
         Ok(())
     })
+}
+
+/// One HTTP worker per core but one, at least one. The core left over runs
+/// the writer thread (its fsyncs), the kernel's network work and database
+/// checks; on two cores, a second worker made reads' tail latency and
+/// promotions at concurrency 1 worse, not better (docs/benchmarks.md).
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .saturating_sub(1)
+        .max(1)
 }
 
 /// `300` (seconds), `30s`, `5m`, `1h` or `500ms`; at least 100 ms.
