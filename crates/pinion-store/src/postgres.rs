@@ -178,19 +178,21 @@ impl Postgres {
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let notify = format!("NOTIFY pinion_changes, '{}'", self.instance);
+        let opening = format!(
+            "UPDATE pinion_meta SET change_counter = change_counter + 1 WHERE id = 1; \
+             NOTIFY pinion_changes, '{}'",
+            self.instance
+        );
         let result = (|| {
             self.client()?;
             let (Some(client), statements) = (self.client.as_mut(), &mut self.statements) else {
                 return Err(StoreError::Unavailable("no connection".into()));
             };
             let mut tx = client.transaction()?;
-            tx.execute(
-                "UPDATE pinion_meta SET change_counter = change_counter + 1 WHERE id = 1",
-                &[],
-            )?;
-            // Delivered to every listening replica when (and only if) this commits.
-            tx.batch_execute(&notify)?;
+            // Both in one round trip. The row lock serialises writers across
+            // replicas; the notification is delivered to every listening
+            // replica when (and only if) this commits.
+            tx.batch_execute(&opening)?;
             let result = work(&mut Adapter {
                 tx: &mut tx,
                 statements,

@@ -6,7 +6,8 @@
 use pinion_core::{Digest, Region, Repository, Scope, TemplateName, TokenName};
 use pinion_store::{
     Action, CiProvenance, DatabaseUrl, Expectation, HistoryQuery, NewToken, PromoteOutcome,
-    Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
+    Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError, Write,
+    Written,
 };
 use time::OffsetDateTime;
 
@@ -570,5 +571,93 @@ fn audit_keeps_a_bounded_number_of_refusals() {
         assert_eq!(entries[0].refusal.code, "code_6");
         assert_eq!(entries[4].refusal.code, "code_2");
         assert_eq!(store.audit(100, Some(entries[1].id)).unwrap().len(), 3);
+    }
+}
+
+/// Makes every write of `digest` into `pins` fail, after its history entry
+/// was written: a failure in the middle of a promotion.
+fn inject_failure(db: &TestDb, digest: &Digest) {
+    let sql = match db {
+        TestDb::Sqlite(_) => format!(
+            "CREATE TRIGGER inject_insert BEFORE INSERT ON pins WHEN NEW.image_digest = '{digest}' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END; \
+             CREATE TRIGGER inject_update BEFORE UPDATE ON pins WHEN NEW.image_digest = '{digest}' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+        ),
+        TestDb::Postgres { .. } => format!(
+            "CREATE FUNCTION inject_failure() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.image_digest = '{digest}' THEN RAISE EXCEPTION 'injected failure'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER inject_failure BEFORE INSERT OR UPDATE ON pins \
+             FOR EACH ROW EXECUTE FUNCTION inject_failure();"
+        ),
+    };
+    assert!(db.exec_raw(&sql), "could not install the failing trigger");
+}
+
+fn pinned(store: &mut Store, template: &str, region: &str) -> Option<Digest> {
+    store
+        .snapshot()
+        .unwrap()
+        .pins
+        .into_iter()
+        .find(|pin| pin.template.as_str() == template && pin.region.as_str() == region)
+        .map(|pin| pin.digest)
+}
+
+/// Group commit: a write that fails inside a batch leaves nothing behind
+/// and does not undo the others; alone, it leaves nothing behind either.
+#[test]
+fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        add_template(&mut store, "hermes", true);
+        for template in ["codex", "hermes"] {
+            let moved = store.promote(&promotion(template, "global", digest(1)));
+            assert!(matches!(moved, Ok(PromoteOutcome::Moved { .. })));
+        }
+        inject_failure(&db, &digest(66));
+
+        let batch = [
+            Write::Promote(promotion("codex", "global", digest(2))),
+            Write::Promote(promotion("hermes", "global", digest(66))),
+            Write::Promote(promotion("codex", "eu-west-1", digest(3))),
+        ];
+        let results = store.apply(&batch).unwrap();
+        assert!(matches!(
+            results[0],
+            Ok(Written::Promote(PromoteOutcome::Moved { .. }))
+        ));
+        assert!(results[1].is_err(), "{:?}", results[1]);
+        assert!(matches!(
+            results[2],
+            Ok(Written::Promote(PromoteOutcome::Moved { .. }))
+        ));
+        assert_eq!(pinned(&mut store, "codex", "global"), Some(digest(2)));
+        assert_eq!(pinned(&mut store, "codex", "eu-west-1"), Some(digest(3)));
+        assert_eq!(pinned(&mut store, "hermes", "global"), Some(digest(1)));
+        assert_eq!(
+            history(&mut store, "hermes").len(),
+            1,
+            "no entry of the failed move"
+        );
+        assert_eq!(history(&mut store, "codex").len(), 3);
+
+        // Alone: the whole transaction goes, history entry included.
+        let alone = store.apply(&[Write::Promote(promotion("hermes", "global", digest(66)))]);
+        match alone {
+            Err(_) => {}
+            Ok(results) => assert!(results[0].is_err(), "{results:?}"),
+        }
+        assert_eq!(pinned(&mut store, "hermes", "global"), Some(digest(1)));
+        assert_eq!(history(&mut store, "hermes").len(), 1);
+        // And the store goes on writing.
+        let next = store.apply(&[Write::Promote(promotion("hermes", "global", digest(4)))]);
+        assert!(matches!(
+            next.unwrap()[0],
+            Ok(Written::Promote(PromoteOutcome::Moved { .. }))
+        ));
+        assert_eq!(history(&mut store, "hermes").len(), 2);
     }
 }
