@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::drift::Drift;
 use crate::error::ApiError;
 use crate::fresh::SharedChecks;
-pub use crate::view::View;
+use crate::view::View;
 use crate::{ServeError, Settings};
 
 /// The most writes one transaction takes; more wait for the next one.

@@ -29,7 +29,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::{AppState, View};
+use crate::state::AppState;
+use crate::view::View;
 
 /// What a write attempt had established when it ended, for the audit log.
 struct Attempt {

@@ -19,7 +19,8 @@ use super::{
 use crate::RegistryCheck;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::state::{AppState, View};
+use crate::state::AppState;
+use crate::view::View;
 
 pub async fn promote(
     State(state): State<AppState>,
