@@ -493,18 +493,21 @@ pub fn run(pinion: &Path) -> Result<(), String> {
         pids: pids.to_vec(),
     };
     let nginx_url = format!("http://127.0.0.1:{nginx_port}");
+    let nginx_resolve = || {
+        side(
+            "nginx static resolve body",
+            32,
+            format!("{nginx_url}/resolve.json"),
+            None,
+            &nginx_pids,
+        )
+    };
     compare(
         "Read path, 50 pins, `wrk -t1 -c32`; baseline: nginx serving the same bytes",
         rounds(),
         &[
             (
-                side(
-                    "nginx static resolve body",
-                    32,
-                    format!("{nginx_url}/resolve.json"),
-                    None,
-                    &nginx_pids,
-                ),
+                nginx_resolve(),
                 side(
                     "pinion resolve",
                     32,
@@ -514,13 +517,7 @@ pub fn run(pinion: &Path) -> Result<(), String> {
                 ),
             ),
             (
-                side(
-                    "nginx static resolve body",
-                    32,
-                    format!("{nginx_url}/resolve.json"),
-                    None,
-                    &nginx_pids,
-                ),
+                nginx_resolve(),
                 side(
                     &format!("pinion resolve, --workers {cores} (one per core)"),
                     32,
