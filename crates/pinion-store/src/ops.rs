@@ -18,8 +18,6 @@ use crate::{
 };
 
 const PIN_COLUMNS: &str = "template_name, region, image_digest, git_sha, notes, promoted_at, promoted_by, revision, build_sequence";
-/// [`PIN_COLUMNS`] of a table aliased `p`.
-const PIN_COLUMNS_OF_P: &str = "p.template_name, p.region, p.image_digest, p.git_sha, p.notes, p.promoted_at, p.promoted_by, p.revision, p.build_sequence";
 const HISTORY_COLUMNS: &str = "revision, template_name, region, from_digest, to_digest, git_sha, notes, actor, action, at, ci_run_url, repository, workflow, build_sequence";
 
 /// Applies one write.
@@ -63,10 +61,10 @@ pub(crate) fn promote(
     promotion: &Promotion,
 ) -> Result<PromoteOutcome, StoreError> {
     // The catalog entry and the current pin in one query: one round trip
-    // less per promotion on PostgreSQL.
+    // less per promotion on PostgreSQL. (No column name is in both tables.)
     let rows = db.query(
         &format!(
-            "SELECT r.pinnable, {PIN_COLUMNS_OF_P} FROM runtimes r \
+            "SELECT r.pinnable, {PIN_COLUMNS} FROM runtimes r \
              LEFT JOIN pins p ON p.template_name = r.name AND p.region = ?2 \
              WHERE r.name = ?1"
         ),

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{Guard, free_port, hyperfine_table, pinion_cmd, serve, wait_for_port};
+use super::{Guard, free_port, hyperfine_table, pinion_cmd, pinion_promote, serve, wait_for_port};
 
 pub(super) const TEMPLATES: usize = 50;
 const SECONDS: &str = "10";
@@ -394,23 +394,8 @@ pub(super) fn seeded_server(
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = rss_kib(server.0.id());
     for i in 0..TEMPLATES {
-        let status = Command::new(pinion)
-            .args([
-                "promote",
-                "--server",
-                &url,
-                "--template",
-                &format!("t-{i}"),
-                "--digest",
-                &format!("sha256:{:064x}", i + 1),
-            ])
-            .env("PINION_TOKEN", &promote_token)
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|err| err.to_string())?;
-        if !status.success() {
-            return Err("seeding pins failed".into());
-        }
+        let digest = format!("sha256:{:064x}", i + 1);
+        pinion_promote(pinion, &url, &promote_token, &format!("t-{i}"), &digest)?;
     }
     Ok(Seeded {
         server,
@@ -654,23 +639,7 @@ pub fn run(pinion: &Path) -> Result<(), String> {
     .map_err(|err| err.to_string())?;
     let pipeline = format!("bash {}", script.display());
     // Re-pin t-7 so both commands check a digest that is really there.
-    let status = Command::new(pinion)
-        .args([
-            "promote",
-            "--server",
-            &url,
-            "--template",
-            "t-7",
-            "--digest",
-            &digest,
-        ])
-        .env("PINION_TOKEN", &promote_token)
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|err| err.to_string())?;
-    if !status.success() {
-        return Err("re-pinning t-7 failed".into());
-    }
+    pinion_promote(pinion, &url, &promote_token, "t-7", &digest)?;
     hyperfine_table(
         "`pinion verify` beside the `curl | jq` pipeline it replaces",
         30,

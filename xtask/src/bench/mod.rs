@@ -161,6 +161,35 @@ pub(crate) fn pinion_cmd(pinion: &Path, args: &[&str], database: &str) -> Result
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// `pinion promote` of one template to `digest` through the server at `url`.
+pub(crate) fn pinion_promote(
+    pinion: &Path,
+    url: &str,
+    token: &str,
+    template: &str,
+    digest: &str,
+) -> Result<(), String> {
+    let status = Command::new(pinion)
+        .args([
+            "promote",
+            "--server",
+            url,
+            "--template",
+            template,
+            "--digest",
+            digest,
+        ])
+        .env("PINION_TOKEN", token)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|err| err.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("promoting {template} to {digest} failed"))
+    }
+}
+
 /// Starts `pinion serve` on a free port; returns the guard and the base URL.
 pub(crate) fn serve(
     pinion: &Path,
@@ -338,23 +367,7 @@ fn bench_registry(pinion: &Path) -> Result<(), String> {
     let (_server, url) = serve(pinion, &database, &[("PINION_REGISTRY_CHECK", "off")])?;
     let digest = pinion_cmd(pinion, &["digest", &image], &database)?;
     for i in 0..TEMPLATES {
-        let status = Command::new(pinion)
-            .args([
-                "promote",
-                "--server",
-                &url,
-                "--template",
-                &format!("t-{i}"),
-                "--digest",
-                &digest,
-            ])
-            .env("PINION_TOKEN", &token)
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|err| err.to_string())?;
-        if !status.success() {
-            return Err("promote failed".into());
-        }
+        pinion_promote(pinion, &url, &token, &format!("t-{i}"), &digest)?;
     }
     let loop_line = format!(
         "bash -c 'for i in $(seq 0 {}); do skopeo --insecure-policy inspect --tls-verify=false docker://{}/bench/t-$i:latest >/dev/null; done'",

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{ETAG, IF_MATCH};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{PinList, PinResponse, PromoteRequest, RollbackRequest};
@@ -320,14 +321,22 @@ async fn rollback_inner(
     }
 }
 
-/// The list pollers ask for; like [`resolve`], it borrows the request.
+/// A read's request head and its caller, who must have the read scope. The
+/// hot reads take the request whole: extractors would copy the header map
+/// and the query string.
+fn reader(state: &AppState, request: Request) -> Result<(Parts, Caller), ApiError> {
+    let (parts, _body) = request.into_parts();
+    let caller = Caller::authenticate(&parts.headers, state)?;
+    caller.require(Scope::Read)?;
+    Ok((parts, caller))
+}
+
+/// The list pollers ask for.
 pub async fn list_pins(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, _body) = request.into_parts();
-    let caller = Caller::authenticate(&parts.headers, &state)?;
-    caller.require(Scope::Read)?;
+    let (parts, caller) = reader(&state, request)?;
     let query = Query::parse(parts.uri.query());
     let template = query.template()?;
     let region = query.region()?;
@@ -362,15 +371,12 @@ pub async fn list_pins(
     }))
 }
 
-/// The hot path of provisioning. It takes the whole request instead of
-/// extractors that copy the header map and the query string.
+/// The hot path of provisioning.
 pub async fn resolve(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, _body) = request.into_parts();
-    let caller = Caller::authenticate(&parts.headers, &state)?;
-    caller.require(Scope::Read)?;
+    let (parts, caller) = reader(&state, request)?;
     let query = Query::parse(parts.uri.query());
     let template = parse_field(
         "template_name",
