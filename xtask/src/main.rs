@@ -1,9 +1,15 @@
-//! Pinion's automation. `cargo xtask bench [registry|http|postgres|all]` builds the
-//! release binary, starts what it measures (a real registry, the server, and
-//! the reference servers) on loopback, and prints the figures that
-//! `docs/benchmarks.md` records, each beside its baseline from the same run.
+//! Pinion's automation.
+//!
+//! - `cargo xtask test [CARGO TEST ARGS]`: installs what a fresh machine
+//!   lacks, starts PostgreSQL, and runs the whole suite on both engines.
+//! - `cargo xtask bench [registry|http|postgres|all]`: builds the release
+//!   binary, starts what it measures (a real registry, the server, and the
+//!   reference servers) on loopback, and prints the figures that
+//!   `docs/benchmarks.md` records, each beside its baseline from the same run.
 
 mod bench;
+mod setup;
+mod test;
 // The OCI registry and image helpers the end-to-end tests use, shared so the
 // benchmark pushes images exactly as the tests do.
 #[allow(clippy::unwrap_used, dead_code)]
@@ -20,7 +26,11 @@ fn main() -> ExitCode {
         ["bench", "registry"] => bench::run(true, false, false),
         ["bench", "http"] => bench::run(false, true, false),
         ["bench", "postgres"] => bench::run(false, false, true),
-        _ => Err("usage: cargo xtask bench [registry|http|postgres|all]".to_owned()),
+        ["test", extra @ ..] => test::run(extra),
+        _ => Err(
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|postgres|all]"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

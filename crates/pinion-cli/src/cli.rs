@@ -50,6 +50,7 @@ pub struct RegistryArgs {
     #[arg(
         long = "registry-timeout",
         value_name = "SECONDS",
+        env = "PINION_REGISTRY_TIMEOUT",
         default_value_t = 20
     )]
     pub registry_timeout: u64,

@@ -32,7 +32,7 @@ pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
             ("psql", "postgresql-client"),
         ]);
     }
-    install_missing(&tools)?;
+    crate::setup::install_missing(&tools)?;
     let pinion = build_release()?;
     println!(
         "machine: {} cores, {}",
@@ -49,32 +49,6 @@ pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
         postgres::run(&pinion)?;
     }
     Ok(())
-}
-
-fn install_missing(tools: &[(&str, &str)]) -> Result<(), String> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|(binary, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {binary}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("installing {}", missing.join(" "));
-    let status = Command::new("sh")
-        .args(["-c", &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {}", missing.join(" "))])
-        .status()
-        .map_err(|err| format!("apt-get: {err}"))?;
-    status
-        .success()
-        .then_some(())
-        .ok_or_else(|| format!("could not install {}", missing.join(" ")))
 }
 
 fn build_release() -> Result<PathBuf, String> {

@@ -79,40 +79,69 @@ pub fn run(command: &mut Command) -> Output {
     result
 }
 
+/// The PostgreSQL server the suite makes its databases on: the admin URL in
+/// `PINION_TEST_POSTGRES_URL`, else the machine's own on 127.0.0.1:5432.
+/// Panics, saying why, when it does not answer: a PostgreSQL test never
+/// passes without having run (`cargo xtask test` sets everything up).
+pub fn postgres_admin_url() -> String {
+    let url = std::env::var("PINION_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let answers = Command::new("psql")
+        .args([url.as_str(), "-Atqc", "SELECT 1"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    assert!(
+        answers,
+        "this test needs PostgreSQL and none answers at PINION_TEST_POSTGRES_URL or 127.0.0.1:5432; \
+         run `cargo xtask test`, which installs and starts one"
+    );
+    url
+}
+
 /// A temporary directory and one fresh database: a SQLite file in the
-/// directory, or, when `PINION_TEST_ENGINE=postgres`, a PostgreSQL database
-/// created on the server `PINION_TEST_POSTGRES_URL` names and dropped after.
+/// directory, or, when `PINION_TEST_ENGINE=postgres` (or for
+/// [`Env::postgres`]), a PostgreSQL database created for it and dropped after.
 pub struct Env {
     pub dir: tempfile::TempDir,
     postgres: Option<(String, String)>,
 }
 
 impl Env {
+    /// A database of the engine the suite runs on.
     pub fn new() -> Env {
-        let postgres =
-            (std::env::var("PINION_TEST_ENGINE").as_deref() == Ok("postgres")).then(|| {
-                let admin = std::env::var("PINION_TEST_POSTGRES_URL")
-                    .expect("PINION_TEST_ENGINE=postgres needs PINION_TEST_POSTGRES_URL");
-                static NEXT: AtomicUsize = AtomicUsize::new(0);
-                let name = format!(
-                    "pinion_it_{}_{}",
-                    std::process::id(),
-                    NEXT.fetch_add(1, Ordering::SeqCst)
-                );
-                let created = Command::new("psql")
-                    .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
-                    .output()
-                    .expect("psql");
-                assert!(
-                    created.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&created.stderr)
-                );
-                (admin, name)
-            });
+        if std::env::var("PINION_TEST_ENGINE").as_deref() == Ok("postgres") {
+            Env::postgres()
+        } else {
+            Env {
+                dir: tempfile::tempdir().unwrap(),
+                postgres: None,
+            }
+        }
+    }
+
+    /// A PostgreSQL database, whatever engine the suite runs on.
+    pub fn postgres() -> Env {
+        let admin = postgres_admin_url();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "pinion_it_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let created = Command::new("psql")
+            .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("psql");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
         Env {
             dir: tempfile::tempdir().unwrap(),
-            postgres,
+            postgres: Some((admin, name)),
         }
     }
 

@@ -93,34 +93,34 @@ fn with_database(admin: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
-/// SQLite always; PostgreSQL too when `PINION_TEST_POSTGRES_URL` names a
-/// server (an admin connection that may create databases).
+/// Both engines: a SQLite file, and a PostgreSQL database on the server
+/// `PINION_TEST_POSTGRES_URL` names (an admin connection that may create
+/// databases), else on the machine's own at 127.0.0.1:5432. No PostgreSQL
+/// is a failure that says so, never a test that passes half run.
 fn databases() -> Vec<TestDb> {
-    let mut databases = vec![TestDb::Sqlite(tempfile::tempdir().unwrap())];
-    match std::env::var("PINION_TEST_POSTGRES_URL") {
-        Ok(admin) if !admin.is_empty() => {
-            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let name = format!(
-                "pinion_store_{}_{}",
-                std::process::id(),
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            );
-            let created = std::process::Command::new("psql")
-                .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
-                .output()
-                .expect("psql");
-            assert!(
-                created.status.success(),
-                "{}",
-                String::from_utf8_lossy(&created.stderr)
-            );
-            databases.push(TestDb::Postgres { admin, name });
-        }
-        _ => eprintln!(
-            "PINION_TEST_POSTGRES_URL is unset: the PostgreSQL half of this test was skipped"
-        ),
-    }
-    databases
+    let admin = std::env::var("PINION_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "pinion_store_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    let created = std::process::Command::new("psql")
+        .args(["-q", &admin, "-c", &format!("CREATE DATABASE {name}")])
+        .output();
+    let created = created.is_ok_and(|out| out.status.success());
+    assert!(
+        created,
+        "the store suite runs on PostgreSQL too, and none let it create a database at \
+         PINION_TEST_POSTGRES_URL or 127.0.0.1:5432; run `cargo xtask test`, which installs and starts one"
+    );
+    vec![
+        TestDb::Sqlite(tempfile::tempdir().unwrap()),
+        TestDb::Postgres { admin, name },
+    ]
 }
 
 fn open(db: &TestDb) -> Store {
