@@ -1,10 +1,9 @@
 //! GitHub Actions and Gitea Actions integration: `::error::` annotations,
-//! step outputs in `$GITHUB_OUTPUT`, and a Markdown step summary in
-//! `$GITHUB_STEP_SUMMARY`. Outside those runners every function does nothing.
+//! step outputs in `$GITHUB_OUTPUT`, and Markdown in `$GITHUB_STEP_SUMMARY`.
+//! Outside those runners every function does nothing. What to write is the
+//! caller's business (see `report`); this module only knows the runner.
 
 use std::io::Write;
-
-use crate::gate::Report;
 
 pub fn in_actions() -> bool {
     let set = |name: &str| std::env::var(name).is_ok_and(|value| value == "true");
@@ -19,8 +18,8 @@ fn escape(message: &str) -> String {
         .replace('\n', "%0A")
 }
 
-/// Prints `::error::MESSAGE` on stderr (runners read commands from both streams;
-/// stdout stays clean for `--format json`).
+/// Prints `::error::MESSAGE` on stderr (runners read commands from both
+/// streams; stdout stays clean for `--format json`).
 pub fn error_annotation(message: &str) {
     if in_actions() {
         eprintln!("::error::{}", escape(message));
@@ -54,28 +53,14 @@ pub fn write_output(pairs: &[(&str, String)]) {
     append("GITHUB_OUTPUT", &text);
 }
 
-/// Appends a Markdown table of the outcome at each target.
-pub fn write_summary(command: &str, report: &Report) {
-    let mut text = format!(
-        "### pinion {command}: `{}`/`{}` → `{}`: {}\n\n| target | outcome | detail |\n|---|---|---|\n",
-        report.template_name,
-        report.region,
-        report.image_digest.as_deref().unwrap_or("(previous)"),
-        if report.ok { "ok" } else { "FAILED" }
-    );
-    for target in &report.targets {
-        let detail = target
-            .error
-            .as_deref()
-            .unwrap_or(target.server.as_str())
-            .replace('|', "\\|");
-        text.push_str(&format!(
-            "| {} | {} | {} |\n",
-            target.target, target.outcome, detail
-        ));
-    }
-    text.push('\n');
-    append("GITHUB_STEP_SUMMARY", &text);
+/// Appends Markdown to `$GITHUB_STEP_SUMMARY`.
+pub fn write_summary(markdown: &str) {
+    append("GITHUB_STEP_SUMMARY", markdown);
+}
+
+/// A value for a Markdown table cell.
+pub fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]
@@ -85,5 +70,6 @@ mod tests {
     #[test]
     fn escapes_workflow_command_data() {
         assert_eq!(escape("50% done\r\nnext"), "50%25 done%0D%0Anext");
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
     }
 }

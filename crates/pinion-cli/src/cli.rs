@@ -276,7 +276,43 @@ pub struct HistoryArgs {
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
     #[command(flatten)]
-    pub remote: Remote,
+    pub remote: OneRemote,
+}
+
+/// One control plane, for commands that read one (`history`).
+#[derive(Debug, Args)]
+pub struct OneRemote {
+    /// The control plane's base URL.
+    #[arg(long, required_unless_present = "target", conflicts_with = "target")]
+    pub server: Option<String>,
+    /// `NAME=URL` (once); the token comes from `PINION_TOKEN_<NAME>`.
+    #[arg(long, value_name = "NAME=URL")]
+    pub target: Option<String>,
+    /// The environment variable holding the token for `--server`.
+    #[arg(long, value_name = "VAR", default_value = "PINION_TOKEN")]
+    pub token_env: String,
+    /// Seconds each request may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
+    /// Allow plain `http://` to a host that is not loopback.
+    #[arg(long)]
+    pub allow_insecure_http: bool,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+impl OneRemote {
+    /// The same, as the general form target parsing takes.
+    pub fn to_remote(&self) -> Remote {
+        Remote {
+            server: self.server.clone(),
+            targets: self.target.iter().cloned().collect(),
+            token_env: self.token_env.clone(),
+            timeout: self.timeout,
+            allow_insecure_http: self.allow_insecure_http,
+            format: self.format,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

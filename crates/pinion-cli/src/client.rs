@@ -1,21 +1,61 @@
-//! A typed client for the control plane's API, used by `promote` and
-//! `verify`. It never follows a redirect (the token must not reach another
+//! A typed client for the control plane's API, used by every remote
+//! command. It never follows a redirect (the token must not reach another
 //! host), bounds every request, and retries only what is safe and transient.
+//! Its errors say which kind of failure it was, so a caller can tell a 409
+//! from a DNS failure.
 
 use std::time::Duration;
 
 use pinion_api::{
     ErrorBody, HistoryList, Pin, PinList, PinResponse, PromoteRequest, RollbackRequest,
 };
+use pinion_core::{Region, TemplateName};
 use reqwest::{StatusCode, Url};
 
-/// One control plane to talk to.
-pub struct Target {
-    /// `server` for `--server`, else the `NAME` of `--target NAME=URL`.
-    pub name: String,
-    pub base: Url,
-    /// Held only to put in the `Authorization` header; never printed.
-    pub token: String,
+use crate::target::Target;
+
+/// Why a request did not give the answer asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The server answered, with a status that is not the one asked for:
+    /// its code and message when the body is the contract's error body.
+    Refused {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    /// No (complete) answer: the connection failed, timed out or broke.
+    Transport(String),
+    /// An answer that cannot be used: not the body or the pin asked for.
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Refused {
+                status,
+                code: Some(code),
+                message,
+            } => write!(f, "server answered {status} {code}: {message}"),
+            ClientError::Refused {
+                code: None,
+                message,
+                ..
+            } => f.write_str(message),
+            ClientError::Transport(reason) | ClientError::Protocol(reason) => f.write_str(reason),
+        }
+    }
 }
 
 /// Total attempts for a transient failure (the first one included).
@@ -33,14 +73,19 @@ pub struct Promoted {
 }
 
 impl Client {
-    pub fn new(timeout: Duration) -> Result<Client, String> {
+    pub fn new(timeout: Duration) -> Result<Client, ClientError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("pinion/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|err| format!("could not set up the HTTP client: {}", describe(&err)))?;
+            .map_err(|err| {
+                ClientError::Transport(format!(
+                    "could not set up the HTTP client: {}",
+                    describe(&err)
+                ))
+            })?;
         Ok(Client { http, timeout })
     }
 
@@ -49,7 +94,7 @@ impl Client {
         &self,
         target: &Target,
         request: &PromoteRequest,
-    ) -> Result<Promoted, String> {
+    ) -> Result<Promoted, ClientError> {
         let region = request.region.as_deref().unwrap_or("global");
         self.post_for_pin(target, "cp/admin/runtime-image/promote", request, |pin| {
             pin.template_name == request.template_name
@@ -65,7 +110,7 @@ impl Client {
         &self,
         target: &Target,
         request: &RollbackRequest,
-    ) -> Result<Promoted, String> {
+    ) -> Result<Promoted, ClientError> {
         let region = request.region.as_deref().unwrap_or("global");
         self.post_for_pin(target, "cp/admin/runtime-image/rollback", request, |pin| {
             pin.template_name == request.template_name
@@ -85,30 +130,30 @@ impl Client {
         path: &str,
         request: &impl serde::Serialize,
         expected: impl Fn(&Pin) -> bool,
-    ) -> Result<Promoted, String> {
+    ) -> Result<Promoted, ClientError> {
         let url = endpoint(&target.base, path);
         let (status, body) = self
             .send(target, || self.http.post(url.clone()).json(request))
             .await?;
         if status != StatusCode::OK && status != StatusCode::CREATED {
-            return Err(unexpected_status(status, &body));
+            return Err(refused(status, &body));
         }
         let response: PinResponse = serde_json::from_slice(&body).map_err(|err| {
-            format!(
+            ClientError::Protocol(format!(
                 "server answered {} but the body is not a pin ({err}): {}",
                 status.as_u16(),
                 preview(&body)
-            )
+            ))
         })?;
         let pin = response.pin;
         if !expected(&pin) {
-            return Err(format!(
+            return Err(ClientError::Protocol(format!(
                 "server answered {} but the returned pin is `{}`/`{}` at `{}`, which is not what was asked",
                 status.as_u16(),
                 pin.template_name,
                 pin.region,
                 pin.image_digest
-            ));
+            )));
         }
         Ok(Promoted { status, pin })
     }
@@ -118,17 +163,29 @@ impl Client {
         &self,
         target: &Target,
         path: &str,
-    ) -> Result<T, String> {
+    ) -> Result<T, ClientError> {
         let url = endpoint(&target.base, path);
+        self.get_decoded(target, url, &format!("the answer to `/{path}`"))
+            .await
+    }
+
+    /// GETs a URL; any status but 200 is a refusal, a body that does not
+    /// decode a protocol error naming `what` was expected.
+    async fn get_decoded<T: serde::de::DeserializeOwned>(
+        &self,
+        target: &Target,
+        url: Url,
+        what: &str,
+    ) -> Result<T, ClientError> {
         let (status, body) = self.send(target, || self.http.get(url.clone())).await?;
         if status != StatusCode::OK {
-            return Err(unexpected_status(status, &body));
+            return Err(refused(status, &body));
         }
         serde_json::from_slice(&body).map_err(|err| {
-            format!(
-                "server answered 200 to `/{path}` with an unexpected body ({err}): {}",
+            ClientError::Protocol(format!(
+                "server answered 200 but the body is not {what} ({err}): {}",
                 preview(&body)
-            )
+            ))
         })
     }
 
@@ -136,31 +193,22 @@ impl Client {
     pub async fn history(
         &self,
         target: &Target,
-        template: Option<&str>,
-        region: Option<&str>,
+        template: Option<&TemplateName>,
+        region: Option<&Region>,
         limit: u32,
-    ) -> Result<HistoryList, String> {
+    ) -> Result<HistoryList, ClientError> {
         let mut url = endpoint(&target.base, "cp/admin/runtime-image/history");
         {
             let mut pairs = url.query_pairs_mut();
             if let Some(template) = template {
-                pairs.append_pair("template_name", template);
+                pairs.append_pair("template_name", template.as_str());
             }
             if let Some(region) = region {
-                pairs.append_pair("region", region);
+                pairs.append_pair("region", region.as_str());
             }
             pairs.append_pair("limit", &limit.to_string());
         }
-        let (status, body) = self.send(target, || self.http.get(url.clone())).await?;
-        if status != StatusCode::OK {
-            return Err(unexpected_status(status, &body));
-        }
-        serde_json::from_slice(&body).map_err(|err| {
-            format!(
-                "server answered 200 but the body is not a history ({err}): {}",
-                preview(&body)
-            )
-        })
+        self.get_decoded(target, url, "a history").await
     }
 
     /// Lists the pins of one template and region (the server filters; the
@@ -168,23 +216,14 @@ impl Client {
     pub async fn list_pins(
         &self,
         target: &Target,
-        template: &str,
-        region: &str,
-    ) -> Result<Vec<Pin>, String> {
+        template: &TemplateName,
+        region: &Region,
+    ) -> Result<Vec<Pin>, ClientError> {
         let mut url = endpoint(&target.base, "cp/admin/runtime-image");
         url.query_pairs_mut()
-            .append_pair("template_name", template)
-            .append_pair("region", region);
-        let (status, body) = self.send(target, || self.http.get(url.clone())).await?;
-        if status != StatusCode::OK {
-            return Err(unexpected_status(status, &body));
-        }
-        let list: PinList = serde_json::from_slice(&body).map_err(|err| {
-            format!(
-                "server answered 200 but the body is not a pin list ({err}): {}",
-                preview(&body)
-            )
-        })?;
+            .append_pair("template_name", template.as_str())
+            .append_pair("region", region.as_str());
+        let list: PinList = self.get_decoded(target, url, "a pin list").await?;
         Ok(list.pins)
     }
 
@@ -195,7 +234,7 @@ impl Client {
         &self,
         target: &Target,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Vec<u8>), String> {
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let mut backoff = Duration::from_millis(500);
         for attempt in 1..=ATTEMPTS {
             let sent = build().bearer_auth(&target.token).send().await;
@@ -205,23 +244,29 @@ impl Client {
                     let body = response.bytes().await;
                     match body {
                         Ok(body) if !is_transient(status) => return Ok((status, body.to_vec())),
-                        Ok(body) => unexpected_status(status, &body),
+                        Ok(body) => refused(status, &body),
                         Err(err) if err.is_timeout() => {
-                            return Err(format!(
+                            return Err(ClientError::Transport(format!(
                                 "no complete answer within {}s",
                                 self.timeout.as_secs()
-                            ));
+                            )));
                         }
-                        Err(err) => format!("could not read the answer: {}", describe(&err)),
+                        Err(err) => ClientError::Transport(format!(
+                            "could not read the answer: {}",
+                            describe(&err)
+                        )),
                     }
                 }
                 Err(err) if err.is_timeout() => {
-                    return Err(format!("no answer within {}s", self.timeout.as_secs()));
+                    return Err(ClientError::Transport(format!(
+                        "no answer within {}s",
+                        self.timeout.as_secs()
+                    )));
                 }
-                Err(err) => describe(&err),
+                Err(err) => ClientError::Transport(describe(&err)),
             };
             if attempt == ATTEMPTS {
-                return Err(format!("{failure} (gave up after {ATTEMPTS} attempts)"));
+                return Err(gave_up(failure));
             }
             eprintln!(
                 "warning: {}: attempt {attempt}/{ATTEMPTS} failed: {failure}; retrying in {:.1}s",
@@ -231,7 +276,7 @@ impl Client {
             tokio::time::sleep(backoff).await;
             backoff *= 2;
         }
-        Err("no attempt was made".to_owned())
+        Err(ClientError::Transport("no attempt was made".to_owned()))
     }
 }
 
@@ -250,26 +295,52 @@ fn endpoint(base: &Url, path: &str) -> Url {
     url
 }
 
-/// One line describing a non-success answer, using the contract's error body
-/// when there is one.
-fn unexpected_status(status: StatusCode, body: &[u8]) -> String {
+/// The last of several failed attempts, saying so.
+fn gave_up(failure: ClientError) -> ClientError {
+    let note = |text: String| format!("{text} (gave up after {ATTEMPTS} attempts)");
+    match failure {
+        ClientError::Refused {
+            status,
+            code,
+            message,
+        } => ClientError::Refused {
+            status,
+            code,
+            message: note(message),
+        },
+        ClientError::Transport(reason) => ClientError::Transport(note(reason)),
+        ClientError::Protocol(reason) => ClientError::Protocol(note(reason)),
+    }
+}
+
+/// A non-success answer, with the contract's error body when it has one.
+fn refused(status: StatusCode, body: &[u8]) -> ClientError {
+    let number = status.as_u16();
     if status.is_redirection() {
-        return format!(
-            "server answered {} (a redirect); redirects are not followed so the token never reaches another host",
-            status.as_u16()
-        );
+        return ClientError::Refused {
+            status: number,
+            code: None,
+            message: format!(
+                "server answered {number} (a redirect); redirects are not followed so the token never reaches another host"
+            ),
+        };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(error) => format!(
-            "server answered {} {}: {}",
-            status.as_u16(),
-            one_line(&error.error.code),
-            one_line(&error.error.message)
-        ),
-        Err(_) if body.is_empty() => {
-            format!("server answered {} with an empty body", status.as_u16())
-        }
-        Err(_) => format!("server answered {}: {}", status.as_u16(), preview(body)),
+        Ok(error) => ClientError::Refused {
+            status: number,
+            code: Some(one_line(&error.error.code)),
+            message: one_line(&error.error.message),
+        },
+        Err(_) if body.is_empty() => ClientError::Refused {
+            status: number,
+            code: None,
+            message: format!("server answered {number} with an empty body"),
+        },
+        Err(_) => ClientError::Refused {
+            status: number,
+            code: None,
+            message: format!("server answered {number}: {}", preview(body)),
+        },
     }
 }
 

@@ -1,4 +1,6 @@
-//! Pinion's domain: the values a pin is made of and the rules they obey.
+//! Pinion's domain: the values a pin is made of, the rules they obey, and
+//! the decisions made over them (whether a promotion moves a pin, what a
+//! drift check found).
 //!
 //! Every type here can only hold a valid value: the fields are private and the
 //! only way in is a parser (`FromStr` / `parse`). Code that holds a [`Digest`]
@@ -7,12 +9,14 @@
 
 mod drift;
 mod name;
+mod promotion;
 mod reference;
 mod scope;
 mod text;
 
-pub use drift::DriftStatus;
+pub use drift::{DriftRow, DriftStatus, PinnedDigest, TagAnswer, template_rows};
 pub use name::{Region, TemplateName, TokenName};
+pub use promotion::{Ask, Expectation, PinState, PromoteDecision, decide_promotion};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
 pub use text::{GitSha, Label, Notes, RunUrl};

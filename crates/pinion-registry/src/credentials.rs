@@ -38,15 +38,14 @@ impl Credentials {
         Credentials::default()
     }
 
-    /// The first of `$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json` and
-    /// `~/.docker/config.json` that exists; none at all is not an error.
-    pub fn from_environment() -> Result<Credentials, RegistryError> {
-        let candidates = [
-            std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from),
-            std::env::var_os("DOCKER_CONFIG").map(|dir| PathBuf::from(dir).join("config.json")),
-            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")),
-        ];
-        for path in candidates.into_iter().flatten() {
+    /// The first of `candidates` that is a file; none at all is not an
+    /// error. The caller names the candidates (the CLI: `$REGISTRY_AUTH_FILE`,
+    /// `$DOCKER_CONFIG/config.json`, `~/.docker/config.json`): this crate
+    /// reads no environment.
+    pub fn from_first_file(
+        candidates: impl IntoIterator<Item = PathBuf>,
+    ) -> Result<Credentials, RegistryError> {
+        for path in candidates {
             if path.is_file() {
                 return Credentials::from_file(&path);
             }

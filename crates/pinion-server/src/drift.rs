@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use pinion_api::{DriftEntry, DriftReport};
-use pinion_core::{Digest, DriftStatus, Region, Repository, TemplateName};
+use pinion_core::{
+    Digest, DriftRow, DriftStatus, PinnedDigest, Region, Repository, TemplateName, template_rows,
+};
 use pinion_registry::resolve_tags;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -134,22 +136,22 @@ pub async fn check_once(state: &AppState, interval: Duration) {
     let mut entries = Vec::new();
     for (template, repository) in &repositories {
         let answer = memory.answers.get(repository).cloned();
-        let pins: Vec<_> = view.pins_of(template).collect();
-        if pins.is_empty() {
-            entries.push(entry(
-                template,
-                &Region::global(),
-                None,
-                answer.as_ref(),
-                None,
-                now,
-            ));
-            continue;
-        }
-        for pin in pins {
+        let pins: Vec<_> = view
+            .pins_of(template)
+            .map(|pin| PinnedDigest {
+                key: pin,
+                digest: Ok(&pin.digest),
+            })
+            .collect();
+        for row in template_rows(&pins, answer.as_ref()) {
+            let Some(pin) = row.key else {
+                entries.push(entry(template, &Region::global(), &row, None, now));
+                continue;
+            };
             let key = (pin.template.clone(), pin.region.clone());
-            let since = match &answer {
-                Some(Ok(Some(tag_digest))) if *tag_digest != pin.digest => {
+            // A failed check keeps the last known staleness: unknown is not fresh.
+            let since = match (row.status, row.tag_digest) {
+                (DriftStatus::Stale, Some(tag_digest)) => {
                     let recorded = memory
                         .stale_since
                         .get(&key)
@@ -159,20 +161,13 @@ pub async fn check_once(state: &AppState, interval: Duration) {
                     memory.stale_since.insert(key, (tag_digest.clone(), since));
                     Some(since)
                 }
-                Some(Err(_)) => memory.stale_since.get(&key).map(|(_, since)| *since),
+                (DriftStatus::Error, _) => memory.stale_since.get(&key).map(|(_, since)| *since),
                 _ => {
                     memory.stale_since.remove(&key);
                     None
                 }
             };
-            entries.push(entry(
-                &pin.template,
-                &pin.region,
-                Some(&pin.digest),
-                answer.as_ref(),
-                since,
-                now,
-            ));
+            entries.push(entry(&pin.template, &pin.region, &row, since, now));
         }
     }
     drop(memory);
@@ -184,36 +179,21 @@ pub async fn check_once(state: &AppState, interval: Duration) {
     *drift.report.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(report);
 }
 
-fn entry(
+fn entry<K>(
     template: &TemplateName,
     region: &Region,
-    pinned: Option<&Digest>,
-    answer: Option<&Result<Option<Digest>, String>>,
+    row: &DriftRow<'_, K>,
     stale_since: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> DriftEntry {
-    let (status, tag_digest, error) = match answer {
-        Some(Ok(tag)) => (
-            DriftStatus::classify(pinned, tag.as_ref()).as_str(),
-            tag.clone(),
-            None,
-        ),
-        Some(Err(reason)) => ("error", None, Some(reason.clone())),
-        None => ("error", None, Some("not checked yet".to_owned())),
-    };
-    let status = if pinned.is_none() && status != "error" {
-        "unpinned"
-    } else {
-        status
-    };
     DriftEntry {
         template_name: template.to_string(),
         region: region.to_string(),
-        image_digest: pinned.map(ToString::to_string),
-        tag_digest: tag_digest.map(|digest| digest.to_string()),
-        status: status.to_owned(),
+        image_digest: row.pinned.map(ToString::to_string),
+        tag_digest: row.tag_digest.map(ToString::to_string),
+        status: row.status.as_str().to_owned(),
         stale_since: stale_since.and_then(|since| since.format(&Rfc3339).ok()),
         behind_seconds: stale_since.map(|since| (now - since).whole_seconds()),
-        error,
+        error: row.error.clone(),
     }
 }

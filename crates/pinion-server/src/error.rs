@@ -1,6 +1,9 @@
 //! The one error type of the HTTP layer. Domain and store errors convert into
 //! it at the edge; it renders the contract's body
 //! `{"error": {"code", "message"}}` and nothing else: no token, no stack.
+//!
+//! Every stable code, and the status it is answered with, is declared once,
+//! in [`Code`]; `docs/api.md` lists the same set (a test checks both ways).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -8,14 +11,144 @@ use pinion_api::{ErrorBody, ErrorDetail, Pin};
 use pinion_core::ParseError;
 use pinion_store::StoreError;
 
-/// An error answer: status, stable code, one line for the client.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal, $status:ident;)*) => {
+        /// A stable error code of the contract, with its HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Code {
+            /// Every code, for the documentation check.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// The stable snake_case code clients match on.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)*
+                }
+            }
+
+            /// The status every answer with this code has.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Code::$variant => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The body is not JSON.
+    MalformedJson = "malformed_json", BAD_REQUEST;
+    /// `If-Match` is not a quoted revision.
+    InvalidIfMatch = "invalid_if_match", BAD_REQUEST;
+    /// The HTTP layer refused the request for another reason.
+    BadRequest = "bad_request", BAD_REQUEST;
+    Unauthorized = "unauthorized", UNAUTHORIZED;
+    Forbidden = "forbidden", FORBIDDEN;
+    RuntimePinMissing = "runtime_pin_missing", NOT_FOUND;
+    NotFound = "not_found", NOT_FOUND;
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
+    RequestTimeout = "request_timeout", REQUEST_TIMEOUT;
+    PinConflict = "pin_conflict", CONFLICT;
+    StaleBuild = "stale_build", CONFLICT;
+    NothingToRollBack = "nothing_to_roll_back", CONFLICT;
+    PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
+    UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
+    /// JSON of the wrong shape, or a query parameter out of range.
+    InvalidRequest = "invalid_request", UNPROCESSABLE_ENTITY;
+    InvalidTemplateName = "invalid_template_name", UNPROCESSABLE_ENTITY;
+    InvalidRegion = "invalid_region", UNPROCESSABLE_ENTITY;
+    InvalidDigest = "invalid_digest", UNPROCESSABLE_ENTITY;
+    InvalidGitSha = "invalid_git_sha", UNPROCESSABLE_ENTITY;
+    InvalidNotes = "invalid_notes", UNPROCESSABLE_ENTITY;
+    InvalidRepository = "invalid_repository", UNPROCESSABLE_ENTITY;
+    InvalidExpectedDigest = "invalid_expected_digest", UNPROCESSABLE_ENTITY;
+    InvalidBuildSequence = "invalid_build_sequence", UNPROCESSABLE_ENTITY;
+    InvalidCiRunUrl = "invalid_ci_run_url", UNPROCESSABLE_ENTITY;
+    InvalidRepositoryLabel = "invalid_repository_label", UNPROCESSABLE_ENTITY;
+    InvalidWorkflow = "invalid_workflow", UNPROCESSABLE_ENTITY;
+    UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
+    TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
+    ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
+    DigestNotInHistory = "digest_not_in_history", UNPROCESSABLE_ENTITY;
+    DigestNotInRegistry = "digest_not_in_registry", UNPROCESSABLE_ENTITY;
+    NoRepository = "no_repository", UNPROCESSABLE_ENTITY;
+    /// A bug; the detail is in the server log only.
+    Internal = "internal", INTERNAL_SERVER_ERROR;
+    RegistryUnavailable = "registry_unavailable", SERVICE_UNAVAILABLE;
+    /// The database cannot be reached or written; retryable.
+    StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
+}
+
+/// A request field that is parsed into a domain value: its name on the wire
+/// and the code a value that fails to parse is refused with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    TemplateName,
+    Region,
+    ImageDigest,
+    GitSha,
+    Notes,
+    /// A catalog entry's repository.
+    Image,
+    ExpectedDigest,
+    ToDigest,
+    CiRunUrl,
+    /// The source repository label of a promotion.
+    Repository,
+    Workflow,
+    BuildSequence,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::TemplateName => "template_name",
+            Field::Region => "region",
+            Field::ImageDigest => "image_digest",
+            Field::GitSha => "git_sha",
+            Field::Notes => "notes",
+            Field::Image => "image",
+            Field::ExpectedDigest => "expected_digest",
+            Field::ToDigest => "to_digest",
+            Field::CiRunUrl => "ci_run_url",
+            Field::Repository => "repository",
+            Field::Workflow => "workflow",
+            Field::BuildSequence => "build_sequence",
+        }
+    }
+
+    pub fn code(self) -> Code {
+        match self {
+            Field::TemplateName => Code::InvalidTemplateName,
+            Field::Region => Code::InvalidRegion,
+            Field::ImageDigest | Field::ToDigest => Code::InvalidDigest,
+            Field::GitSha => Code::InvalidGitSha,
+            Field::Notes => Code::InvalidNotes,
+            Field::Image => Code::InvalidRepository,
+            Field::ExpectedDigest => Code::InvalidExpectedDigest,
+            Field::CiRunUrl => Code::InvalidCiRunUrl,
+            Field::Repository => Code::InvalidRepositoryLabel,
+            Field::Workflow => Code::InvalidWorkflow,
+            Field::BuildSequence => Code::InvalidBuildSequence,
+        }
+    }
+}
+
+/// An error answer: stable code (and so status), one line for the client,
+/// and, for failures of the server itself, a detail for the log only.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     /// The current pin, sent along with a 409.
     pub pin: Option<Box<Pin>>,
+    /// What the log says about a 5xx (the client sees only `message`).
+    detail: Option<String>,
 }
 
 /// Marks a response whose body is already a contract error, so the
@@ -23,8 +156,13 @@ pub struct ApiError {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ContractBody;
 
+/// The detail of a server failure, for the middleware to log with the
+/// request's id; never sent to the client.
+#[derive(Debug, Clone)]
+pub(crate) struct LogDetail(pub String);
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
         let mut message: String = message.into();
         // One line, bounded: clients show it in CI logs as is.
         message.retain(|c| c != '\n' && c != '\r');
@@ -36,11 +174,15 @@ impl ApiError {
             message.truncate(cut);
         }
         ApiError {
-            status,
             code,
             message,
             pin: None,
+            detail: None,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     /// Sends the current pin along (409 answers).
@@ -49,35 +191,30 @@ impl ApiError {
         self
     }
 
+    /// Adds what the log, and only the log, says about this failure.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// A bug or a broken invariant: `500 internal`, the detail logged.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        ApiError::new(Code::Internal, "internal error; see the server log").with_detail(detail)
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(Code::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(Code::Forbidden, message)
     }
 
-    /// A field that failed validation: 422 with `invalid_<field>`.
-    pub fn invalid(field: &'static str, err: &ParseError) -> Self {
-        let code = match field {
-            "template_name" => "invalid_template_name",
-            "region" => "invalid_region",
-            "image_digest" => "invalid_digest",
-            "git_sha" => "invalid_git_sha",
-            "notes" => "invalid_notes",
-            "image" => "invalid_repository",
-            "expected_digest" => "invalid_expected_digest",
-            "to_digest" => "invalid_digest",
-            "ci_run_url" => "invalid_ci_run_url",
-            "repository" => "invalid_repository_label",
-            "workflow" => "invalid_workflow",
-            "build_sequence" => "invalid_build_sequence",
-            _ => "invalid_request",
-        };
+    /// A field that failed validation: 422 with the field's code.
+    pub fn invalid(field: Field, err: &ParseError) -> Self {
         Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            code,
-            format!("`{field}`: {}", err.reason()),
+            field.code(),
+            format!("`{}`: {}", field.name(), err.reason()),
         )
     }
 
@@ -85,20 +222,24 @@ impl ApiError {
     /// routing, a 408 from the timeout layer, and so on.
     pub(crate) fn from_status(status: StatusCode) -> Self {
         let (code, message) = match status {
-            StatusCode::NOT_FOUND => ("not_found", "no such endpoint"),
+            StatusCode::NOT_FOUND => (Code::NotFound, "no such endpoint"),
             StatusCode::METHOD_NOT_ALLOWED => (
-                "method_not_allowed",
+                Code::MethodNotAllowed,
                 "this endpoint does not take that method",
             ),
-            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request took too long"),
-            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-                ("unsupported_media_type", "the request body must be JSON")
+            StatusCode::REQUEST_TIMEOUT => (Code::RequestTimeout, "the request took too long"),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                (Code::PayloadTooLarge, "the request body is too large")
             }
-            status if status.is_client_error() => ("bad_request", "the request is not valid"),
-            _ => ("internal", "internal error; see the server log"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (Code::UnsupportedMediaType, "the request body must be JSON")
+            }
+            status if status.is_client_error() => (Code::BadRequest, "the request is not valid"),
+            status => {
+                return ApiError::internal(format!("a layer answered {status} without a body"));
+            }
         };
-        Self::new(status, code, message)
+        Self::new(code, message)
     }
 }
 
@@ -106,32 +247,99 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code.to_owned(),
+                code: self.code.as_str().to_owned(),
                 message: self.message,
             },
             pin: self.pin.map(|pin| *pin),
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.code.status(), axum::Json(body)).into_response();
         response.extensions_mut().insert(ContractBody);
+        if let Some(detail) = self.detail {
+            response.extensions_mut().insert(LogDetail(detail));
+        }
         response
     }
 }
 
+/// A lost connection or an IO failure is `503 store_unavailable`: retry
+/// later, nothing changed. Anything else (a statement that failed, a
+/// constraint, a row that does not decode) is a bug: `500 internal`.
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            err if err.is_unavailable() => {
-                tracing::error!(error = %err, "store unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the store is unavailable; nothing was changed",
-                )
+        if err.is_unavailable() {
+            ApiError::new(
+                Code::StoreUnavailable,
+                "the store is unavailable; nothing was changed",
+            )
+            .with_detail(err.to_string())
+        } else {
+            ApiError::internal(err.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes in the "Error codes" table of `docs/api.md`, with the status
+    /// of their row.
+    fn documented() -> Vec<(u16, String)> {
+        let api = include_str!("../../../docs/api.md");
+        let table = api
+            .split("### Error codes")
+            .nth(1)
+            .expect("docs/api.md has an `### Error codes` section");
+        let mut codes = Vec::new();
+        for line in table.lines().skip_while(|line| !line.starts_with('|')) {
+            if !line.starts_with('|') {
+                break;
             }
-            other => {
-                tracing::error!(error = %other, "store error");
-                ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR)
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let Some(Ok(status)) = cells.get(1).map(|cell| cell.parse::<u16>()) else {
+                continue;
+            };
+            for code in cells[2].split(',') {
+                codes.push((status, code.trim().trim_matches('`').to_owned()));
             }
+        }
+        codes
+    }
+
+    #[test]
+    fn every_code_is_documented_with_its_status_and_every_documented_code_exists() {
+        let documented = documented();
+        for code in Code::ALL {
+            let row = (code.status().as_u16(), code.as_str().to_owned());
+            assert!(
+                documented.contains(&row),
+                "`{}` ({}) is not in the error table of docs/api.md",
+                row.1,
+                row.0
+            );
+        }
+        for (status, code) in &documented {
+            assert!(
+                Code::ALL
+                    .iter()
+                    .any(|known| known.as_str() == code && known.status().as_u16() == *status),
+                "docs/api.md lists `{code}` ({status}), which the server does not answer"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "`{}` twice", code.as_str());
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "`{}`",
+                code.as_str()
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 use tracing::Span;
 
-use crate::error::{ApiError, ContractBody};
+use crate::error::{ApiError, ContractBody, LogDetail};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -122,6 +122,16 @@ where
             && response.extensions().get::<ContractBody>().is_none()
         {
             response = ApiError::from_status(status).into_response();
+        }
+        // A server failure's detail is for the log only, logged here where
+        // the request id is known even when the (debug) read span is off.
+        if let Some(LogDetail(detail)) = response.extensions_mut().remove::<LogDetail>() {
+            let request_id = this
+                .id
+                .as_ref()
+                .and_then(|id| id.to_str().ok())
+                .unwrap_or_default();
+            tracing::error!(request_id, status = status.as_u16(), %detail, "request failed");
         }
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(REQUEST_ID.clone(), id);

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use pinion_registry::Registry;
 use pinion_store::{
-    PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store,
-    StoreError, Write, Written,
+    Batch, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord,
+    Store, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -52,9 +52,86 @@ impl Published {
     }
 }
 
-struct Job {
-    write: Write,
-    reply: oneshot::Sender<Result<Written, ApiError>>,
+/// Where a job's answer goes: typed by the job, so the writer cannot send
+/// one kind of write the answer of another.
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// One write for the writer thread: its input and its reply channel.
+enum Job {
+    Promote(Promotion, Reply<PromoteOutcome>),
+    Rollback(Rollback, Reply<RollbackOutcome>),
+    PutRuntime(RuntimeRecord, time::OffsetDateTime, Reply<bool>),
+    /// A refused request for the audit log, keeping at most this many entries.
+    Refusal(Refusal, usize, Reply<()>),
+}
+
+/// A job applied inside the batch's transaction, waiting for the commit.
+enum Done {
+    Promote(Reply<PromoteOutcome>, Result<PromoteOutcome, StoreError>),
+    Rollback(Reply<RollbackOutcome>, Result<RollbackOutcome, StoreError>),
+    PutRuntime(Reply<bool>, RuntimeRecord, Result<bool, StoreError>),
+    Refusal(Reply<()>, Result<(), StoreError>),
+}
+
+impl Job {
+    fn apply(self, batch: &mut Batch<'_>) -> Done {
+        match self {
+            Job::Promote(promotion, reply) => Done::Promote(reply, batch.promote(&promotion)),
+            Job::Rollback(rollback, reply) => Done::Rollback(reply, batch.rollback(&rollback)),
+            Job::PutRuntime(runtime, at, reply) => {
+                let result = batch.put_runtime(&runtime, at);
+                Done::PutRuntime(reply, runtime, result)
+            }
+            Job::Refusal(refusal, retain, reply) => {
+                Done::Refusal(reply, batch.record_refusal(&refusal, retain))
+            }
+        }
+    }
+}
+
+impl Job {
+    /// Answers a job that never ran: its transaction could not be made.
+    fn fail(self, err: &StoreError) {
+        let err = err.clone();
+        // A caller that gave up (its request was dropped) is not waiting.
+        let _ = match self {
+            Job::Promote(_, reply) => reply.send(Err(err)).is_ok(),
+            Job::Rollback(_, reply) => reply.send(Err(err)).is_ok(),
+            Job::PutRuntime(_, _, reply) => reply.send(Err(err)).is_ok(),
+            Job::Refusal(_, _, reply) => reply.send(Err(err)).is_ok(),
+        };
+    }
+}
+
+impl Done {
+    /// What this write changed that the view shows.
+    fn changes(&self, pins: &mut Vec<PinRecord>, runtimes: &mut Vec<RuntimeRecord>) {
+        match self {
+            Done::Promote(_, Ok(PromoteOutcome::Moved { pin, .. }))
+            | Done::Rollback(_, Ok(RollbackOutcome::Moved { pin, .. })) => pins.push(pin.clone()),
+            Done::PutRuntime(_, runtime, Ok(_)) => runtimes.push(runtime.clone()),
+            _ => {}
+        }
+    }
+
+    /// Answers the caller: the write's own result once the batch committed,
+    /// or the commit's failure.
+    fn answer(self, commit: Result<(), &StoreError>) {
+        fn send<T>(
+            reply: Reply<T>,
+            result: Result<T, StoreError>,
+            commit: Result<(), &StoreError>,
+        ) {
+            // A caller that gave up (its request was dropped) is not waiting.
+            let _ = reply.send(commit.map_err(Clone::clone).and(result));
+        }
+        match self {
+            Done::Promote(reply, result) => send(reply, result, commit),
+            Done::Rollback(reply, result) => send(reply, result, commit),
+            Done::PutRuntime(reply, _, result) => send(reply, result, commit),
+            Done::Refusal(reply, result) => send(reply, result, commit),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -113,8 +190,8 @@ impl AppState {
                     store: reader,
                     seen_version,
                 }),
-                checks: Arc::new(SharedChecks::new(Err(ApiError::from_status(
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                checks: Arc::new(SharedChecks::new(Err(ApiError::internal(
+                    "no freshness check has run yet",
                 )))),
             }),
         })
@@ -142,29 +219,23 @@ impl AppState {
         self.inner.published.current()
     }
 
-    /// Queues a write for the writer thread and waits until it is committed
+    /// Queues a job for the writer thread and waits until it is committed
     /// (fsync'd) and visible in the view.
-    pub async fn write(&self, write: Write) -> Result<Written, ApiError> {
+    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .writer
-            .send(Job { write, reply })
+            .send(job(reply))
             .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        Ok(answer.await.map_err(|_| writer_gone())??)
     }
 
     pub async fn promote(&self, promotion: Promotion) -> Result<PromoteOutcome, ApiError> {
-        match self.write(Write::Promote(promotion)).await? {
-            Written::Promote(outcome) => Ok(outcome),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Job::Promote(promotion, reply)).await
     }
 
     pub async fn rollback(&self, rollback: Rollback) -> Result<RollbackOutcome, ApiError> {
-        match self.write(Write::Rollback(rollback)).await? {
-            Written::Rollback(outcome) => Ok(outcome),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Job::Rollback(rollback, reply)).await
     }
 
     /// Returns true when the entry was new.
@@ -173,15 +244,14 @@ impl AppState {
         runtime: RuntimeRecord,
         at: time::OffsetDateTime,
     ) -> Result<bool, ApiError> {
-        match self.write(Write::PutRuntime(runtime, at)).await? {
-            Written::PutRuntime(created) => Ok(created),
-            other => Err(mismatched(&other)),
-        }
+        self.write(|reply| Job::PutRuntime(runtime, at, reply))
+            .await
     }
 
     pub async fn record_refusal(&self, refusal: Refusal) -> Result<(), ApiError> {
         let retain = self.settings().audit_retention;
-        self.write(Write::Refusal(refusal, retain)).await.map(drop)
+        self.write(|reply| Job::Refusal(refusal, retain, reply))
+            .await
     }
 
     /// Runs a query the view does not serve (history, audit) on the reader
@@ -201,10 +271,7 @@ impl AppState {
             Ok(work(&mut reader.store)?)
         })
         .await
-        .map_err(|join| {
-            tracing::error!(error = %join, "store task failed");
-            ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-        })?
+        .map_err(|join| ApiError::internal(format!("store task failed: {join}")))?
     }
 
     /// Replaces the view if another process changed the database since it
@@ -256,14 +323,8 @@ impl AppState {
     }
 }
 
-fn mismatched(written: &Written) -> ApiError {
-    tracing::error!(?written, "the writer answered a different kind of write");
-    ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
-}
-
 fn writer_gone() -> ApiError {
-    tracing::error!("the writer thread is gone");
-    ApiError::from_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    ApiError::internal("the writer thread is gone")
 }
 
 /// The writer thread: take every queued write, apply them in one
@@ -283,27 +344,20 @@ fn write_loop(mut store: Store, jobs: mpsc::Receiver<Job>, published: Arc<Publis
                 Err(_) => break,
             }
         }
-        let (writes, replies): (Vec<Write>, Vec<_>) =
-            batch.into_iter().map(|job| (job.write, job.reply)).unzip();
         let replacing = published
             .replacing
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match store.apply(&writes) {
-            Ok(results) => {
+        let mut done = Vec::with_capacity(batch.len());
+        let applied = store.batch(batch.len(), |writes| {
+            done.extend(batch.drain(..).map(|job| job.apply(writes)));
+        });
+        match applied {
+            Ok(()) => {
                 let mut pins = Vec::new();
                 let mut runtimes = Vec::new();
-                for (write, result) in writes.iter().zip(&results) {
-                    match (write, result) {
-                        (_, Ok(Written::Promote(PromoteOutcome::Moved { pin, .. })))
-                        | (_, Ok(Written::Rollback(RollbackOutcome::Moved { pin, .. }))) => {
-                            pins.push(pin.clone());
-                        }
-                        (Write::PutRuntime(runtime, _), Ok(Written::PutRuntime(_))) => {
-                            runtimes.push(runtime.clone());
-                        }
-                        _ => {}
-                    }
+                for job in &done {
+                    job.changes(&mut pins, &mut runtimes);
                 }
                 let outside_change = store.data_version().map_or(true, |version| {
                     let moved = version != seen_version;
@@ -322,15 +376,19 @@ fn write_loop(mut store: Store, jobs: mpsc::Receiver<Job>, published: Arc<Publis
                     published.swap(view);
                 }
                 drop(replacing);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result.map_err(ApiError::from));
+                for job in done {
+                    job.answer(Ok(()));
                 }
             }
             Err(err) => {
                 drop(replacing);
-                let error = ApiError::from(err);
-                for reply in replies {
-                    let _ = reply.send(Err(error.clone()));
+                // Nothing was committed: every job gets the failure, those
+                // applied before it and those the transaction never reached.
+                for job in done {
+                    job.answer(Err(&err));
+                }
+                for job in batch {
+                    job.fail(&err);
                 }
             }
         }

@@ -21,10 +21,11 @@ mod url;
 use pinion_core::TokenName;
 use time::OffsetDateTime;
 
+pub use pinion_core::Expectation;
 pub use records::{
-    Action, AuditEntry, CiProvenance, Expectation, HistoryEntry, HistoryQuery, NewToken, PinRecord,
+    Action, AuditEntry, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
     PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
-    TokenRecord, Write, Written,
+    TokenRecord,
 };
 pub use url::DatabaseUrl;
 
@@ -34,17 +35,20 @@ use crate::sqlite::Sqlite;
 
 /// Why the store could not do what was asked. Expected refusals (an unknown
 /// template, say) are not errors: they are [`PromoteOutcome`] values.
-#[derive(Debug, thiserror::Error)]
+///
+/// Split by what the caller can do about it: [`StoreError::Unavailable`] is
+/// the database being unreachable or failing at the IO level (retry later);
+/// every other kind is a bug or a database that is not as Pinion left it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The SQLite database could not be opened, read or written.
-    #[error("database unavailable: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The PostgreSQL server could not be reached, or refused the statement.
-    #[error("database unavailable: {0}")]
-    Postgres(#[from] ::postgres::Error),
-    /// The database is unavailable for another reason.
+    /// The database could not be reached, or failed underneath: a lost
+    /// connection, an IO error, a full disk, a lock held too long.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// A statement failed for a reason a retry will not fix (a bug, or a
+    /// schema that is not Pinion's).
+    #[error("database statement failed: {0}")]
+    Statement(String),
     /// A unique constraint refused a row (mapped to a specific error by the
     /// operation that hit it).
     #[error("constraint violated: {0}")]
@@ -68,16 +72,75 @@ pub enum StoreError {
     /// The URL names an engine this build does not have, or does not parse.
     #[error("{0}")]
     UnsupportedUrl(String),
+    /// `open_existing` found no database at that path.
+    #[error("no database at `{0}`")]
+    Missing(String),
 }
 
 impl StoreError {
     /// Whether the database itself is unreachable or failing (as opposed to
-    /// holding bad data): callers answer 503 and retry later.
+    /// a bug or bad data): callers answer 503 and retry later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Sqlite(_) | StoreError::Postgres(_) | StoreError::Unavailable(_)
-        )
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// SQLite's failures underneath a statement (locks, IO, space, a file that
+/// is gone or not a database) are the database being unavailable; the rest
+/// (syntax, constraints, misuse) are statement failures.
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode as C;
+        let unavailable = match &err {
+            rusqlite::Error::SqliteFailure(failure, _) => matches!(
+                failure.code,
+                C::DatabaseBusy
+                    | C::DatabaseLocked
+                    | C::SystemIoFailure
+                    | C::DiskFull
+                    | C::CannotOpen
+                    | C::ReadOnly
+                    | C::OutOfMemory
+                    | C::OperationInterrupted
+                    | C::DatabaseCorrupt
+                    | C::NotADatabase
+                    | C::FileLockingProtocolFailed
+                    | C::PermissionDenied
+            ),
+            _ => false,
+        };
+        if unavailable {
+            StoreError::Unavailable(err.to_string())
+        } else {
+            StoreError::Statement(err.to_string())
+        }
+    }
+}
+
+/// PostgreSQL: no connection, a closed one, or a server-side error of the
+/// classes that mean "not now" (connection exceptions, insufficient
+/// resources, operator intervention such as a shutdown, system errors,
+/// serialisation failures) are the database being unavailable; any other
+/// SQLSTATE, and values that do not convert, are statement failures.
+impl From<::postgres::Error> for StoreError {
+    fn from(err: ::postgres::Error) -> StoreError {
+        let text = err.to_string();
+        let unavailable = err.is_closed()
+            || match err.code() {
+                Some(state) => matches!(
+                    state.code().get(..2),
+                    Some("08" | "40" | "53" | "57" | "58")
+                ),
+                None => {
+                    !(text.starts_with("error serializing")
+                        || text.starts_with("error deserializing"))
+                }
+            };
+        if unavailable {
+            StoreError::Unavailable(text)
+        } else {
+            StoreError::Statement(text)
+        }
     }
 }
 
@@ -102,6 +165,71 @@ pub fn follow_changes(
     }
 }
 
+/// Writes inside one transaction of [`Store::batch`].
+pub struct Batch<'t> {
+    db: &'t mut dyn Sql,
+    savepoints: bool,
+    /// What ended the transaction: a failed savepoint statement, or the
+    /// failure of a batch's only write. Nothing is committed then.
+    failed: Option<StoreError>,
+}
+
+impl Batch<'_> {
+    fn run<T>(
+        &mut self,
+        op: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        if !self.savepoints {
+            let result = op(self.db);
+            if let Err(err) = &result {
+                self.failed = Some(err.clone());
+            }
+            return result;
+        }
+        let opened = self.db.execute("SAVEPOINT pinion_write", &[]);
+        if let Err(err) = opened {
+            self.failed = Some(err.clone());
+            return Err(err);
+        }
+        let result = op(self.db);
+        let closed = if result.is_err() {
+            self.db
+                .execute("ROLLBACK TO SAVEPOINT pinion_write", &[])
+                .and_then(|_| self.db.execute("RELEASE SAVEPOINT pinion_write", &[]))
+        } else {
+            self.db.execute("RELEASE SAVEPOINT pinion_write", &[])
+        };
+        if let Err(err) = closed {
+            self.failed = Some(err.clone());
+            return Err(err);
+        }
+        result
+    }
+
+    pub fn promote(&mut self, promotion: &Promotion) -> Result<PromoteOutcome, StoreError> {
+        self.run(|db| ops::promote(db, promotion))
+    }
+
+    pub fn rollback(&mut self, rollback: &Rollback) -> Result<RollbackOutcome, StoreError> {
+        self.run(|db| ops::rollback(db, rollback))
+    }
+
+    pub fn put_runtime(
+        &mut self,
+        runtime: &RuntimeRecord,
+        at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.run(|db| ops::put_runtime(db, runtime, at))
+    }
+
+    pub fn record_refusal(&mut self, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
+        self.run(|db| ops::record_refusal(db, refusal, retain))
+    }
+}
+
 /// One connection to the database, of either engine. Not `Sync`: the
 /// server keeps one for writes and one for reads, each behind its own lock.
 pub struct Store {
@@ -115,7 +243,19 @@ enum Engine {
 }
 
 impl Store {
-    /// Connects (creating a SQLite file if absent) and runs pending
+    /// Connects to a database that must exist already (for PostgreSQL, the
+    /// server decides), and runs pending migrations: what a read such as
+    /// `pinion token list` opens, so a mistyped path is not a new, empty
+    /// database.
+    pub fn open_existing(url: &DatabaseUrl) -> Result<Store, StoreError> {
+        if let Some(path) = url.sqlite_path().filter(|_| url.is_missing()) {
+            return Err(StoreError::Missing(path.display().to_string()));
+        }
+        Store::open(url)
+    }
+
+    /// Connects (creating a SQLite file if absent: see
+    /// [`DatabaseUrl::is_missing`] to tell first) and runs pending
     /// migrations.
     pub fn open(url: &DatabaseUrl) -> Result<Store, StoreError> {
         let engine = match url {
@@ -177,15 +317,28 @@ impl Store {
         self.read(ops::snapshot)
     }
 
-    /// Applies several writes in one transaction, so they share one commit
-    /// (group commit). Each write runs in its own savepoint: one that fails
-    /// is rolled back alone and reported in its slot; the others commit. An
-    /// `Err` from the whole call means nothing was committed.
-    pub fn apply(
+    /// Runs several writes in one transaction, so they share one commit
+    /// (group commit): `work` makes them through the [`Batch`], each in its
+    /// own savepoint, so one that fails is rolled back alone and its caller
+    /// told. An `Err` from the whole call means nothing was committed.
+    pub fn batch<T>(
         &mut self,
-        writes: &[Write],
-    ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-        self.write(|db| ops::apply_all(db, writes))
+        writes: usize,
+        work: impl FnOnce(&mut Batch<'_>) -> T,
+    ) -> Result<T, StoreError> {
+        self.write(|db| {
+            let mut batch = Batch {
+                db,
+                // One write alone: its transaction is its savepoint.
+                savepoints: writes > 1,
+                failed: None,
+            };
+            let result = work(&mut batch);
+            match batch.failed {
+                Some(err) => Err(err),
+                None => Ok(result),
+            }
+        })
     }
 
     /// Moves a pin, or says why not, in one transaction: the catalog check,

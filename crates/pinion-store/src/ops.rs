@@ -5,56 +5,84 @@
 //! inside a write transaction the engine opened (and serialised).
 
 use pinion_core::{
-    Digest, GitSha, Label, Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName,
+    Ask, Digest, GitSha, Label, Notes, PinState, PromoteDecision, Region, Repository, RunUrl,
+    TemplateName, TokenName, decide_promotion,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::sql::{Row, Sql, Value};
+use crate::sql::{Columns, Reader, Row, Sql, Value};
 use crate::{
-    Action, AuditEntry, CiProvenance, Expectation, HistoryEntry, HistoryQuery, NewToken, PinRecord,
+    Action, AuditEntry, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
     PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
-    StoreError, TokenRecord, Write, Written,
+    StoreError, TokenRecord,
 };
 
-const PIN_COLUMNS: &str = "template_name, region, image_digest, git_sha, notes, promoted_at, promoted_by, revision, build_sequence";
-const HISTORY_COLUMNS: &str = "revision, template_name, region, from_digest, to_digest, git_sha, notes, actor, action, at, ci_run_url, repository, workflow, build_sequence";
+const PINS: Columns = Columns {
+    table: "pins",
+    names: &[
+        "template_name",
+        "region",
+        "image_digest",
+        "git_sha",
+        "notes",
+        "promoted_at",
+        "promoted_by",
+        "revision",
+        "build_sequence",
+    ],
+};
 
-/// Applies one write.
-pub(crate) fn apply_one(db: &mut dyn Sql, write: &Write) -> Result<Written, StoreError> {
-    match write {
-        Write::Promote(promotion) => promote(db, promotion).map(Written::Promote),
-        Write::Rollback(rollback) => self::rollback(db, rollback).map(Written::Rollback),
-        Write::PutRuntime(runtime, at) => put_runtime(db, runtime, *at).map(Written::PutRuntime),
-        Write::Refusal(refusal, retain) => {
-            record_refusal(db, refusal, *retain).map(|()| Written::Refusal)
-        }
-    }
-}
+const HISTORY: Columns = Columns {
+    table: "history",
+    names: &[
+        "revision",
+        "template_name",
+        "region",
+        "from_digest",
+        "to_digest",
+        "git_sha",
+        "notes",
+        "actor",
+        "action",
+        "at",
+        "ci_run_url",
+        "repository",
+        "workflow",
+        "build_sequence",
+    ],
+};
 
-/// Applies writes in order, each in its own savepoint: one that fails is
-/// rolled back alone and reported in its slot.
-pub(crate) fn apply_all(
-    db: &mut dyn Sql,
-    writes: &[Write],
-) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-    // One write alone: the transaction is its savepoint. An error returns
-    // from here, and the whole transaction is rolled back.
-    if let [write] = writes {
-        return Ok(vec![Ok(apply_one(db, write)?)]);
-    }
-    let mut results = Vec::with_capacity(writes.len());
-    for write in writes {
-        db.execute("SAVEPOINT pinion_write", &[])?;
-        let result = apply_one(db, write);
-        if result.is_err() {
-            db.execute("ROLLBACK TO SAVEPOINT pinion_write", &[])?;
-        }
-        db.execute("RELEASE SAVEPOINT pinion_write", &[])?;
-        results.push(result);
-    }
-    Ok(results)
-}
+const AUDIT: Columns = Columns {
+    table: "audit",
+    names: &[
+        "id",
+        "at",
+        "actor",
+        "template_name",
+        "region",
+        "action",
+        "status",
+        "code",
+    ],
+};
+
+const RUNTIMES: Columns = Columns {
+    table: "runtimes",
+    names: &["name", "image", "pinnable"],
+};
+
+const TOKENS: Columns = Columns {
+    table: "tokens",
+    names: &[
+        "name",
+        "scope",
+        "templates",
+        "secret_hash",
+        "created_at",
+        "revoked_at",
+    ],
+};
 
 pub(crate) fn promote(
     db: &mut dyn Sql,
@@ -64,9 +92,10 @@ pub(crate) fn promote(
     // less per promotion on PostgreSQL. (No column name is in both tables.)
     let rows = db.query(
         &format!(
-            "SELECT r.pinnable, {PIN_COLUMNS} FROM runtimes r \
+            "SELECT r.pinnable, {} FROM runtimes r \
              LEFT JOIN pins p ON p.template_name = r.name AND p.region = ?2 \
-             WHERE r.name = ?1"
+             WHERE r.name = ?1",
+            PINS.list()
         ),
         &[
             promotion.template.as_str().into(),
@@ -76,44 +105,41 @@ pub(crate) fn promote(
     let Some(row) = rows.first() else {
         return Ok(PromoteOutcome::UnknownTemplate);
     };
-    if row.int(0, "runtimes.pinnable")? == 0 {
+    if !row.get::<bool>(0, "runtimes", "pinnable")? {
         return Ok(PromoteOutcome::NotPinnable);
     }
     // No pin: the left join's pin columns are all null.
-    let current = match row.opt_text(1) {
-        Some(_) => Some(read_pin_at(row, 1)?),
+    let current = match row.get::<Option<String>>(1, "pins", "template_name")? {
+        Some(_) => Some(read_pin(&mut PINS.reader(row, 1))?),
         None => None,
     };
-    // Already there: nothing to write, whatever the guards would say, so a
-    // retried promotion is idempotent.
-    if let Some(pin) = current
-        .as_ref()
-        .filter(|pin| pin.digest == promotion.digest)
-    {
-        return Ok(PromoteOutcome::Unchanged { pin: pin.clone() });
-    }
-    let expectation_met = match (&promotion.expect, &current) {
-        (Expectation::Any, _) => true,
-        (Expectation::Digest(expected), Some(pin)) => pin.digest == *expected,
-        (Expectation::Revision(expected), Some(pin)) => pin.revision == *expected,
-        (_, None) => false,
+    let state = current.as_ref().map(|pin| PinState {
+        digest: &pin.digest,
+        revision: pin.revision,
+        build_sequence: pin.build_sequence,
+    });
+    let ask = Ask {
+        digest: &promotion.digest,
+        expect: &promotion.expect,
+        build_sequence: promotion.build_sequence,
+        force: promotion.force,
     };
-    if !expectation_met {
-        return Ok(PromoteOutcome::Conflict { current });
-    }
-    if let (Some(pin), Some(sequence)) = (&current, promotion.build_sequence) {
-        if pin.build_sequence.is_some_and(|newest| sequence < newest) && !promotion.force {
-            return Ok(PromoteOutcome::StaleBuild {
-                current: pin.clone(),
-            });
+    let decision = decide_promotion(state, ask);
+    let (build_sequence, current) = match (decision, current) {
+        (PromoteDecision::Move { build_sequence }, current) => (build_sequence, current),
+        (PromoteDecision::Unchanged, Some(pin)) => return Ok(PromoteOutcome::Unchanged { pin }),
+        (PromoteDecision::StaleBuild { .. }, Some(pin)) => {
+            return Ok(PromoteOutcome::StaleBuild { current: pin });
         }
-    }
-    let build_sequence = match (
-        current.as_ref().and_then(|pin| pin.build_sequence),
-        promotion.build_sequence,
-    ) {
-        (Some(old), Some(new)) => Some(old.max(new)),
-        (old, new) => new.or(old),
+        (PromoteDecision::Conflict, current) => {
+            return Ok(PromoteOutcome::Conflict { current });
+        }
+        // The rule answers these only about an existing pin.
+        (PromoteDecision::Unchanged | PromoteDecision::StaleBuild { .. }, None) => {
+            return Err(StoreError::Statement(
+                "the promote rule judged a pin that does not exist".into(),
+            ));
+        }
     };
     let previous = current.map(|pin| pin.digest);
     let change = Change {
@@ -162,8 +188,12 @@ pub(crate) fn rollback(
                  ORDER BY revision DESC LIMIT 1",
                 &key,
             )?;
-            match newest.first().and_then(|row| row.opt_text(0)) {
-                Some(text) => parse("history", "from_digest", Digest::parse(&text))?,
+            let previous = match newest.first() {
+                Some(row) => row.get::<Option<Digest>>(0, "history", "from_digest")?,
+                None => None,
+            };
+            match previous {
+                Some(digest) => digest,
                 None => return Ok(RollbackOutcome::NoPrevious),
             }
         }
@@ -203,7 +233,7 @@ pub(crate) fn record_refusal(
         "INSERT INTO audit (at, actor, template_name, region, action, status, code)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
         &[
-            format_time(refusal.at).into(),
+            format_time(refusal.at)?.into(),
             refusal.actor.as_ref().map(TokenName::as_str).into(),
             refusal.template.as_ref().map(TemplateName::as_str).into(),
             refusal.region.as_ref().map(Region::as_str).into(),
@@ -212,11 +242,7 @@ pub(crate) fn record_refusal(
             refusal.code.as_str().into(),
         ],
     )?;
-    let newest = inserted
-        .first()
-        .map(|row| row.int(0, "audit.id"))
-        .transpose()?
-        .unwrap_or_default();
+    let newest: i64 = returned(&inserted, "audit", "id")?;
     let keep = i64::try_from(retain).unwrap_or(i64::MAX);
     db.execute(
         "DELETE FROM audit WHERE id <= ?1",
@@ -244,7 +270,7 @@ pub(crate) fn put_runtime(
             runtime.name.as_str().into(),
             runtime.repository.as_ref().map(Repository::as_str).into(),
             runtime.pinnable.into(),
-            format_time(at).into(),
+            format_time(at)?.into(),
         ],
     )?;
     Ok(!existed)
@@ -266,7 +292,7 @@ pub(crate) fn create_token(db: &mut dyn Sql, token: &NewToken) -> Result<(), Sto
             token.scope.as_str().into(),
             templates.into(),
             Value::Blob(token.secret_hash.to_vec()),
-            format_time(token.created_at).into(),
+            format_time(token.created_at)?.into(),
         ],
     );
     match inserted {
@@ -283,7 +309,7 @@ pub(crate) fn revoke_token(
 ) -> Result<bool, StoreError> {
     let changed = db.execute(
         "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-        &[name.as_str().into(), format_time(at).into()],
+        &[name.as_str().into(), format_time(at)?.into()],
     )?;
     Ok(changed > 0)
 }
@@ -302,11 +328,12 @@ pub(crate) fn history(
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     let rows = db.query(
         &format!(
-            "SELECT {HISTORY_COLUMNS} FROM history
+            "SELECT {} FROM history
              WHERE (CAST(?1 AS TEXT) IS NULL OR template_name = ?1)
                AND (CAST(?2 AS TEXT) IS NULL OR region = ?2)
                AND (CAST(?3 AS BIGINT) IS NULL OR revision < ?3)
-             ORDER BY revision DESC LIMIT ?4"
+             ORDER BY revision DESC LIMIT ?4",
+            HISTORY.list()
         ),
         &[
             query.template.as_ref().map(TemplateName::as_str).into(),
@@ -315,7 +342,9 @@ pub(crate) fn history(
             i64::try_from(query.limit).unwrap_or(i64::MAX).into(),
         ],
     )?;
-    rows.iter().map(read_history).collect()
+    rows.iter()
+        .map(|row| read_history(&mut HISTORY.reader(row, 0)))
+        .collect()
 }
 
 pub(crate) fn audit(
@@ -324,8 +353,11 @@ pub(crate) fn audit(
     before: Option<i64>,
 ) -> Result<Vec<AuditEntry>, StoreError> {
     let rows = db.query(
-        "SELECT id, at, actor, template_name, region, action, status, code FROM audit
-         WHERE (CAST(?1 AS BIGINT) IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+        &format!(
+            "SELECT {} FROM audit
+             WHERE (CAST(?1 AS BIGINT) IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+            AUDIT.list()
+        ),
         &[
             before.into(),
             i64::try_from(limit).unwrap_or(i64::MAX).into(),
@@ -333,25 +365,17 @@ pub(crate) fn audit(
     )?;
     rows.iter()
         .map(|row| {
+            let mut row = AUDIT.reader(row, 0);
             Ok(AuditEntry {
-                id: row.int(0, "audit.id")?,
+                id: row.next()?,
                 refusal: Refusal {
-                    at: parse_time("audit", "at", &row.text(1, "audit.at")?)?,
-                    actor: row
-                        .opt_text(2)
-                        .map(|name| parse("audit", "actor", TokenName::parse(&name)))
-                        .transpose()?,
-                    template: row
-                        .opt_text(3)
-                        .map(|name| parse("audit", "template_name", TemplateName::parse(&name)))
-                        .transpose()?,
-                    region: row
-                        .opt_text(4)
-                        .map(|name| parse("audit", "region", Region::parse(&name)))
-                        .transpose()?,
-                    action: row.text(5, "audit.action")?,
-                    status: u16::try_from(row.int(6, "audit.status")?).unwrap_or(0),
-                    code: row.text(7, "audit.code")?,
+                    at: row.next()?,
+                    actor: row.next()?,
+                    template: row.next()?,
+                    region: row.next()?,
+                    action: row.next()?,
+                    status: row.next()?,
+                    code: row.next()?,
                 },
             })
         })
@@ -396,22 +420,14 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             change.notes.map(Notes::as_str).into(),
             change.actor.as_str().into(),
             change.action.as_str().into(),
-            format_time(change.at).into(),
+            format_time(change.at)?.into(),
             change.ci.run_url.as_ref().map(RunUrl::as_str).into(),
             change.ci.repository.as_ref().map(Label::as_str).into(),
             change.ci.workflow.as_ref().map(Label::as_str).into(),
             change.build_sequence.into(),
         ],
     )?;
-    let revision = inserted
-        .first()
-        .map(|row| row.int(0, "history.revision"))
-        .transpose()?
-        .ok_or_else(|| StoreError::Corrupt {
-            table: "history",
-            column: "revision",
-            reason: "the insert returned no revision".into(),
-        })?;
+    let revision: i64 = returned(&inserted, "history", "revision")?;
     let pin = PinRecord {
         template: change.template.clone(),
         region: change.region.clone(),
@@ -425,12 +441,13 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
     };
     db.execute(
         &format!(
-            "INSERT INTO pins ({PIN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO pins ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (template_name, region) DO UPDATE SET
                image_digest = excluded.image_digest, git_sha = excluded.git_sha,
                notes = excluded.notes, promoted_at = excluded.promoted_at,
                promoted_by = excluded.promoted_by, revision = excluded.revision,
-               build_sequence = excluded.build_sequence"
+               build_sequence = excluded.build_sequence",
+            PINS.list()
         ),
         &[
             pin.template.as_str().into(),
@@ -438,7 +455,7 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             pin.digest.as_str().into(),
             pin.git_sha.as_ref().map(GitSha::as_str).into(),
             pin.notes.as_ref().map(Notes::as_str).into(),
-            format_time(pin.promoted_at).into(),
+            format_time(pin.promoted_at)?.into(),
             pin.promoted_by.as_str().into(),
             pin.revision.into(),
             pin.build_sequence.into(),
@@ -447,240 +464,133 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
     Ok(pin)
 }
 
+/// The one value a `RETURNING` clause gave back.
+fn returned<T: crate::sql::Decode>(
+    rows: &[Row],
+    table: &'static str,
+    column: &'static str,
+) -> Result<T, StoreError> {
+    let row = rows.first().ok_or_else(|| StoreError::Corrupt {
+        table,
+        column,
+        reason: "the insert returned no row".into(),
+    })?;
+    row.get(0, table, column)
+}
+
 fn current_pin(
     db: &mut dyn Sql,
     template: &TemplateName,
     region: &Region,
 ) -> Result<Option<PinRecord>, StoreError> {
     db.query(
-        &format!("SELECT {PIN_COLUMNS} FROM pins WHERE template_name = ?1 AND region = ?2"),
+        &format!(
+            "SELECT {} FROM pins WHERE template_name = ?1 AND region = ?2",
+            PINS.list()
+        ),
         &[template.as_str().into(), region.as_str().into()],
     )?
     .first()
-    .map(read_pin)
+    .map(|row| read_pin(&mut PINS.reader(row, 0)))
     .transpose()
 }
 
 fn query_pins(db: &mut dyn Sql) -> Result<Vec<PinRecord>, StoreError> {
     db.query(
-        &format!("SELECT {PIN_COLUMNS} FROM pins ORDER BY template_name, region"),
+        &format!(
+            "SELECT {} FROM pins ORDER BY template_name, region",
+            PINS.list()
+        ),
         &[],
     )?
     .iter()
-    .map(read_pin)
+    .map(|row| read_pin(&mut PINS.reader(row, 0)))
     .collect()
 }
 
 fn query_runtimes(db: &mut dyn Sql) -> Result<Vec<RuntimeRecord>, StoreError> {
     db.query(
-        "SELECT name, image, pinnable FROM runtimes ORDER BY name",
+        &format!("SELECT {} FROM runtimes ORDER BY name", RUNTIMES.list()),
         &[],
     )?
     .iter()
     .map(|row| {
+        let mut row = RUNTIMES.reader(row, 0);
         Ok(RuntimeRecord {
-            name: parse(
-                "runtimes",
-                "name",
-                TemplateName::parse(&row.text(0, "runtimes.name")?),
-            )?,
-            repository: row
-                .opt_text(1)
-                .map(|image| parse("runtimes", "image", Repository::parse(&image)))
-                .transpose()?,
-            pinnable: row.int(2, "runtimes.pinnable")? != 0,
+            name: row.next()?,
+            repository: row.next()?,
+            pinnable: row.next()?,
         })
     })
     .collect()
 }
 
 fn query_tokens(db: &mut dyn Sql, active_only: bool) -> Result<Vec<TokenRecord>, StoreError> {
-    let sql = if active_only {
-        "SELECT name, scope, templates, secret_hash, created_at, revoked_at FROM tokens
-         WHERE revoked_at IS NULL ORDER BY id"
+    let filter = if active_only {
+        "WHERE revoked_at IS NULL"
     } else {
-        "SELECT name, scope, templates, secret_hash, created_at, revoked_at FROM tokens ORDER BY id"
+        ""
     };
-    db.query(sql, &[])?
-        .iter()
-        .map(|row| {
-            let templates = row
-                .opt_text(2)
-                .map(|list| {
-                    list.split(',')
-                        .map(|name| parse("tokens", "templates", TemplateName::parse(name)))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .transpose()?;
-            let secret_hash: [u8; 32] =
-                row.blob(3, "tokens.secret_hash")?
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt {
-                        table: "tokens",
-                        column: "secret_hash",
-                        reason: "not 32 bytes".into(),
-                    })?;
-            Ok(TokenRecord {
-                name: parse(
-                    "tokens",
-                    "name",
-                    TokenName::parse(&row.text(0, "tokens.name")?),
-                )?,
-                scope: parse(
-                    "tokens",
-                    "scope",
-                    Scope::parse(&row.text(1, "tokens.scope")?),
-                )?,
-                templates,
-                secret_hash,
-                created_at: parse_time("tokens", "created_at", &row.text(4, "tokens.created_at")?)?,
-                revoked_at: row
-                    .opt_text(5)
-                    .map(|at| parse_time("tokens", "revoked_at", &at))
-                    .transpose()?,
-            })
+    db.query(
+        &format!("SELECT {} FROM tokens {filter} ORDER BY id", TOKENS.list()),
+        &[],
+    )?
+    .iter()
+    .map(|row| {
+        let mut row = TOKENS.reader(row, 0);
+        Ok(TokenRecord {
+            name: row.next()?,
+            scope: row.next()?,
+            templates: row.next()?,
+            secret_hash: row.next()?,
+            created_at: row.next()?,
+            revoked_at: row.next()?,
         })
-        .collect()
+    })
+    .collect()
 }
 
-fn read_pin(row: &Row) -> Result<PinRecord, StoreError> {
-    read_pin_at(row, 0)
-}
-
-/// A pin from [`PIN_COLUMNS`] starting at column `at`.
-fn read_pin_at(row: &Row, at: usize) -> Result<PinRecord, StoreError> {
+/// A pin, from [`PINS`] in order.
+fn read_pin(row: &mut Reader<'_>) -> Result<PinRecord, StoreError> {
     Ok(PinRecord {
-        template: parse(
-            "pins",
-            "template_name",
-            TemplateName::parse(&row.text(at, "pins.template_name")?),
-        )?,
-        region: parse(
-            "pins",
-            "region",
-            Region::parse(&row.text(at + 1, "pins.region")?),
-        )?,
-        digest: parse(
-            "pins",
-            "image_digest",
-            Digest::parse(&row.text(at + 2, "pins.image_digest")?),
-        )?,
-        git_sha: row
-            .opt_text(at + 3)
-            .map(|sha| parse("pins", "git_sha", GitSha::parse(&sha)))
-            .transpose()?,
-        notes: row
-            .opt_text(at + 4)
-            .map(|notes| parse("pins", "notes", Notes::parse(&notes)))
-            .transpose()?,
-        promoted_at: parse_time(
-            "pins",
-            "promoted_at",
-            &row.text(at + 5, "pins.promoted_at")?,
-        )?,
-        promoted_by: parse(
-            "pins",
-            "promoted_by",
-            TokenName::parse(&row.text(at + 6, "pins.promoted_by")?),
-        )?,
-        revision: row.int(at + 7, "pins.revision")?,
-        build_sequence: row.opt_int(at + 8),
+        template: row.next()?,
+        region: row.next()?,
+        digest: row.next()?,
+        git_sha: row.next()?,
+        notes: row.next()?,
+        promoted_at: row.next()?,
+        promoted_by: row.next()?,
+        revision: row.next()?,
+        build_sequence: row.next()?,
     })
 }
 
-fn read_history(row: &Row) -> Result<HistoryEntry, StoreError> {
-    let label = |index: usize, column: &'static str| -> Result<Option<Label>, StoreError> {
-        row.opt_text(index)
-            .map(|value| parse("history", column, Label::parse(&value)))
-            .transpose()
-    };
-    let action = match row.text(8, "history.action")?.as_str() {
-        "promote" => Action::Promote,
-        "rollback" => Action::Rollback,
-        other => {
-            return Err(StoreError::Corrupt {
-                table: "history",
-                column: "action",
-                reason: format!("unknown action `{other}`"),
-            });
-        }
-    };
+/// A history entry, from [`HISTORY`] in order.
+fn read_history(row: &mut Reader<'_>) -> Result<HistoryEntry, StoreError> {
     Ok(HistoryEntry {
-        revision: row.int(0, "history.revision")?,
-        template: parse(
-            "history",
-            "template_name",
-            TemplateName::parse(&row.text(1, "history.template_name")?),
-        )?,
-        region: parse(
-            "history",
-            "region",
-            Region::parse(&row.text(2, "history.region")?),
-        )?,
-        from_digest: row
-            .opt_text(3)
-            .map(|digest| parse("history", "from_digest", Digest::parse(&digest)))
-            .transpose()?,
-        to_digest: parse(
-            "history",
-            "to_digest",
-            Digest::parse(&row.text(4, "history.to_digest")?),
-        )?,
-        git_sha: row
-            .opt_text(5)
-            .map(|sha| parse("history", "git_sha", GitSha::parse(&sha)))
-            .transpose()?,
-        notes: row
-            .opt_text(6)
-            .map(|notes| parse("history", "notes", Notes::parse(&notes)))
-            .transpose()?,
-        actor: parse(
-            "history",
-            "actor",
-            TokenName::parse(&row.text(7, "history.actor")?),
-        )?,
-        action,
-        at: parse_time("history", "at", &row.text(9, "history.at")?)?,
+        revision: row.next()?,
+        template: row.next()?,
+        region: row.next()?,
+        from_digest: row.next()?,
+        to_digest: row.next()?,
+        git_sha: row.next()?,
+        notes: row.next()?,
+        actor: row.next()?,
+        action: row.next()?,
+        at: row.next()?,
         ci: CiProvenance {
-            run_url: row
-                .opt_text(10)
-                .map(|url| parse("history", "ci_run_url", RunUrl::parse(&url)))
-                .transpose()?,
-            repository: label(11, "repository")?,
-            workflow: label(12, "workflow")?,
+            run_url: row.next()?,
+            repository: row.next()?,
+            workflow: row.next()?,
         },
-        build_sequence: row.opt_int(13),
+        build_sequence: row.next()?,
     })
 }
 
-fn parse<T>(
-    table: &'static str,
-    column: &'static str,
-    value: Result<T, pinion_core::ParseError>,
-) -> Result<T, StoreError> {
-    value.map_err(|err| StoreError::Corrupt {
-        table,
-        column,
-        reason: err.to_string(),
-    })
-}
-
-fn parse_time(
-    table: &'static str,
-    column: &'static str,
-    text: &str,
-) -> Result<OffsetDateTime, StoreError> {
-    OffsetDateTime::parse(text, &Rfc3339).map_err(|err| StoreError::Corrupt {
-        table,
-        column,
-        reason: err.to_string(),
-    })
-}
-
-/// RFC 3339 in UTC. Formatting a valid `OffsetDateTime` as RFC 3339 only
-/// fails for years outside 0..=9999, which a clock does not produce.
-fn format_time(at: OffsetDateTime) -> String {
+/// RFC 3339 in UTC. Fails only for years outside 0..=9999, which no clock
+/// produces; such a time is refused rather than stored as something else.
+fn format_time(at: OffsetDateTime) -> Result<String, StoreError> {
     at.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+        .map_err(|err| StoreError::Statement(format!("cannot store the time `{at}`: {err}")))
 }

@@ -1,9 +1,12 @@
 //! The rows the store reads and writes, as domain values.
 
 use pinion_core::{
-    Digest, GitSha, Label, Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName,
+    Digest, Expectation, GitSha, Label, Notes, Region, Repository, RunUrl, Scope, TemplateName,
+    TokenName,
 };
 use time::OffsetDateTime;
+
+use crate::sql::Decode;
 
 /// A pin: which digest a template runs in a region, and who put it there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,18 +60,6 @@ pub struct CiProvenance {
     pub run_url: Option<RunUrl>,
     pub repository: Option<Label>,
     pub workflow: Option<Label>,
-}
-
-/// What the caller believes the pin is at before it moves (compare-and-swap).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Expectation {
-    /// No belief: move whatever the pin is at.
-    #[default]
-    Any,
-    /// The pin must be at this digest.
-    Digest(Digest),
-    /// The pin must be at this revision (`If-Match`).
-    Revision(i64),
 }
 
 /// A request to move a pin, already validated and authorised.
@@ -155,6 +146,16 @@ impl Action {
     }
 }
 
+impl Decode for Action {
+    fn decode(value: &crate::sql::Value) -> Result<Self, String> {
+        match String::decode(value)?.as_str() {
+            "promote" => Ok(Action::Promote),
+            "rollback" => Ok(Action::Rollback),
+            other => Err(format!("unknown action `{other}`")),
+        }
+    }
+}
+
 /// One change of one pin. Appended in the same transaction as the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
@@ -214,24 +215,4 @@ pub struct Snapshot {
     pub runtimes: Vec<RuntimeRecord>,
     /// Active (unrevoked) tokens only.
     pub tokens: Vec<TokenRecord>,
-}
-
-/// One write for [`crate::Store::apply`].
-#[derive(Debug, Clone)]
-pub enum Write {
-    Promote(Promotion),
-    Rollback(Rollback),
-    PutRuntime(RuntimeRecord, OffsetDateTime),
-    /// A refused request for the audit log, keeping at most this many entries.
-    Refusal(Refusal, usize),
-}
-
-/// What a [`Write`] did, in the same order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    Promote(PromoteOutcome),
-    Rollback(RollbackOutcome),
-    /// True when the catalog entry was new.
-    PutRuntime(bool),
-    Refusal,
 }

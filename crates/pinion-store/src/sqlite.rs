@@ -94,8 +94,9 @@ impl Sqlite {
         // fsync the log before it returns, which is what a 2xx promises.
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            eprintln!(
-                "warning: SQLite journal mode is `{mode}`, not `wal`; reads will wait for writes"
+            tracing::warn!(
+                %mode,
+                "SQLite journal mode is not `wal`; reads will wait for writes"
             );
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;

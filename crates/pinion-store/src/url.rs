@@ -41,6 +41,26 @@ impl DatabaseUrl {
     }
 }
 
+impl DatabaseUrl {
+    /// Whether this names a SQLite file that does not exist (opening it
+    /// would create a new, empty database). Always false for PostgreSQL.
+    pub fn is_missing(&self) -> bool {
+        match self {
+            DatabaseUrl::Sqlite(path) => !path.exists(),
+            DatabaseUrl::Postgres(_) => false,
+        }
+    }
+
+    /// The SQLite file's path, for messages; `None` for PostgreSQL (whose
+    /// URL may carry a password and is never shown).
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            DatabaseUrl::Sqlite(path) => Some(path),
+            DatabaseUrl::Postgres(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

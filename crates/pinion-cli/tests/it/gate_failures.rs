@@ -89,7 +89,28 @@ fn missing_or_empty_token_fails_before_any_request() {
         ])
         .args(["--token-env", "CP_ADMIN_API_TOKEN"])
         .env("CP_ADMIN_API_TOKEN", "  "));
-    assert_red(&out, 2, "`CP_ADMIN_API_TOKEN` is unset or empty");
+    // The value of --token-env is never echoed: it may be a pasted secret.
+    assert_red(
+        &out,
+        2,
+        "the token variable named by --token-env is unset or empty",
+    );
+    assert!(!out.stderr.contains("CP_ADMIN_API_TOKEN"), "{out:?}");
+    assert_eq!(fault.count(), 0, "no request was sent");
+}
+
+/// A secret given as `--token-env` (a pasted token instead of a variable's
+/// name) is refused without being printed, before any request.
+#[test]
+fn a_token_given_as_the_token_variable_is_refused_and_never_printed() {
+    let fault = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let secret = format!("pinion_{}", "7e".repeat(32));
+    crate::support::register_secret(&secret);
+    let out = run(pinion()
+        .args(["promote", "--server", &fault.url()])
+        .args(["--template", "codex", "--digest", &digest(1)])
+        .args(["--token-env", &secret]));
+    assert_red(&out, 2, "--token-env takes the name of a variable");
     assert_eq!(fault.count(), 0, "no request was sent");
 }
 
@@ -358,8 +379,12 @@ fn one_failing_target_fails_the_command_but_the_other_is_promoted() {
         .env("PINION_TOKEN_PROD", &prod.read));
     assert_red(&out, 2, "promote failed on 1 of 2 targets: prod");
     assert!(
-        out.stdout.contains("prod: FAILED: server answered 403"),
+        out.stderr.contains("error: prod: server answered 403"),
         "{out:?}"
+    );
+    assert!(
+        !out.stdout.contains("prod"),
+        "a failure is printed once, on stderr: {out:?}"
     );
     assert!(out.stdout.contains("staging: moved"), "{out:?}");
     assert_eq!(
@@ -398,16 +423,104 @@ fn one_failing_target_fails_the_command_but_the_other_is_promoted() {
 fn a_target_whose_token_is_missing_stops_everything_before_any_request() {
     let env = Env::new();
     let fault = FaultServer::start(Fault::Answer(201, "application/json", "{}".into()));
+    let outputs = env.dir.path().join("github_output");
+    let summary = env.dir.path().join("step_summary");
     let out = run(pinion()
         .args(["promote", "--template", "codex", "--digest", &digest(1)])
         .args(["--target", &format!("staging={}", fault.url())])
         .args(["--target", &format!("prod={}", fault.url())])
-        .env("PINION_TOKEN_STAGING", "pinion_x"));
-    assert_red(
-        &out,
-        2,
-        "prod: the token variable `PINION_TOKEN_PROD` is unset or empty",
-    );
+        .args(["--target", &format!("dev={}", fault.url())])
+        .env("PINION_TOKEN_STAGING", "pinion_x")
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_OUTPUT", &outputs)
+        .env("GITHUB_STEP_SUMMARY", &summary));
+    assert_eq!(out.code, 2, "{out:?}");
+    for target in ["prod", "dev"] {
+        let variable = format!("PINION_TOKEN_{}", target.to_uppercase());
+        assert!(
+            out.stderr.contains(&format!(
+                "error: {target}: the token variable `{variable}` is unset or empty"
+            )),
+            "every target's problem is named: {out:?}"
+        );
+    }
     assert_eq!(fault.count(), 0);
+    // Pipelines see which targets failed, and that nothing was attempted.
+    let outputs = std::fs::read_to_string(&outputs).unwrap();
+    assert!(outputs.contains("failed_targets=prod,dev\n"), "{outputs}");
+    assert!(outputs.contains("attempted=false\n"), "{outputs}");
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        summary.contains("| prod |") && summary.contains("| dev |"),
+        "{summary}"
+    );
+    assert!(!summary.contains("| staging |"), "{summary}");
     drop(env);
+}
+
+/// Two rows for the same template and region is an answer that cannot be
+/// trusted: verify refuses it (exit 2) instead of believing the first.
+#[test]
+fn verify_refuses_a_list_with_two_rows_for_one_pin() {
+    let row = |digest: &str| {
+        format!(
+            r#"{{"template_name":"codex","region":"global","image_digest":"{digest}","image_ref":null,"git_sha":null,"notes":null,"promoted_at":"2026-01-01T00:00:00Z","promoted_by":"ci","revision":1,"build_sequence":null}}"#
+        )
+    };
+    let body = format!(r#"{{"pins":[{},{}]}}"#, row(&digest(1)), row(&digest(2)));
+    let fault = FaultServer::start(Fault::Answer(200, "application/json", body));
+    let out = run(pinion()
+        .args(["verify", "--server", &fault.url()])
+        .args(["--template", "codex", "--digest", &digest(1)])
+        .env("PINION_TOKEN", "pinion_x"));
+    assert_red(&out, 2, "several rows for `codex`/`global`");
+}
+
+/// Failures are printed once, on stderr; stdout carries only what went well.
+#[test]
+fn a_failure_is_printed_once_on_stderr() {
+    let fault = FaultServer::start(Fault::Answer(
+        403,
+        "application/json",
+        r#"{"error":{"code":"forbidden","message":"no"}}"#.into(),
+    ));
+    let out = promote_to(&fault.url(), Some("pinion_x"), "codex", &digest(1));
+    assert_red(&out, 2, "server answered 403 forbidden: no");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert_eq!(out.stderr.matches("403").count(), 1, "{out:?}");
+}
+
+/// A reader that goes away (`pinion history | head -1`) ends the output,
+/// not the process with a panic.
+#[test]
+fn a_closed_stdout_does_not_panic() {
+    let fixture = Fixture::new();
+    for n in 1..=30 {
+        let out = promote_to(
+            &fixture.server.url(),
+            Some(&fixture.promote),
+            "codex",
+            &digest(n),
+        );
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let mut child = pinion()
+        .args([
+            "history",
+            "--server",
+            &fixture.server.url(),
+            "--limit",
+            "30",
+        ])
+        .env("PINION_TOKEN", &fixture.read)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end at once: every write the command makes fails.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
 }

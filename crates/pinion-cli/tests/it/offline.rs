@@ -67,3 +67,44 @@ fn templates_added_offline_take_effect_live() {
         format!("localhost:5000/claude-code@{}", digest(1))
     );
 }
+
+/// An offline command never quietly makes a new, empty database: the first
+/// `template add` says it created one, and reads refuse a missing one.
+#[test]
+fn a_new_database_is_announced_and_a_missing_one_is_not_made_by_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("new.db").display());
+    for read in [vec!["token", "list"], vec!["token", "revoke", "ci"]] {
+        let out = crate::support::run(
+            crate::support::pinion()
+                .args(&read)
+                .args(["--database", &url]),
+        );
+        assert_eq!(out.code, 2, "{read:?}: {out:?}");
+        assert!(out.reason().contains("no database at"), "{out:?}");
+        assert!(
+            !dir.path().join("new.db").exists(),
+            "{read:?} made a database"
+        );
+    }
+    let add = |name: &str| {
+        crate::support::run(crate::support::pinion().args([
+            "template",
+            "add",
+            name,
+            "--repository",
+            "localhost:5000/x",
+            "--database",
+            &url,
+        ]))
+    };
+    let first = add("codex");
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.stderr.contains("created new database"), "{first:?}");
+    let second = add("hermes");
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(
+        !second.stderr.contains("created new database"),
+        "{second:?}"
+    );
+}

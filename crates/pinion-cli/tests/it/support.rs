@@ -121,6 +121,10 @@ impl Env {
         }
     }
 
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
     /// A PostgreSQL database, whatever engine the suite runs on.
     pub fn postgres() -> Env {
         let admin = postgres_admin_url();

@@ -11,7 +11,7 @@ use pinion_store::RuntimeRecord;
 
 use super::{Attempt, audited, now, optional_field, parse_field, read_json, runtime_body};
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Field};
 use crate::state::AppState;
 
 pub async fn list_runtimes(
@@ -55,10 +55,10 @@ async fn put_runtime_inner(
 ) -> Result<Response, ApiError> {
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Admin)?;
-    let name = parse_field("template_name", TemplateName::parse(name))?;
+    let name = parse_field(Field::TemplateName, TemplateName::parse(name))?;
     attempt.template = Some(name.clone());
     let update: RuntimeUpdate = read_json(body, state.settings().body_limit).await?;
-    let repository = optional_field("image", update.image.as_deref(), Repository::parse)?;
+    let repository = optional_field(Field::Image, update.image.as_deref(), Repository::parse)?;
     caller.require_template(&name)?;
     let runtime = RuntimeRecord {
         name,

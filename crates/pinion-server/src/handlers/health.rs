@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use pinion_api::Health;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::state::AppState;
 
 pub async fn healthz() -> Json<Health> {
@@ -15,13 +15,7 @@ pub async fn healthz() -> Json<Health> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    let unavailable = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the database is not reachable",
-        )
-    };
+    let unavailable = || ApiError::new(Code::StoreUnavailable, "the database is not reachable");
     let ping = tokio::task::spawn_blocking(move || state.ping());
     match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
         Ok(Ok(Ok(()))) => Ok(Json(Health {

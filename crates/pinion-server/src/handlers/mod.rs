@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code, Field};
 use crate::state::AppState;
 use crate::view::View;
 
@@ -57,11 +57,11 @@ impl Attempt {
         template: &str,
         region: Option<&str>,
     ) -> Result<(TemplateName, Region), ApiError> {
-        let template = parse_field("template_name", TemplateName::parse(template))?;
+        let template = parse_field(Field::TemplateName, TemplateName::parse(template))?;
         self.template = Some(template.clone());
         let region = match region {
             None => Region::global(),
-            Some(region) => parse_field("region", Region::parse(region))?,
+            Some(region) => parse_field(Field::Region, Region::parse(region))?,
         };
         self.region = Some(region.clone());
         Ok((template, region))
@@ -83,7 +83,7 @@ async fn audited(
     result: Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     let Err(error) = &result else { return result };
-    let audited_status = matches!(error.status.as_u16(), 401 | 403 | 409 | 422);
+    let audited_status = matches!(error.status().as_u16(), 401 | 403 | 409 | 422);
     if audited_status {
         let refusal = Refusal {
             at: now(),
@@ -91,12 +91,12 @@ async fn audited(
             template: attempt.template,
             region: attempt.region,
             action: attempt.action.to_owned(),
-            status: error.status.as_u16(),
-            code: error.code.to_owned(),
+            status: error.status().as_u16(),
+            code: error.code.as_str().to_owned(),
         };
         if let Err(err) = state.record_refusal(refusal).await {
             tracing::warn!(
-                code = err.code,
+                code = err.code.as_str(),
                 "could not record a refusal in the audit log"
             );
         }
@@ -109,8 +109,7 @@ async fn audited(
 async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            Code::PayloadTooLarge,
             format!("the request body is larger than {limit} bytes or could not be read"),
         )
     })?;
@@ -118,25 +117,23 @@ async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, A
         use serde_json::error::Category;
         match err.classify() {
             Category::Data => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                Code::InvalidRequest,
                 format!("the request body has the wrong shape: {err}"),
             ),
             Category::Syntax | Category::Eof | Category::Io => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
+                Code::MalformedJson,
                 format!("the request body is not valid JSON: {err}"),
             ),
         }
     })
 }
 
-fn parse_field<T>(field: &'static str, value: Result<T, ParseError>) -> Result<T, ApiError> {
+fn parse_field<T>(field: Field, value: Result<T, ParseError>) -> Result<T, ApiError> {
     value.map_err(|err| ApiError::invalid(field, &err))
 }
 
 fn optional_field<T>(
-    field: &'static str,
+    field: Field,
     value: Option<&str>,
     parse: impl Fn(&str) -> Result<T, ParseError>,
 ) -> Result<Option<T>, ApiError> {
@@ -303,13 +300,13 @@ impl<'a> Query<'a> {
 
     fn template(&self) -> Result<Option<TemplateName>, ApiError> {
         self.non_empty("template_name")
-            .map(|value| parse_field("template_name", TemplateName::parse(&value)))
+            .map(|value| parse_field(Field::TemplateName, TemplateName::parse(&value)))
             .transpose()
     }
 
     fn region(&self) -> Result<Option<Region>, ApiError> {
         self.non_empty("region")
-            .map(|value| parse_field("region", Region::parse(&value)))
+            .map(|value| parse_field(Field::Region, Region::parse(&value)))
             .transpose()
     }
 
@@ -323,8 +320,7 @@ impl<'a> Query<'a> {
                     .filter(|number| (1..=max).contains(number))
                     .ok_or_else(|| {
                         ApiError::new(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "invalid_request",
+                            Code::InvalidRequest,
                             format!("`{key}` must be a whole number from 1 to {max}"),
                         )
                     })

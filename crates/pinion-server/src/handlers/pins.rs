@@ -19,7 +19,7 @@ use super::{
 };
 use crate::RegistryCheck;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code, Field};
 use crate::state::AppState;
 use crate::view::View;
 
@@ -45,31 +45,37 @@ async fn promote_inner(
     caller.require(Scope::Promote)?;
     let request: PromoteRequest = read_json(body, state.settings().body_limit).await?;
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
-    let digest = parse_field("image_digest", Digest::parse(&request.image_digest))?;
-    let git_sha = optional_field("git_sha", request.git_sha.as_deref(), GitSha::parse)?;
-    let notes = optional_field("notes", request.notes.as_deref(), Notes::parse)?;
+    let digest = parse_field(Field::ImageDigest, Digest::parse(&request.image_digest))?;
+    let git_sha = optional_field(Field::GitSha, request.git_sha.as_deref(), GitSha::parse)?;
+    let notes = optional_field(Field::Notes, request.notes.as_deref(), Notes::parse)?;
     let expected = optional_field(
-        "expected_digest",
+        Field::ExpectedDigest,
         request.expected_digest.as_deref(),
         Digest::parse,
     )?;
     let ci = CiProvenance {
-        run_url: optional_field("ci_run_url", request.ci_run_url.as_deref(), RunUrl::parse)?,
-        repository: optional_field("repository", request.repository.as_deref(), Label::parse)?,
-        workflow: optional_field("workflow", request.workflow.as_deref(), Label::parse)?,
+        run_url: optional_field(
+            Field::CiRunUrl,
+            request.ci_run_url.as_deref(),
+            RunUrl::parse,
+        )?,
+        repository: optional_field(
+            Field::Repository,
+            request.repository.as_deref(),
+            Label::parse,
+        )?,
+        workflow: optional_field(Field::Workflow, request.workflow.as_deref(), Label::parse)?,
     };
     if request.build_sequence.is_some_and(|sequence| sequence < 0) {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_build_sequence",
+            Code::InvalidBuildSequence,
             "`build_sequence` must not be negative",
         ));
     }
     let expect = match (expected, if_match(headers)?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                Code::InvalidRequest,
                 "give `expected_digest` or `If-Match`, not both",
             ));
         }
@@ -79,8 +85,7 @@ async fn promote_inner(
     };
     if state.settings().require_provenance && (git_sha.is_none() || ci.run_url.is_none()) {
         return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "provenance_required",
+            Code::ProvenanceRequired,
             "this control plane requires `git_sha` and `ci_run_url` on every promotion",
         ));
     }
@@ -114,17 +119,13 @@ async fn promote_inner(
             Ok(pin_answer(StatusCode::CREATED, &view, &pin))
         }
         PromoteOutcome::Unchanged { pin } => Ok(pin_answer(StatusCode::OK, &view, &pin)),
-        PromoteOutcome::UnknownTemplate => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_template",
+        PromoteOutcome::UnknownTemplate => Err(ApiError::new(Code::UnknownTemplate,
             format!(
                 "template `{0}` is not in the catalog; add it with `PUT /cp/admin/runtimes/{0}` or `pinion template add`",
                 requested.template
             ),
         )),
-        PromoteOutcome::NotPinnable => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "template_not_pinnable",
+        PromoteOutcome::NotPinnable => Err(ApiError::new(Code::TemplateNotPinnable,
             format!(
                 "template `{}` is marked not pinnable in the catalog",
                 requested.template
@@ -140,9 +141,7 @@ async fn promote_inner(
                 Expectation::Revision(revision) => format!("revision {revision}"),
                 Expectation::Any => "anything".to_owned(),
             };
-            Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "pin_conflict",
+            Err(ApiError::new(Code::PinConflict,
                 format!(
                     "pin for `{}`/`{}` {now_at}, not at the expected {expected}; nothing was changed",
                     requested.template, requested.region
@@ -150,9 +149,7 @@ async fn promote_inner(
             )
             .with_pin(current.as_ref().map(|pin| pin_body(&view, pin))))
         }
-        PromoteOutcome::StaleBuild { current } => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stale_build",
+        PromoteOutcome::StaleBuild { current } => Err(ApiError::new(Code::StaleBuild,
             format!(
                 "pin for `{}`/`{}` was promoted by build {}; build {} is older (send `force` to override)",
                 requested.template,
@@ -185,8 +182,7 @@ async fn check_registry(
     let Some(repository) = runtime.repository.clone() else {
         if require {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "no_repository",
+                Code::NoRepository,
                 format!(
                     "template `{template}` has no repository in the catalog, so the digest cannot be checked"
                 ),
@@ -198,8 +194,7 @@ async fn check_registry(
     match state.registry().exists(&repository, digest).await {
         Ok(true) => Ok(()),
         Ok(false) if require => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "digest_not_in_registry",
+            Code::DigestNotInRegistry,
             format!("`{repository}@{digest}` does not exist in the registry; nothing was changed"),
         )),
         Ok(false) => {
@@ -209,8 +204,7 @@ async fn check_registry(
         Err(err) if require => {
             tracing::warn!(%repository, error = %err, "registry check failed");
             Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "registry_unavailable",
+                Code::RegistryUnavailable,
                 format!("could not confirm the digest: {err}; nothing was changed"),
             ))
         }
@@ -255,8 +249,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .map(Some)
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_if_match",
+                Code::InvalidIfMatch,
                 "`If-Match` must be a pin revision in quotes, as the `ETag` of a promote answer",
             )
         })
@@ -282,8 +275,8 @@ async fn rollback_inner(
     caller.require(Scope::Promote)?;
     let request: RollbackRequest = read_json(body, state.settings().body_limit).await?;
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
-    let to = optional_field("to_digest", request.to_digest.as_deref(), Digest::parse)?;
-    let notes = optional_field("notes", request.notes.as_deref(), Notes::parse)?;
+    let to = optional_field(Field::ToDigest, request.to_digest.as_deref(), Digest::parse)?;
+    let notes = optional_field(Field::Notes, request.notes.as_deref(), Notes::parse)?;
     caller.require_template(&template)?;
     let rollback = Rollback {
         template: template.clone(),
@@ -304,18 +297,15 @@ async fn rollback_inner(
         }
         RollbackOutcome::Unchanged { pin } => Ok(pin_answer(StatusCode::OK, &view, &pin)),
         RollbackOutcome::NoPin => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "runtime_pin_missing",
+            Code::RuntimePinMissing,
             format!("no pin for {what} to roll back"),
         )),
         RollbackOutcome::NoPrevious => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "nothing_to_roll_back",
+            Code::NothingToRollBack,
             format!("the pin for {what} has no earlier digest in its history"),
         )),
         RollbackOutcome::NotInHistory => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "digest_not_in_history",
+            Code::DigestNotInHistory,
             format!("the pin for {what} never pointed at that digest; promote it instead"),
         )),
     }
@@ -379,7 +369,7 @@ pub async fn resolve(
     let (parts, caller) = reader(&state, request)?;
     let query = Query::parse(parts.uri.query());
     let template = parse_field(
-        "template_name",
+        Field::TemplateName,
         TemplateName::parse(query.get("template_name").as_deref().unwrap_or_default()),
     )?;
     let region = query.region()?.unwrap_or_default();
@@ -401,8 +391,7 @@ pub async fn resolve(
     };
     let missing = || {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "runtime_pin_missing",
+            Code::RuntimePinMissing,
             format!("no pin for template `{template}` in region `{region}` nor in `global`"),
         )
     };

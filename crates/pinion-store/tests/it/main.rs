@@ -6,8 +6,7 @@
 use pinion_core::{Digest, Region, Repository, Scope, TemplateName, TokenName};
 use pinion_store::{
     Action, CiProvenance, DatabaseUrl, Expectation, HistoryQuery, NewToken, PromoteOutcome,
-    Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError, Write,
-    Written,
+    Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -620,20 +619,25 @@ fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
         inject_failure(&db, &digest(66));
 
         let batch = [
-            Write::Promote(promotion("codex", "global", digest(2))),
-            Write::Promote(promotion("hermes", "global", digest(66))),
-            Write::Promote(promotion("codex", "eu-west-1", digest(3))),
+            promotion("codex", "global", digest(2)),
+            promotion("hermes", "global", digest(66)),
+            promotion("codex", "eu-west-1", digest(3)),
         ];
-        let results = store.apply(&batch).unwrap();
-        assert!(matches!(
-            results[0],
-            Ok(Written::Promote(PromoteOutcome::Moved { .. }))
-        ));
-        assert!(results[1].is_err(), "{:?}", results[1]);
-        assert!(matches!(
-            results[2],
-            Ok(Written::Promote(PromoteOutcome::Moved { .. }))
-        ));
+        let results = store
+            .batch(batch.len(), |writes| {
+                batch
+                    .iter()
+                    .map(|promotion| writes.promote(promotion))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert!(matches!(results[0], Ok(PromoteOutcome::Moved { .. })));
+        assert!(
+            matches!(&results[1], Err(err) if !err.is_unavailable()),
+            "a failed statement is a bug, not an outage: {:?}",
+            results[1]
+        );
+        assert!(matches!(results[2], Ok(PromoteOutcome::Moved { .. })));
         assert_eq!(pinned(&mut store, "codex", "global"), Some(digest(2)));
         assert_eq!(pinned(&mut store, "codex", "eu-west-1"), Some(digest(3)));
         assert_eq!(pinned(&mut store, "hermes", "global"), Some(digest(1)));
@@ -645,19 +649,17 @@ fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
         assert_eq!(history(&mut store, "codex").len(), 3);
 
         // Alone: the whole transaction goes, history entry included.
-        let alone = store.apply(&[Write::Promote(promotion("hermes", "global", digest(66)))]);
-        match alone {
-            Err(_) => {}
-            Ok(results) => assert!(results[0].is_err(), "{results:?}"),
-        }
+        let alone = store.batch(1, |writes| {
+            writes.promote(&promotion("hermes", "global", digest(66)))
+        });
+        assert!(alone.is_err(), "{alone:?}");
         assert_eq!(pinned(&mut store, "hermes", "global"), Some(digest(1)));
         assert_eq!(history(&mut store, "hermes").len(), 1);
         // And the store goes on writing.
-        let next = store.apply(&[Write::Promote(promotion("hermes", "global", digest(4)))]);
-        assert!(matches!(
-            next.unwrap()[0],
-            Ok(Written::Promote(PromoteOutcome::Moved { .. }))
-        ));
+        let next = store.batch(1, |writes| {
+            writes.promote(&promotion("hermes", "global", digest(4)))
+        });
+        assert!(matches!(next, Ok(Ok(PromoteOutcome::Moved { .. }))));
         assert_eq!(history(&mut store, "hermes").len(), 2);
     }
 }

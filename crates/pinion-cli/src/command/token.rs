@@ -1,23 +1,20 @@
-//! Offline administration: tokens and catalog entries written straight into
-//! the database. A running server picks the change up within its reload
-//! interval.
+//! `pinion token create|list|revoke`: tokens written straight into the
+//! database. A running server picks the change up within its reload
+//! interval. Only the secret's SHA-256 is stored.
 
 use anyhow::{Context, bail};
-use pinion_core::{Repository, Scope, TemplateName, TokenName};
+use pinion_core::{Scope, TemplateName, TokenName};
 use pinion_server::token;
-use pinion_store::{DatabaseUrl, NewToken, RuntimeRecord, Store};
+use pinion_store::NewToken;
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cli::{Format, TemplateCommand, TokenCommand};
+use super::template::{open_existing, open_or_create};
+use crate::cli::{Format, TokenCommand};
+use crate::output;
 
-fn open(url: &str) -> anyhow::Result<Store> {
-    let url = DatabaseUrl::parse(url)?;
-    Store::open(&url).context("could not open the database")
-}
-
-pub fn token(command: TokenCommand) -> anyhow::Result<()> {
+pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create {
             name,
@@ -38,7 +35,7 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                         .context("--template")?,
                 )
             };
-            let mut store = open(&database.database)?;
+            let mut store = open_or_create(&database.database)?;
             let secret = token::generate()
                 .map_err(|err| anyhow::anyhow!("the system random source failed: {err}"))?;
             store.create_token(&NewToken {
@@ -48,14 +45,18 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                 secret_hash: secret.hash,
                 created_at: OffsetDateTime::now_utc(),
             })?;
-            println!("{}", secret.secret);
+            if !output::line(&secret.secret) {
+                bail!(
+                    "the secret could not be written to stdout; token `{name}` was created, revoke it"
+                );
+            }
             eprintln!(
                 "created token `{name}` with scope `{scope}`; the secret above is shown only once"
             );
             Ok(())
         }
         TokenCommand::List { format, database } => {
-            let mut store = open(&database.database)?;
+            let mut store = open_existing(&database.database)?;
             let tokens = store.tokens()?;
             #[derive(Serialize)]
             struct Listed {
@@ -65,6 +66,7 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                 created_at: String,
                 revoked_at: Option<String>,
             }
+            let time = |at: OffsetDateTime| at.format(&Rfc3339).unwrap_or_else(|_| at.to_string());
             let listed: Vec<Listed> = tokens
                 .iter()
                 .map(|token| Listed {
@@ -74,35 +76,35 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                         .templates
                         .as_ref()
                         .map(|names| names.iter().map(ToString::to_string).collect()),
-                    created_at: token.created_at.format(&Rfc3339).unwrap_or_default(),
-                    revoked_at: token.revoked_at.and_then(|at| at.format(&Rfc3339).ok()),
+                    created_at: time(token.created_at),
+                    revoked_at: token.revoked_at.map(time),
                 })
                 .collect();
             match format {
-                Format::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "tokens": listed }))?
-                ),
+                Format::Json => {
+                    output::json(&serde_json::json!({ "tokens": listed }));
+                }
                 Format::Human => {
-                    println!(
+                    let mut open = output::line(&format!(
                         "{:<24} {:<8} {:<24} {:<28} status",
                         "name", "scope", "templates", "created"
-                    );
+                    ));
                     for token in &listed {
-                        println!(
-                            "{:<24} {:<8} {:<24} {:<28} {}",
-                            token.name,
-                            token.scope,
-                            token
-                                .templates
-                                .as_ref()
-                                .map_or("(all)".to_owned(), |names| names.join(",")),
-                            token.created_at,
-                            token
-                                .revoked_at
-                                .as_ref()
-                                .map_or("active".to_owned(), |at| format!("revoked {at}"))
-                        );
+                        open = open
+                            && output::line(&format!(
+                                "{:<24} {:<8} {:<24} {:<28} {}",
+                                token.name,
+                                token.scope,
+                                token
+                                    .templates
+                                    .as_ref()
+                                    .map_or("(all)".to_owned(), |names| names.join(",")),
+                                token.created_at,
+                                token
+                                    .revoked_at
+                                    .as_ref()
+                                    .map_or("active".to_owned(), |at| format!("revoked {at}"))
+                            ));
                     }
                 }
             }
@@ -110,37 +112,11 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::Revoke { name, database } => {
             let name = TokenName::parse(&name).context("token name")?;
-            let mut store = open(&database.database)?;
+            let mut store = open_existing(&database.database)?;
             if !store.revoke_token(&name, OffsetDateTime::now_utc())? {
                 bail!("no active token named `{name}`");
             }
             eprintln!("revoked token `{name}`");
-            Ok(())
-        }
-    }
-}
-
-pub fn template(command: TemplateCommand) -> anyhow::Result<()> {
-    match command {
-        TemplateCommand::Add {
-            name,
-            repository,
-            not_pinnable,
-            database,
-        } => {
-            let runtime = RuntimeRecord {
-                name: TemplateName::parse(&name).context("template name")?,
-                repository: Some(Repository::parse(&repository).context("--repository")?),
-                pinnable: !not_pinnable,
-            };
-            let mut store = open(&database.database)?;
-            let created = store.put_runtime(&runtime, OffsetDateTime::now_utc())?;
-            eprintln!(
-                "{} template `{}` with repository `{}`",
-                if created { "added" } else { "updated" },
-                runtime.name,
-                repository
-            );
             Ok(())
         }
     }

@@ -1,18 +1,22 @@
-//! `pinion digest`: what an image reference points at, from the registry.
+//! `pinion digest`: what an image reference points at, from the registry;
+//! and the registry settings every registry-facing command shares.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use pinion_registry::{Credentials, ImageName, Platform, Registry, RegistrySettings};
 
 use crate::ExitCode;
 use crate::cli::{DigestArgs, RegistryArgs};
+use crate::output;
 
 /// Registry settings from flags and the docker config file.
 pub fn settings(args: &RegistryArgs) -> Result<RegistrySettings, String> {
     if args.registry_timeout == 0 || args.registry_timeout > 600 {
         return Err("--registry-timeout must be from 1 to 600 seconds".into());
     }
-    let credentials = Credentials::from_environment().map_err(|err| err.to_string())?;
+    let credentials =
+        Credentials::from_first_file(credential_files()).map_err(|err| err.to_string())?;
     Ok(RegistrySettings {
         timeout: Duration::from_secs(args.registry_timeout),
         insecure_hosts: args
@@ -26,10 +30,24 @@ pub fn settings(args: &RegistryArgs) -> Result<RegistrySettings, String> {
     })
 }
 
-pub async fn digest(args: DigestArgs) -> ExitCode {
+/// Where `docker login`, `skopeo login` and `podman login` keep
+/// credentials, in the order they are looked for.
+fn credential_files() -> Vec<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    [
+        var("REGISTRY_AUTH_FILE").map(PathBuf::from),
+        var("DOCKER_CONFIG").map(|dir| PathBuf::from(dir).join("config.json")),
+        var("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+pub async fn run(args: DigestArgs) -> ExitCode {
     match resolve(&args).await {
         Ok(digest) => {
-            println!("{digest}");
+            output::line(&digest);
             ExitCode::Success
         }
         Err(reason) => {

@@ -6,15 +6,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use pinion_api::{DriftReport, PinList, RuntimeList};
-use pinion_core::{Digest, DriftStatus, Repository};
+use pinion_core::{Digest, DriftStatus, PinnedDigest, Repository, template_rows};
 use pinion_registry::{Registry, Tag, TagAnswer, resolve_tags};
 use serde::Serialize;
 
+use super::connect;
 use crate::ExitCode;
 use crate::actions;
 use crate::cli::{DriftArgs, Format};
-use crate::client::{Client, Target};
-use crate::gate::{environment, parse_targets, timeout};
+use crate::client::{Client, ClientError};
+use crate::output;
+use crate::report;
+use crate::target::{Preflight, Target};
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -67,22 +70,19 @@ struct Fetched {
 /// Registry lookups at once.
 const CONCURRENCY: usize = 16;
 
-pub async fn drift(args: DriftArgs) -> ExitCode {
+pub async fn run(args: DriftArgs) -> ExitCode {
     let prepared = (|| {
         let tag = Tag::parse(&args.tag).map_err(|err| format!("--tag: {err}"))?;
-        let targets = parse_targets(&args.remote, &environment)?;
-        let client = Client::new(timeout(&args.remote)?)?;
-        let registry = Registry::new(crate::registry::settings(&args.registry)?)
+        let registry = Registry::new(super::digest::settings(&args.registry)?)
             .map_err(|err| err.to_string())?;
-        Ok::<_, String>((tag, targets, client, registry))
+        Ok::<_, String>((tag, registry))
     })();
-    let (tag, targets, client, registry) = match prepared {
+    let prepared = prepared
+        .map_err(Preflight::general)
+        .and_then(|prepared| Ok((prepared, connect(&args.remote)?)));
+    let ((tag, registry), (targets, client)) = match prepared {
         Ok(prepared) => prepared,
-        Err(reason) => {
-            eprintln!("error: {reason}");
-            actions::error_annotation(&format!("pinion drift: {reason}"));
-            return ExitCode::Error;
-        }
+        Err(preflight) => return report::preflight_failed("drift", &preflight),
     };
     let mut fetched = Vec::new();
     for target in &targets {
@@ -134,7 +134,7 @@ pub async fn drift(args: DriftArgs) -> ExitCode {
     }
 }
 
-async fn fetch(client: &Client, target: &Target) -> Result<Fetched, String> {
+async fn fetch(client: &Client, target: &Target) -> Result<Fetched, ClientError> {
     let catalog: RuntimeList = client.get_json(target, "cp/runtimes").await?;
     let pins: PinList = client.get_json(target, "cp/admin/runtime-image").await?;
     let watched = client
@@ -150,7 +150,7 @@ async fn fetch(client: &Client, target: &Target) -> Result<Fetched, String> {
 
 type Answers = HashMap<Repository, TagAnswer>;
 
-fn rows(target: &Target, fetched: Result<Fetched, String>, answers: &Answers) -> TargetDrift {
+fn rows(target: &Target, fetched: Result<Fetched, ClientError>, answers: &Answers) -> TargetDrift {
     let mut result = TargetDrift {
         target: target.name.clone(),
         server: target.base.to_string(),
@@ -164,52 +164,63 @@ fn rows(target: &Target, fetched: Result<Fetched, String>, answers: &Answers) ->
         watched,
     } = match fetched {
         Ok(fetched) => fetched,
-        Err(reason) => {
+        Err(err) => {
             result.ok = false;
-            result.error = Some(reason);
+            result.error = Some(err.to_string());
             return result;
         }
     };
     for runtime in &catalog.runtimes {
-        let Some(repository) = runtime
-            .image
-            .as_deref()
-            .and_then(|image| Repository::parse(image).ok())
-        else {
+        // A template without a repository has no tag to compare with.
+        let Some(image) = runtime.image.as_deref() else {
             continue;
         };
-        let answer = answers
-            .get(&repository)
-            .cloned()
-            .unwrap_or_else(|| Err("the lookup did not finish".to_owned()));
-        let template_pins: Vec<_> = pins
+        let repository = match Repository::parse(image) {
+            Ok(repository) => repository,
+            Err(err) => {
+                result.ok = false;
+                result.pins.push(Row {
+                    template_name: runtime.name.clone(),
+                    region: "global".to_owned(),
+                    image_digest: None,
+                    tag_digest: None,
+                    status: DriftStatus::Error.as_str().to_owned(),
+                    behind_seconds: None,
+                    promoted_at: None,
+                    error: Some(format!("the catalog's repository cannot be read: {err}")),
+                });
+                continue;
+            }
+        };
+        let answer = answers.get(&repository);
+        let template_pins: Vec<&pinion_api::Pin> = pins
             .pins
             .iter()
             .filter(|pin| pin.template_name == runtime.name)
             .collect();
-        let rows: Vec<(Option<&pinion_api::Pin>, String)> = if template_pins.is_empty() {
-            vec![(None, "global".to_owned())]
-        } else {
-            template_pins
-                .into_iter()
-                .map(|pin| (Some(pin), pin.region.clone()))
-                .collect()
-        };
-        for (pin, region) in rows {
-            let pinned = pin.and_then(|pin| Digest::parse(&pin.image_digest).ok());
-            let (status, tag_digest, error) = match &answer {
-                Ok(tag_digest) => (
-                    DriftStatus::classify(pinned.as_ref(), tag_digest.as_ref())
-                        .as_str()
-                        .to_owned(),
-                    tag_digest.as_ref().map(ToString::to_string),
-                    None,
-                ),
-                Err(reason) => ("error".to_owned(), None, Some(reason.clone())),
-            };
-            if status == "error" {
+        // A digest the server sent that does not parse is an error row: the
+        // check could not be made, so it must not pass as "unpinned".
+        let parsed: Vec<Result<Digest, String>> = template_pins
+            .iter()
+            .map(|pin| Digest::parse(&pin.image_digest).map_err(|err| err.to_string()))
+            .collect();
+        let inputs: Vec<PinnedDigest<'_, &pinion_api::Pin>> = template_pins
+            .iter()
+            .zip(&parsed)
+            .map(|(pin, digest)| PinnedDigest {
+                key: *pin,
+                digest: digest.as_ref().map_err(String::as_str),
+            })
+            .collect();
+        let not_finished: TagAnswer = Err("the lookup did not finish".to_owned());
+        for row in template_rows(&inputs, Some(answer.unwrap_or(&not_finished))) {
+            if row.status == DriftStatus::Error {
                 result.ok = false;
             }
+            let region = row
+                .key
+                .map_or_else(|| "global".to_owned(), |pin| pin.region.clone());
+            let tag_digest = row.tag_digest.map(ToString::to_string);
             let behind_seconds = watched.as_ref().and_then(|report| {
                 report
                     .pins
@@ -225,12 +236,15 @@ fn rows(target: &Target, fetched: Result<Fetched, String>, answers: &Answers) ->
             result.pins.push(Row {
                 template_name: runtime.name.clone(),
                 region,
-                image_digest: pinned.map(|digest| digest.to_string()),
+                image_digest: row
+                    .pinned
+                    .map(ToString::to_string)
+                    .or_else(|| row.key.map(|pin| pin.image_digest.clone())),
                 tag_digest,
-                status,
+                status: row.status.as_str().to_owned(),
                 behind_seconds,
-                promoted_at: pin.map(|pin| pin.promoted_at.clone()),
-                error,
+                promoted_at: row.key.map(|pin| pin.promoted_at.clone()),
+                error: row.error,
             });
         }
     }
@@ -269,15 +283,12 @@ fn disagreements(results: &[TargetDrift]) -> Vec<Disagreement> {
 
 fn print(report: &Report, format: Format) {
     if format == Format::Json {
-        match serde_json::to_string_pretty(report) {
-            Ok(json) => println!("{json}"),
-            Err(err) => eprintln!("error: could not render the report: {err}"),
-        }
+        output::json(report);
     } else {
-        println!(
+        let mut open = output::line(&format!(
             "{:<12} {:<24} {:<14} {:<12} {:<14} {:<14} behind",
             "target", "template", "region", "status", "pinned", "tag"
-        );
+        ));
         let short = |digest: &Option<String>| {
             digest.as_deref().map_or("-".to_owned(), |d| {
                 d.trim_start_matches("sha256:").chars().take(12).collect()
@@ -288,15 +299,16 @@ fn print(report: &Report, format: Format) {
                 let behind = row
                     .behind_seconds
                     .map_or("-".to_owned(), |seconds| format!("{seconds}s"));
-                println!(
-                    "{:<12} {:<24} {:<14} {:<12} {:<14} {:<14} {behind}",
-                    target.target,
-                    row.template_name,
-                    row.region,
-                    row.status,
-                    short(&row.image_digest),
-                    short(&row.tag_digest)
-                );
+                open = open
+                    && output::line(&format!(
+                        "{:<12} {:<24} {:<14} {:<12} {:<14} {:<14} {behind}",
+                        target.target,
+                        row.template_name,
+                        row.region,
+                        row.status,
+                        short(&row.image_digest),
+                        short(&row.tag_digest)
+                    ));
             }
         }
     }
