@@ -184,15 +184,9 @@ pub enum Format {
     Json,
 }
 
-/// Where to send a request and how.
-#[derive(Debug, Args)]
-pub struct Remote {
-    /// The control plane's base URL.
-    #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
-    pub server: Option<String>,
-    /// `NAME=URL` (repeatable); the token comes from `PINION_TOKEN_<NAME>`.
-    #[arg(long = "target", value_name = "NAME=URL")]
-    pub targets: Vec<String>,
+/// How to talk to control planes: shared by [`Remote`] and [`OneRemote`].
+#[derive(Debug, Clone, Args)]
+pub struct Access {
     /// The environment variable holding the token for `--server`.
     #[arg(long, value_name = "VAR", default_value = "PINION_TOKEN")]
     pub token_env: String,
@@ -204,6 +198,19 @@ pub struct Remote {
     pub allow_insecure_http: bool,
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+}
+
+/// Where to send a request and how.
+#[derive(Debug, Args)]
+pub struct Remote {
+    /// The control plane's base URL.
+    #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
+    pub server: Option<String>,
+    /// `NAME=URL` (repeatable); the token comes from `PINION_TOKEN_<NAME>`.
+    #[arg(long = "target", value_name = "NAME=URL")]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 #[derive(Debug, Args)]
@@ -288,17 +295,8 @@ pub struct OneRemote {
     /// `NAME=URL` (once); the token comes from `PINION_TOKEN_<NAME>`.
     #[arg(long, value_name = "NAME=URL")]
     pub target: Option<String>,
-    /// The environment variable holding the token for `--server`.
-    #[arg(long, value_name = "VAR", default_value = "PINION_TOKEN")]
-    pub token_env: String,
-    /// Seconds each request may take.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub timeout: u64,
-    /// Allow plain `http://` to a host that is not loopback.
-    #[arg(long)]
-    pub allow_insecure_http: bool,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
-    pub format: Format,
+    #[command(flatten)]
+    pub access: Access,
 }
 
 impl OneRemote {
@@ -307,10 +305,7 @@ impl OneRemote {
         Remote {
             server: self.server.clone(),
             targets: self.target.iter().cloned().collect(),
-            token_env: self.token_env.clone(),
-            timeout: self.timeout,
-            allow_insecure_http: self.allow_insecure_http,
-            format: self.format,
+            access: self.access.clone(),
         }
     }
 }

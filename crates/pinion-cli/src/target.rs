@@ -70,7 +70,7 @@ pub fn parse_targets(
         named.push((
             "server".into(),
             server.clone(),
-            token_variable(&remote.token_env),
+            token_variable(&remote.access.token_env),
         ));
     }
     for spec in &remote.targets {
@@ -113,7 +113,7 @@ pub fn parse_targets(
     let mut targets = Vec::new();
     let mut preflight = Preflight::default();
     for (name, url, variable) in named {
-        let resolved = parse_server_url(&url, remote.allow_insecure_http).and_then(|base| {
+        let resolved = parse_server_url(&url, remote.access.allow_insecure_http).and_then(|base| {
             let variable = variable?;
             let token = env(&variable)
                 .map(|token| token.trim().to_owned())
@@ -259,10 +259,12 @@ mod tests {
                 "prod=http://127.0.0.1:2".into(),
                 "dev=http://127.0.0.1:3".into(),
             ],
-            token_env: DEFAULT_TOKEN_ENV.into(),
-            timeout: 30,
-            allow_insecure_http: false,
-            format: crate::cli::Format::Human,
+            access: crate::cli::Access {
+                token_env: DEFAULT_TOKEN_ENV.into(),
+                timeout: 30,
+                allow_insecure_http: false,
+                format: crate::cli::Format::Human,
+            },
         };
         let env = |name: &str| (name == "PINION_TOKEN_STAGING").then(|| "pinion_x".to_owned());
         let preflight = parse_targets(&remote, &env).err().unwrap();

@@ -119,7 +119,7 @@ pub async fn run(args: DriftArgs) -> ExitCode {
         targets: results,
         disagreements,
     };
-    print(&report, args.remote.format);
+    print(&report, args.remote.access.format);
     actions::write_output(&[
         ("ok", report.ok.to_string()),
         ("stale", stale.to_string()),

@@ -42,7 +42,7 @@ pub async fn run(args: HistoryArgs) -> ExitCode {
             return report::preflight_failed("history", &failure);
         }
     };
-    match remote.format {
+    match remote.access.format {
         Format::Json => {
             output::json(&list);
         }

@@ -36,10 +36,10 @@ fn optional_flag<T>(
 
 /// `--timeout`, checked.
 fn timeout(remote: &Remote) -> Result<Duration, String> {
-    if remote.timeout == 0 || remote.timeout > 3600 {
+    if remote.access.timeout == 0 || remote.access.timeout > 3600 {
         return Err("--timeout must be from 1 to 3600 seconds".into());
     }
-    Ok(Duration::from_secs(remote.timeout))
+    Ok(Duration::from_secs(remote.access.timeout))
 }
 
 /// The targets and a client for them, before any request.

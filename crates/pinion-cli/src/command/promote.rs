@@ -120,5 +120,5 @@ pub async fn run(args: PromoteArgs) -> ExitCode {
         region: &promotion.region,
         digest: Some(&promotion.digest),
     };
-    report::finish(&subject, reports, args.remote.format)
+    report::finish(&subject, reports, args.remote.access.format)
 }

@@ -58,5 +58,5 @@ pub async fn run(args: RollbackArgs) -> ExitCode {
         region: &rollback.region,
         digest: rollback.to.as_ref(),
     };
-    report::finish(&subject, reports, args.remote.format)
+    report::finish(&subject, reports, args.remote.access.format)
 }

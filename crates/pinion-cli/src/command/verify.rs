@@ -56,7 +56,7 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
         region: &region,
         digest: Some(&digest),
     };
-    report::finish(&subject, reports, args.remote.format)
+    report::finish(&subject, reports, args.remote.access.format)
 }
 
 /// The one row of (template, region) in a list answer. Two rows for the same

@@ -6,77 +6,35 @@ use crate::support::{Env, Fixture, digest, pinion, run};
 #[test]
 fn promote_then_verify_round_trip() {
     let fixture = Fixture::new();
-    let url = fixture.server.url();
     let d = digest(0xabc);
-    let promoted = run(pinion()
-        .args([
-            "promote",
-            "--server",
-            &url,
-            "--template",
-            "codex",
-            "--digest",
-            &d,
-        ])
-        .args([
+    let ci = fixture.server.gate(&fixture.promote);
+    let provisioner = fixture.server.gate(&fixture.read);
+    let promoted = ci.promote(
+        "codex",
+        &d,
+        &[
             "--region",
             "us-east-2",
             "--git-sha",
             "abc1234",
             "--notes",
             "from the gate",
-        ])
-        .env("PINION_TOKEN", &fixture.promote));
+        ],
+    );
     assert_eq!(promoted.code, 0, "{promoted:?}");
     assert!(
         promoted.stdout.contains("moved `codex`/`us-east-2`"),
         "{promoted:?}"
     );
 
-    let again = run(pinion()
-        .args([
-            "promote",
-            "--server",
-            &url,
-            "--template",
-            "codex",
-            "--digest",
-            &d,
-            "--region",
-            "us-east-2",
-        ])
-        .env("PINION_TOKEN", &fixture.promote));
+    let again = ci.promote("codex", &d, &["--region", "us-east-2"]);
     assert_eq!(again.code, 0);
     assert!(again.stdout.contains("already at"), "{again:?}");
 
-    let verified = run(pinion()
-        .args([
-            "verify",
-            "--server",
-            &url,
-            "--template",
-            "codex",
-            "--digest",
-            &d,
-            "--region",
-            "us-east-2",
-        ])
-        .env("PINION_TOKEN", &fixture.read));
+    let verified = provisioner.verify("codex", &d, &["--region", "us-east-2"]);
     assert_eq!(verified.code, 0, "{verified:?}");
 
-    let other = run(pinion()
-        .args([
-            "verify",
-            "--server",
-            &url,
-            "--template",
-            "codex",
-            "--digest",
-            &digest(1),
-            "--region",
-            "us-east-2",
-        ])
-        .env("PINION_TOKEN", &fixture.read));
+    let other = provisioner.verify("codex", &digest(1), &["--region", "us-east-2"]);
     assert_eq!(other.code, 1, "a verify that says no exits 1: {other:?}");
     assert!(
         other.reason().contains(&d) && other.reason().contains(&digest(1)),
@@ -84,17 +42,7 @@ fn promote_then_verify_round_trip() {
     );
 
     // verify reads the region's own row: the global fallback does not count.
-    let missing = run(pinion()
-        .args([
-            "verify",
-            "--server",
-            &url,
-            "--template",
-            "codex",
-            "--digest",
-            &d,
-        ])
-        .env("PINION_TOKEN", &fixture.read));
+    let missing = provisioner.verify("codex", &d, &[]);
     assert_eq!(missing.code, 1);
     assert!(missing.reason().contains("no pin"), "{missing:?}");
 }

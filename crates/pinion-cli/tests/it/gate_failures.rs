@@ -10,17 +10,10 @@ const DIGEST_BEFORE: u32 = 0x1000;
 /// A fixture whose `codex`/`global` pin is at a known digest.
 fn pinned_fixture() -> Fixture {
     let fixture = Fixture::new();
-    let out = run(pinion()
-        .args([
-            "promote",
-            "--server",
-            &fixture.server.url(),
-            "--template",
-            "codex",
-            "--digest",
-            &digest(DIGEST_BEFORE),
-        ])
-        .env("PINION_TOKEN", &fixture.promote));
+    let out = fixture
+        .server
+        .gate(&fixture.promote)
+        .promote("codex", &digest(DIGEST_BEFORE), &[]);
     assert_eq!(out.code, 0, "{out:?}");
     fixture
 }

@@ -178,20 +178,8 @@ fn history_survives_kill_9_during_a_storm_and_agrees_with_the_pins() {
 fn ordering_guard_force_and_rollback_through_the_cli() {
     let fixture = Fixture::new();
     let url = fixture.server.url();
-    let promote = |n: u32, extra: &[&str]| {
-        run(pinion()
-            .args([
-                "promote",
-                "--server",
-                &url,
-                "--template",
-                "codex",
-                "--digest",
-                &digest(n),
-            ])
-            .args(extra)
-            .env("PINION_TOKEN", &fixture.promote))
-    };
+    let ci = fixture.server.gate(&fixture.promote);
+    let promote = |n: u32, extra: &[&str]| ci.promote("codex", &digest(n), extra);
     assert_eq!(promote(1, &["--build-sequence", "10"]).code, 0);
     assert_eq!(promote(2, &["--build-sequence", "12"]).code, 0);
     let stale = promote(3, &["--build-sequence", "11"]);
@@ -308,18 +296,11 @@ fn ordering_guard_force_and_rollback_through_the_cli() {
 #[test]
 fn actions_provenance_is_recorded_in_history() {
     let fixture = Fixture::new();
-    let out = run(pinion()
-        .args([
-            "promote",
-            "--server",
-            &fixture.server.url(),
-            "--template",
-            "codex",
-            "--digest",
-            &digest(1),
-        ])
+    let out = run(fixture
+        .server
+        .gate(&fixture.promote)
+        .command("promote", "codex", &digest(1))
         .args(["--git-sha", "abc1234"])
-        .env("PINION_TOKEN", &fixture.promote)
         .env("GITHUB_ACTIONS", "true")
         .env("GITHUB_SERVER_URL", "https://git.example.com")
         .env("GITHUB_REPOSITORY", "team/codex")

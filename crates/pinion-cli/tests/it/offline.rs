@@ -1,17 +1,13 @@
 //! Offline changes (`pinion token …`, `pinion template add` against the
 //! database of a running server) take effect live, without a restart.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::{Fixture, digest};
 
 /// Polls until `check` holds, for at most five seconds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen within 5s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn eventually(what: &str, check: impl FnMut() -> bool) {
+    crate::support::eventually(what, Duration::from_secs(5), check);
 }
 
 #[test]

@@ -8,9 +8,9 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{Env, Server, digest, http};
+use crate::support::{Env, Server, digest, eventually, http};
 
 /// A TCP proxy in front of PostgreSQL that the test can cut (every
 /// connection closed, new ones refused) and restore: a database outage
@@ -120,17 +120,6 @@ fn promote(server: &Server, token: &str, n: u32) -> crate::support::Response {
     )
 }
 
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {limit:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Cuts the database away from a server, checks what it answers, restores
 /// it, and checks it heals; `reads_survive` says whether reads keep serving
 /// the last known pins meanwhile.
@@ -146,7 +135,7 @@ fn outage(read_consistency: &str, reads_survive: bool) {
     assert_eq!(promote(&server, &token, 1).status, 201);
 
     proxy.cut();
-    wait_until("readyz 503", Duration::from_secs(10), || {
+    eventually("readyz 503", Duration::from_secs(10), || {
         http(server.addr, "GET", "/readyz", None, None).status == 503
     });
     let refused = promote(&server, &token, 2);
@@ -163,7 +152,7 @@ fn outage(read_consistency: &str, reads_survive: bool) {
     }
 
     proxy.restore();
-    wait_until("readyz 200", Duration::from_secs(15), || {
+    eventually("readyz 200", Duration::from_secs(15), || {
         http(server.addr, "GET", "/readyz", None, None).status == 200
     });
     let healed = promote(&server, &token, 3);
@@ -219,7 +208,7 @@ fn alternate_between_replicas(read_consistency: &str) -> u32 {
         if resolve(reader) == Some(digest(n)) {
             fresh_at_once += 1;
         }
-        wait_until(
+        eventually(
             "the other replica sees the promotion",
             Duration::from_secs(2),
             || resolve(reader) == Some(digest(n)),

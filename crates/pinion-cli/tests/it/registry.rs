@@ -7,7 +7,8 @@ use base64::Engine as _;
 
 use crate::oci::{Auth, TestRegistry};
 use crate::support::{
-    Env, Fault, FaultServer, Server, closed_port, digest, pinion, register_secret, run,
+    Env, Fault, FaultServer, Server, closed_port, digest, eventually, pinion, poll_until,
+    register_secret, run,
 };
 
 fn pinion_digest(image: &str, extra: &[&str], env: &[(&str, &str)]) -> crate::support::Output {
@@ -403,17 +404,11 @@ fn the_watcher_flips_pin_stale_within_one_interval() {
     assert_eq!(promote(&server, &token, &first).status, 201);
     let stale_gauge = r#"pinion_pin_stale{template="codex",region="global"}"#;
     let wait_for = |value: &str| {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if metric(&server, stale_gauge).as_deref() == Some(value) {
-                return Instant::now();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pinion_pin_stale never became {value}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            &format!("pinion_pin_stale becoming {value}"),
+            Duration::from_secs(5),
+            || (metric(&server, stale_gauge).as_deref() == Some(value)).then(Instant::now),
+        )
     };
     wait_for("0");
     registry.push_image("codex", "latest", "w2");
@@ -449,9 +444,9 @@ fn watcher_errors_are_counted() {
     let (_env, server, _token, _read) =
         server_for(&registry, &[("PINION_DRIFT_INTERVAL", "200ms")]);
     registry.stop();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&server, "pinion_drift_check_errors_total").as_deref() == Some("0") {
-        assert!(Instant::now() < deadline, "errors were not counted");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        "the failed checks being counted",
+        Duration::from_secs(10),
+        || metric(&server, "pinion_drift_check_errors_total").as_deref() != Some("0"),
+    );
 }

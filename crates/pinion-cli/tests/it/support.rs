@@ -52,6 +52,54 @@ pub fn pinion() -> Command {
     command
 }
 
+/// Polls `check` every 50 ms until it gives a value; fails the test, naming
+/// `what`, once `limit` has passed. The one polling loop of the suite.
+pub fn poll_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Polls until `check` holds (see [`poll_until`]).
+pub fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    poll_until(what, limit, || check().then_some(()));
+}
+
+/// The CLI gate against one server with one token (in `PINION_TOKEN`): the
+/// arguments every end-to-end test would otherwise spell out.
+pub struct Gate<'a> {
+    server: String,
+    token: &'a str,
+}
+
+impl Gate<'_> {
+    /// `pinion COMMAND --server URL --template T --digest D`, ready for more
+    /// arguments.
+    pub fn command(&self, command: &str, template: &str, digest: &str) -> Command {
+        let mut cli = pinion();
+        cli.args([command, "--server", &self.server])
+            .args(["--template", template, "--digest", digest])
+            .env("PINION_TOKEN", self.token);
+        cli
+    }
+
+    pub fn promote(&self, template: &str, digest: &str, extra: &[&str]) -> Output {
+        run(self.command("promote", template, digest).args(extra))
+    }
+
+    pub fn verify(&self, template: &str, digest: &str, extra: &[&str]) -> Output {
+        run(self.command("verify", template, digest).args(extra))
+    }
+}
+
 /// What a finished CLI run printed.
 #[derive(Debug)]
 pub struct Output {
@@ -270,6 +318,14 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// The CLI gate against this server, with `token`.
+    pub fn gate<'a>(&self, token: &'a str) -> Gate<'a> {
+        Gate {
+            server: self.url(),
+            token,
+        }
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
@@ -291,14 +347,12 @@ impl Server {
             .status()
             .unwrap();
         assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "server did not stop on SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        }
+        poll_until(
+            "the server's exit on SIGTERM",
+            Duration::from_secs(10),
+            || self.child.try_wait().unwrap(),
+        )
+        .code()
     }
 
     pub fn get(&self, path: &str, token: &str) -> Response {
