@@ -66,7 +66,6 @@ impl Promotion {
 
     /// The wire request, from the parsed values.
     fn request(&self) -> PromoteRequest {
-        let text = |value: &dyn AsRef<str>| value.as_ref().to_owned();
         PromoteRequest {
             template_name: self.template.to_string(),
             image_digest: self.digest.to_string(),
@@ -76,9 +75,15 @@ impl Promotion {
             expected_digest: self.expect.as_ref().map(ToString::to_string),
             build_sequence: self.build_sequence,
             force: self.force,
-            ci_run_url: self.ci_run_url.as_ref().map(|url| text(&url.as_str())),
-            repository: self.repository.as_ref().map(|label| text(&label.as_str())),
-            workflow: self.workflow.as_ref().map(|label| text(&label.as_str())),
+            ci_run_url: self.ci_run_url.as_ref().map(|url| url.as_str().to_owned()),
+            repository: self
+                .repository
+                .as_ref()
+                .map(|label| label.as_str().to_owned()),
+            workflow: self
+                .workflow
+                .as_ref()
+                .map(|label| label.as_str().to_owned()),
         }
     }
 }

@@ -149,8 +149,10 @@ fn now() -> OffsetDateTime {
         .unwrap_or(now)
 }
 
+/// RFC 3339. A stored time always formats (the store parsed it from RFC
+/// 3339); should one ever not, it is shown as is rather than as nothing.
 fn format_time(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_default()
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
 fn image_ref(view: &View, pin: &PinRecord) -> Option<String> {
