@@ -11,7 +11,8 @@ use crate::setup;
 /// The binaries the suite runs, and the Debian package of each: curl and jq
 /// (the example pipeline is tested as written), sqlite3 (store tests edit a
 /// database by hand), a real OCI registry and skopeo to push images to it,
-/// htpasswd for the registry's basic auth.
+/// htpasswd for the registry's basic auth, socat as a TCP proxy the fault
+/// tests freeze in front of PostgreSQL.
 const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("jq", "jq"),
@@ -20,6 +21,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("skopeo", "skopeo"),
     ("htpasswd", "apache2-utils"),
     ("tar", "tar"),
+    ("socat", "socat"),
 ];
 
 pub fn run(extra: &[&str]) -> Result<(), String> {

@@ -92,6 +92,17 @@ pub struct AuditEntry {
     pub action: String,
     pub status: u16,
     pub code: String,
+    /// The peer address, for refusals without a valid token.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// How many refusals this entry stands for: failed authentications from
+    /// one source are counted together, once a minute.
+    #[serde(default = "one")]
+    pub count: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -121,9 +121,19 @@ pub struct ServeArgs {
     /// Refuse promotions that carry no `git_sha` and `ci_run_url`.
     #[arg(long, env = "PINION_REQUIRE_PROVENANCE", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
     pub require_provenance: bool,
-    /// How many refused writes the audit log keeps.
+    /// How many refused writes the audit log keeps, of each class (those of
+    /// valid tokens; failed authentications, summarised per source).
     #[arg(long, env = "PINION_AUDIT_RETENTION", default_value_t = 10_000)]
     pub audit_retention: usize,
+    /// Make a new, empty database when there is none at `--database`. Set
+    /// `false` in production units, so a wrong path or a lost volume stops
+    /// the server instead of starting it afresh with no pins.
+    #[arg(long, env = "PINION_CREATE_DATABASE", default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub create_database: bool,
+    /// Require a token (scope `read`) on `/metrics`; a template-restricted
+    /// token then sees only its templates' series.
+    #[arg(long, env = "PINION_METRICS_TOKEN_REQUIRED", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub metrics_token_required: bool,
     /// Threads answering HTTP. Default: one per CPU core but one (at least
     /// one), leaving a core to the writer thread, the kernel's network work
     /// and database checks (see docs/benchmarks.md for the measurements).

@@ -28,6 +28,11 @@ pub enum ClientError {
     Transport(String),
     /// An answer that cannot be used: not the body or the pin asked for.
     Protocol(String),
+    /// A write that may or may not have been made: the server said its
+    /// commit did not finish in time (`504 commit_outcome_unknown`), or no
+    /// answer of the server's own came after the request was sent. Settled
+    /// by reading back (see [`Client::promote`]).
+    Unknown(String),
 }
 
 impl ClientError {
@@ -53,7 +58,9 @@ impl std::fmt::Display for ClientError {
                 message,
                 ..
             } => f.write_str(message),
-            ClientError::Transport(reason) | ClientError::Protocol(reason) => f.write_str(reason),
+            ClientError::Transport(reason)
+            | ClientError::Protocol(reason)
+            | ClientError::Unknown(reason) => f.write_str(reason),
         }
     }
 }
@@ -70,6 +77,28 @@ pub struct Client {
 pub struct Promoted {
     pub status: StatusCode,
     pub pin: Pin,
+    /// How the outcome was learnt when the answer did not say: the write's
+    /// outcome was unknown and the pin was read back.
+    pub settled: Option<String>,
+}
+
+/// Whether a request may be sent again after a failure that leaves its
+/// outcome open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A read: any transient failure is retried.
+    Read,
+    /// A write: retried only when the server itself said nothing changed
+    /// (its error body with a code, on 408, 429 and 5xx other than
+    /// `commit_outcome_unknown`), or when it was never sent (no
+    /// connection). Anything else is [`ClientError::Unknown`].
+    Write,
+}
+
+/// How much less than its own timeout a client tells the server it will
+/// wait (`x-pinion-timeout`): room for the answer to travel back.
+fn server_deadline(timeout: Duration) -> Duration {
+    timeout.saturating_sub((timeout / 10).min(Duration::from_secs(1)))
 }
 
 impl Client {
@@ -89,19 +118,95 @@ impl Client {
         Ok(Client { http, timeout })
     }
 
-    /// Promotes; succeeds only on 200/201 whose pin carries the digest asked for.
+    /// Promotes; succeeds only on 200/201 whose pin carries the digest asked
+    /// for. When the outcome is unknown (a `504 commit_outcome_unknown`, or
+    /// no answer after the request went out), it is settled by reading the
+    /// pin back: success only if the pin is the digest.
     pub async fn promote(
         &self,
         target: &Target,
         request: &PromoteRequest,
     ) -> Result<Promoted, ClientError> {
         let region = request.region.as_deref().unwrap_or("global");
-        self.post_for_pin(target, "cp/admin/runtime-image/promote", request, |pin| {
-            pin.template_name == request.template_name
-                && pin.region == region
-                && pin.image_digest == request.image_digest
-        })
-        .await
+        let answered = self
+            .post_for_pin(target, "cp/admin/runtime-image/promote", request, |pin| {
+                pin.template_name == request.template_name
+                    && pin.region == region
+                    && pin.image_digest == request.image_digest
+            })
+            .await;
+        match answered {
+            Err(ClientError::Unknown(why)) => {
+                self.settle(
+                    target,
+                    &request.template_name,
+                    region,
+                    &request.image_digest,
+                    &why,
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads the pin back after a promotion whose outcome is unknown, until
+    /// it shows the digest or this client's timeout has passed once more.
+    /// The server never commits a write after its deadline unless the
+    /// commit was already under way, so the wait is for that commit alone.
+    async fn settle(
+        &self,
+        target: &Target,
+        template: &str,
+        region: &str,
+        digest: &str,
+        why: &str,
+    ) -> Result<Promoted, ClientError> {
+        eprintln!(
+            "warning: {}: {why}; reading the pin back to settle whether it moved",
+            target.name
+        );
+        let (Ok(template_name), Ok(region_name)) =
+            (TemplateName::parse(template), Region::parse(region))
+        else {
+            return Err(ClientError::Unknown(format!(
+                "{why}; the pin could not be read back"
+            )));
+        };
+        let give_up = tokio::time::Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(250);
+        let mut last_seen;
+        loop {
+            match self.list_pins(target, &template_name, &region_name).await {
+                Ok(pins) => {
+                    let pin = pins
+                        .into_iter()
+                        .find(|pin| pin.template_name == template && pin.region == region);
+                    match pin {
+                        Some(pin) if pin.image_digest == digest => {
+                            return Ok(Promoted {
+                                status: StatusCode::CREATED,
+                                pin,
+                                settled: Some(format!(
+                                    "{why}; the pin was read back at the digest"
+                                )),
+                            });
+                        }
+                        Some(pin) => last_seen = format!("is `{}`", pin.image_digest),
+                        None => last_seen = "does not exist".to_owned(),
+                    }
+                }
+                Err(err) => last_seen = format!("could not be read ({err})"),
+            }
+            if tokio::time::Instant::now() + pause > give_up {
+                return Err(ClientError::Unknown(format!(
+                    "{why}; read back for {}s, the pin for `{template}`/`{region}` {last_seen}, not `{digest}`",
+                    self.timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
     }
 
     /// Rolls back; succeeds only on 200/201 with a pin of that template and
@@ -133,7 +238,9 @@ impl Client {
     ) -> Result<Promoted, ClientError> {
         let url = endpoint(&target.base, path);
         let (status, body) = self
-            .send(target, || self.http.post(url.clone()).json(request))
+            .send(target, Kind::Write, || {
+                self.http.post(url.clone()).json(request)
+            })
             .await?;
         if status != StatusCode::OK && status != StatusCode::CREATED {
             return Err(refused(status, &body));
@@ -155,7 +262,11 @@ impl Client {
                 pin.image_digest
             )));
         }
-        Ok(Promoted { status, pin })
+        Ok(Promoted {
+            status,
+            pin,
+            settled: None,
+        })
     }
 
     /// GETs an API path and decodes the JSON answer; any status but 200 is an error.
@@ -177,7 +288,9 @@ impl Client {
         url: Url,
         what: &str,
     ) -> Result<T, ClientError> {
-        let (status, body) = self.send(target, || self.http.get(url.clone())).await?;
+        let (status, body) = self
+            .send(target, Kind::Read, || self.http.get(url.clone()))
+            .await?;
         if status != StatusCode::OK {
             return Err(refused(status, &body));
         }
@@ -227,24 +340,45 @@ impl Client {
         Ok(list.pins)
     }
 
-    /// Sends with the token, retrying connection failures, 408, 429 and 5xx
-    /// with backoff. Timeouts are not retried: a server that did not answer
-    /// in time has had its chance, and the step must end in bounded time.
+    /// Sends with the token and this client's deadline, retrying with
+    /// backoff what may be retried (see [`Kind`]). Timeouts are not
+    /// retried: a server that did not answer in time has had its chance, and
+    /// the step must end in bounded time.
     async fn send(
         &self,
         target: &Target,
+        kind: Kind,
         build: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let mut backoff = Duration::from_millis(500);
+        let deadline_ms = server_deadline(self.timeout).as_millis().max(1).to_string();
         for attempt in 1..=ATTEMPTS {
-            let sent = build().bearer_auth(&target.token).send().await;
+            let sent = build()
+                .bearer_auth(&target.token)
+                .header("x-pinion-timeout", deadline_ms.as_str())
+                .send()
+                .await;
             let failure = match sent {
                 Ok(response) => {
                     let status = response.status();
                     let body = response.bytes().await;
                     match body {
                         Ok(body) if !is_transient(status) => return Ok((status, body.to_vec())),
-                        Ok(body) => refused(status, &body),
+                        Ok(body) => {
+                            let failure = refused(status, &body);
+                            if kind == Kind::Write && !nothing_changed(&failure) {
+                                return Err(ClientError::Unknown(format!(
+                                    "the write may or may not have been made ({failure})"
+                                )));
+                            }
+                            failure
+                        }
+                        Err(err) if kind == Kind::Write => {
+                            return Err(ClientError::Unknown(format!(
+                                "the answer to the write did not arrive whole ({})",
+                                describe(&err)
+                            )));
+                        }
                         Err(err) if err.is_timeout() => {
                             return Err(ClientError::Transport(format!(
                                 "no complete answer within {}s",
@@ -256,6 +390,16 @@ impl Client {
                             describe(&err)
                         )),
                     }
+                }
+                Err(err) if kind == Kind::Write && !err.is_connect() => {
+                    return Err(ClientError::Unknown(format!(
+                        "no answer to the write ({})",
+                        if err.is_timeout() {
+                            format!("none within {}s", self.timeout.as_secs())
+                        } else {
+                            describe(&err)
+                        }
+                    )));
                 }
                 Err(err) if err.is_timeout() => {
                     return Err(ClientError::Transport(format!(
@@ -278,6 +422,14 @@ impl Client {
         }
         Err(ClientError::Transport("no attempt was made".to_owned()))
     }
+}
+
+/// Whether a failed answer to a write says that nothing was changed: an
+/// answer of the server's own (the contract's error body, with a code), and
+/// not the one code that says the outcome is unknown. A proxy's bare 502 or
+/// 504 says nothing of what the server did.
+fn nothing_changed(failure: &ClientError) -> bool {
+    matches!(failure, ClientError::Refused { code: Some(code), .. } if code != "commit_outcome_unknown")
 }
 
 fn is_transient(status: StatusCode) -> bool {
@@ -310,6 +462,7 @@ fn gave_up(failure: ClientError) -> ClientError {
         },
         ClientError::Transport(reason) => ClientError::Transport(note(reason)),
         ClientError::Protocol(reason) => ClientError::Protocol(note(reason)),
+        ClientError::Unknown(reason) => ClientError::Unknown(note(reason)),
     }
 }
 

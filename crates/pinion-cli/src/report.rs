@@ -81,6 +81,9 @@ pub struct TargetReport {
     pub pin: Option<Pin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How the outcome was learnt when the server's answer did not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled: Option<String>,
 }
 
 impl TargetReport {
@@ -93,6 +96,7 @@ impl TargetReport {
             status: None,
             pin: None,
             error: None,
+            settled: None,
         }
     }
 
@@ -106,6 +110,7 @@ impl TargetReport {
         TargetReport {
             status: Some(promoted.status.as_u16()),
             pin: Some(promoted.pin),
+            settled: promoted.settled,
             ..TargetReport::new(target, outcome)
         }
     }

@@ -13,6 +13,7 @@ mod promotion;
 mod reference;
 mod scope;
 mod text;
+mod url;
 
 pub use drift::{DriftRow, DriftStatus, PinnedDigest, TagAnswer, template_rows};
 pub use name::{Region, TemplateName, TokenName};

@@ -62,7 +62,9 @@ impl Notes {
 }
 
 /// A link to the CI run that built or promoted an image: an `http(s)://`
-/// URL of at most 2048 bytes with no whitespace or control characters.
+/// URL of at most 2048 bytes with no whitespace or control characters, and
+/// no credentials (`user:password@`): it is shown to every reader of the
+/// history.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RunUrl(String);
 
@@ -70,6 +72,13 @@ impl RunUrl {
     pub const MAX_LEN: usize = 2048;
 
     pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if crate::url::has_credentials(input) {
+            // Not quoted: the refused value holds a password.
+            return Err(ParseError::new(
+                Kind::RunUrl,
+                "must not carry credentials (`user:password@`); the value is not shown",
+            ));
+        }
         let scheme_ok = input.starts_with("https://") || input.starts_with("http://");
         let clean = !input.chars().any(|c| c.is_whitespace() || c.is_control());
         if !scheme_ok || !clean || input.len() > Self::MAX_LEN {

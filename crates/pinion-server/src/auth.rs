@@ -3,7 +3,6 @@
 //! per request.
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use std::sync::Arc;
@@ -11,7 +10,9 @@ use std::sync::Arc;
 use pinion_core::{Scope, TemplateName, TokenName};
 use pinion_store::TokenRecord;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
+use crate::failures::Reason;
+use crate::listen::Peer;
 use crate::state::AppState;
 use crate::token;
 
@@ -66,9 +67,38 @@ impl Caller {
 
 impl Caller {
     /// Checks the bearer token of a request against the view's token table.
-    pub fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, ApiError> {
-        let header = headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("missing `Authorization: Bearer <token>` header")
+    /// Two `Authorization` headers are refused (400): which one counts would
+    /// be a guess. A failure is counted against the request's source, and
+    /// once the source has failed too often it is answered 429 instead of
+    /// 401 (see [`crate::failures`]).
+    pub fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+        let headers = &parts.headers;
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let header = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::new(
+                Code::AmbiguousAuthorization,
+                "the request has more than one `Authorization` header",
+            ));
+        }
+        let failed = |reason: Reason, message: &str| {
+            let source = parts.extensions.get::<Peer>().map(|peer| peer.0.ip());
+            match state.auth_failures().fail(source, reason) {
+                Ok(()) => ApiError::unauthorized(message),
+                Err(retry_after) => ApiError::new(
+                    Code::TooManyAuthFailures,
+                    format!(
+                        "too many failed authentications from this address; try again in {retry_after}s"
+                    ),
+                )
+                .with_retry_after(retry_after),
+            }
+        };
+        let header = header.ok_or_else(|| {
+            failed(
+                Reason::Missing,
+                "missing `Authorization: Bearer <token>` header",
+            )
         })?;
         let presented = header
             .to_str()
@@ -79,7 +109,10 @@ impl Caller {
             })
             .filter(|secret| !secret.is_empty())
             .ok_or_else(|| {
-                ApiError::unauthorized("the `Authorization` header must be `Bearer <token>`")
+                failed(
+                    Reason::Malformed,
+                    "the `Authorization` header must be `Bearer <token>`",
+                )
             })?;
         let presented = token::hash(presented);
         let view = state.view();
@@ -89,7 +122,7 @@ impl Caller {
                 .iter()
                 .map(|record| (&record.secret_hash, record)),
         )
-        .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+        .ok_or_else(|| failed(Reason::Unknown, "unknown or revoked token"))?;
         tracing::Span::current().record("actor", record.name.as_str());
         Ok(Caller {
             token: record.clone(),
@@ -101,6 +134,25 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Caller::authenticate(&parts.headers, state)
+        Caller::authenticate(parts, state)
+    }
+}
+
+/// Where a request came from, for handlers that record it (the audit of
+/// refused writes); `None` only for a request that did not come through the
+/// server's own connection loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for Source {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &AppState,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(Source(
+            parts.extensions.get::<Peer>().map(|peer| peer.0.ip()),
+        ))
     }
 }

@@ -47,17 +47,27 @@ codes! {
     InvalidIfMatch = "invalid_if_match", BAD_REQUEST;
     /// The HTTP layer refused the request for another reason.
     BadRequest = "bad_request", BAD_REQUEST;
+    /// A request body that ended early or whose chunked encoding is broken.
+    MalformedBody = "malformed_body", BAD_REQUEST;
+    /// More than one `Authorization` header: which one counts is ambiguous.
+    AmbiguousAuthorization = "ambiguous_authorization", BAD_REQUEST;
     Unauthorized = "unauthorized", UNAUTHORIZED;
     Forbidden = "forbidden", FORBIDDEN;
     RuntimePinMissing = "runtime_pin_missing", NOT_FOUND;
     NotFound = "not_found", NOT_FOUND;
     MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT;
+    /// Authentication failed too often from this source; `Retry-After` says when to try again.
+    TooManyAuthFailures = "too_many_auth_failures", TOO_MANY_REQUESTS;
     PinConflict = "pin_conflict", CONFLICT;
     StaleBuild = "stale_build", CONFLICT;
     NothingToRollBack = "nothing_to_roll_back", CONFLICT;
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
     UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
+    /// The request target (path and query) is longer than the HTTP layer takes.
+    UriTooLong = "uri_too_long", URI_TOO_LONG;
+    /// Too many request headers, or too large.
+    HeadersTooLarge = "headers_too_large", REQUEST_HEADER_FIELDS_TOO_LARGE;
     /// JSON of the wrong shape, or a query parameter out of range.
     InvalidRequest = "invalid_request", UNPROCESSABLE_ENTITY;
     InvalidTemplateName = "invalid_template_name", UNPROCESSABLE_ENTITY;
@@ -80,8 +90,13 @@ codes! {
     /// A bug; the detail is in the server log only.
     Internal = "internal", INTERNAL_SERVER_ERROR;
     RegistryUnavailable = "registry_unavailable", SERVICE_UNAVAILABLE;
-    /// The database cannot be reached or written; retryable.
+    /// The database cannot be reached or written, or did not take the
+    /// write before the request's deadline; nothing changed, retryable.
     StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
+    /// The commit was sent but its outcome was not known by the deadline:
+    /// the one non-2xx answer after which the pin may have moved. The
+    /// client settles it by reading the pin back.
+    CommitOutcomeUnknown = "commit_outcome_unknown", GATEWAY_TIMEOUT;
 }
 
 /// A request field that is parsed into a domain value: its name on the wire
@@ -149,6 +164,8 @@ pub struct ApiError {
     pub pin: Option<Box<Pin>>,
     /// What the log says about a 5xx (the client sees only `message`).
     detail: Option<String>,
+    /// Seconds to wait before trying again (429), sent as `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 /// Marks a response whose body is already a contract error, so the
@@ -178,6 +195,7 @@ impl ApiError {
             message,
             pin: None,
             detail: None,
+            retry_after: None,
         }
     }
 
@@ -189,6 +207,24 @@ impl ApiError {
     pub fn with_pin(mut self, pin: Option<Pin>) -> Self {
         self.pin = pin.map(Box::new);
         self
+    }
+
+    /// Asks the client to wait this many seconds (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The contract's body of this error, as bytes.
+    pub(crate) fn body_bytes(&self) -> Vec<u8> {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message.clone(),
+            },
+            pin: None,
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
     }
 
     /// Adds what the log, and only the log, says about this failure.
@@ -234,6 +270,15 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 (Code::UnsupportedMediaType, "the request body must be JSON")
             }
+            StatusCode::URI_TOO_LONG => (Code::UriTooLong, "the request target is too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                Code::HeadersTooLarge,
+                "the request has too many headers, or headers too large",
+            ),
+            StatusCode::BAD_REQUEST => (
+                Code::BadRequest,
+                "the request is not valid HTTP/1.1 (its request line, a header or the framing of its body)",
+            ),
             status if status.is_client_error() => (Code::BadRequest, "the request is not valid"),
             status => {
                 return ApiError::internal(format!("a layer answered {status} without a body"));
@@ -254,6 +299,11 @@ impl IntoResponse for ApiError {
         };
         let mut response = (self.code.status(), axum::Json(body)).into_response();
         response.extensions_mut().insert(ContractBody);
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
         if let Some(detail) = self.detail {
             response.extensions_mut().insert(LogDetail(detail));
         }

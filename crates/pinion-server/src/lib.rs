@@ -6,10 +6,13 @@
 //! start it on port 0 and `pinion serve` passes SIGTERM / ctrl-c.
 
 mod auth;
+mod deadline;
 mod drift;
 mod error;
+mod failures;
 mod fresh;
 mod handlers;
+mod listen;
 mod middleware;
 mod state;
 pub mod token;
@@ -21,11 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use pinion_store::{DatabaseUrl, StoreError};
 use tokio::net::TcpListener;
-use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
 use state::AppState;
@@ -61,7 +62,9 @@ impl RegistryCheck {
 pub struct Settings {
     pub database: DatabaseUrl,
     pub registry_check: RegistryCheck,
-    /// Bounds each request from the first byte of its body to its answer.
+    /// Bounds each request that waits on something (its body, the
+    /// registry, the database) from its handler's start to its answer; a
+    /// client may ask for less (`x-pinion-timeout`).
     pub request_timeout: Duration,
     /// Largest request body accepted.
     pub body_limit: usize,
@@ -83,6 +86,12 @@ pub struct Settings {
     /// per read). Off: reads are served from memory, and other replicas'
     /// writes arrive through the change feed within milliseconds.
     pub strict_reads: bool,
+    /// Make a new database when there is none (a missing SQLite file, an
+    /// empty PostgreSQL database); off, the server refuses to start instead.
+    pub create_database: bool,
+    /// `/metrics` needs a token (scope `read`), and a template-restricted
+    /// token sees only its templates' series.
+    pub metrics_token_required: bool,
 }
 
 impl Settings {
@@ -99,6 +108,8 @@ impl Settings {
             drift_interval: Duration::from_secs(300),
             drift_tag: pinion_registry::Tag::latest(),
             strict_reads: false,
+            create_database: true,
+            metrics_token_required: false,
         }
     }
 }
@@ -114,23 +125,11 @@ pub enum ServeError {
     Registry(#[from] pinion_registry::RegistryError),
 }
 
-/// The router with every endpoint and layer.
+/// The router with every endpoint and layer. Handlers that wait on
+/// anything bound themselves by their request's deadline
+/// ([`deadline::Deadline`]); none is cut off from outside, which could
+/// answer while a write it started is still on its way to a commit.
 fn router(state: AppState) -> Router {
-    let timeout = state.settings().request_timeout;
-    // Routes that read a body or wait on the database are bounded in time.
-    // The read path answers from memory; a timer per request would cost it
-    // more than it could ever save.
-    let bounded = Router::new()
-        .route("/cp/admin/runtime-image/promote", post(handlers::promote))
-        .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
-        .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
-        .route("/cp/admin/runtime-image/history", get(handlers::history))
-        .route("/cp/admin/audit", get(handlers::audit))
-        .route("/readyz", get(handlers::readyz))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ));
     Router::new()
         .route("/cp/admin/runtime-image", get(handlers::list_pins))
         .route("/cp/runtime-image/resolve", get(handlers::resolve))
@@ -138,7 +137,12 @@ fn router(state: AppState) -> Router {
         .route("/cp/admin/runtime-image/drift", get(handlers::drift))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
-        .merge(bounded)
+        .route("/cp/admin/runtime-image/promote", post(handlers::promote))
+        .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
+        .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
+        .route("/cp/admin/runtime-image/history", get(handlers::history))
+        .route("/cp/admin/audit", get(handlers::audit))
+        .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
         .with_state(state)
         .layer(middleware::ObserveLayer)
@@ -159,18 +163,45 @@ pub async fn run(
     let following = Arc::new(AtomicBool::new(true));
     follow_database(state.clone(), following.clone())?;
     let drift_watcher = tokio::spawn(drift::watch(state.clone()));
+    let summaries = tokio::spawn(summarise_auth_failures(state.clone()));
     let address = listener.local_addr()?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!("answering HTTP on {workers} worker thread(s)");
     tracing::info!("listening on http://{address}");
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = listen::serve(listener, router(state.clone()), shutdown).await;
     watcher.abort();
     following.store(false, Ordering::SeqCst);
     drift_watcher.abort();
+    summaries.abort();
+    record_auth_failures(&state).await;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Once a minute, writes the failed authentications counted since the last
+/// time to the audit log: one entry per source and action.
+async fn summarise_auth_failures(state: AppState) {
+    let mut ticker = tokio::time::interval(AUTH_FAILURE_SUMMARY_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        record_auth_failures(&state).await;
+    }
+}
+
+/// How often failed authentications are summarised in the audit log.
+const AUTH_FAILURE_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn record_auth_failures(state: &AppState) {
+    for refusal in state.auth_failures().drain() {
+        if let Err(err) = state.record_refusal(refusal).await {
+            tracing::warn!(
+                code = err.code.as_str(),
+                "could not record failed authentications in the audit log"
+            );
+        }
+    }
 }
 
 /// Follows the database's change feed where it has one (PostgreSQL's
@@ -203,12 +234,25 @@ fn follow_database(state: AppState, following: Arc<AtomicBool>) -> std::io::Resu
 }
 
 /// Picks up changes other processes commit, so a token created or revoked
-/// offline takes effect within `interval`.
+/// offline takes effect within `interval`, and notices a database file
+/// removed or replaced under the server.
 async fn watch_database(state: AppState, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = false;
     loop {
         ticker.tick().await;
+        match state.check_identity() {
+            Some(Err(err)) if !lost => {
+                lost = true;
+                tracing::error!(error = %err, "the database is gone: writes and readiness fail until it is back");
+            }
+            Some(Ok(())) if lost => {
+                lost = false;
+                tracing::info!("the database file is back");
+            }
+            _ => {}
+        }
         let polled = state.clone();
         match tokio::task::spawn_blocking(move || polled.reload_if_changed()).await {
             Ok(Ok(true)) => tracing::debug!("view reloaded after an outside change"),

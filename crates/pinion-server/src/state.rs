@@ -10,18 +10,23 @@
 //! processes commit (seen through SQLite's `data_version`) replace the view
 //! with a fresh snapshot.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use pinion_registry::Registry;
 use pinion_store::{
-    Batch, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord,
-    Store, StoreError,
+    Batch, Finish, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome,
+    RuntimeRecord, Store, StoreError,
 };
 use tokio::sync::oneshot;
 
+use axum::http::HeaderMap;
+
+use crate::deadline::{Deadline, store_too_slow};
 use crate::drift::Drift;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
+use crate::failures::AuthFailures;
 use crate::fresh::SharedChecks;
 use crate::view::View;
 use crate::{ServeError, Settings};
@@ -56,81 +61,182 @@ impl Published {
 /// one kind of write the answer of another.
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// One write for the writer thread: its input and its reply channel.
-enum Job {
-    Promote(Promotion, Reply<PromoteOutcome>),
-    Rollback(Rollback, Reply<RollbackOutcome>),
-    PutRuntime(RuntimeRecord, time::OffsetDateTime, Reply<bool>),
-    /// A refused request for the audit log, keeping at most this many entries.
-    Refusal(Refusal, usize, Reply<()>),
+/// Where a queued write stands, shared by the handler waiting for it and the
+/// writer thread. Each side moves it only its own way, and only by
+/// compare-and-swap, so they always agree on whether it may still commit:
+///
+/// - the handler gives up on a write that is still `QUEUED` when its
+///   deadline nears (or its request is dropped): `QUEUED → ABANDONED`, and
+///   the writer never commits it, whatever happens after;
+/// - the writer, just before it commits, claims every write of its batch:
+///   `QUEUED → COMMITTING`. If one was abandoned meanwhile, it puts the
+///   others back (`COMMITTING → QUEUED`), rolls the transaction back and
+///   makes it again without the abandoned one.
+///
+/// A handler that finds its write `COMMITTING` waits for the real outcome
+/// until its deadline, and only then answers `504 commit_outcome_unknown`.
+pub(crate) struct Ticket(AtomicU8);
+
+const QUEUED: u8 = 0;
+const COMMITTING: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Ticket {
+    fn new() -> Ticket {
+        Ticket(AtomicU8::new(QUEUED))
+    }
+
+    /// Gives up on the write unless its commit has begun; true when it is
+    /// (now or already) abandoned and so will never commit.
+    fn abandon(&self) -> bool {
+        match self
+            .0
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == ABANDONED,
+        }
+    }
+
+    fn is_abandoned(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ABANDONED
+    }
+
+    /// Claims the write for a commit; false if it was abandoned.
+    fn begin_commit(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, COMMITTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Puts a claimed write back in the queue: its transaction was rolled
+    /// back to be made again.
+    fn reopen(&self) {
+        let _ = self
+            .0
+            .compare_exchange(COMMITTING, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+    }
 }
 
-/// A job applied inside the batch's transaction, waiting for the commit.
-enum Done {
-    Promote(Reply<PromoteOutcome>, Result<PromoteOutcome, StoreError>),
-    Rollback(Reply<RollbackOutcome>, Result<RollbackOutcome, StoreError>),
-    PutRuntime(Reply<bool>, RuntimeRecord, Result<bool, StoreError>),
-    Refusal(Reply<()>, Result<(), StoreError>),
+/// Abandons its ticket when dropped: a handler that answers or is dropped
+/// (its client gone, say) leaves no write behind that could commit later.
+struct Abandon(Arc<Ticket>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
-impl Job {
-    fn apply(self, batch: &mut Batch<'_>) -> Done {
-        match self {
-            Job::Promote(promotion, reply) => Done::Promote(reply, batch.promote(&promotion)),
-            Job::Rollback(rollback, reply) => Done::Rollback(reply, batch.rollback(&rollback)),
-            Job::PutRuntime(runtime, at, reply) => {
-                let result = batch.put_runtime(&runtime, at);
-                Done::PutRuntime(reply, runtime, result)
-            }
-            Job::Refusal(refusal, retain, reply) => {
-                Done::Refusal(reply, batch.record_refusal(&refusal, retain))
-            }
+/// What the view shows of a batch's committed writes.
+#[derive(Default)]
+struct Changes {
+    pins: Vec<PinRecord>,
+    runtimes: Vec<RuntimeRecord>,
+}
+
+/// One kind of write the writer thread makes.
+trait Write: Send + 'static {
+    type Output: Send + 'static;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<Self::Output, StoreError>;
+    /// What a committed `output` changed that the view shows.
+    fn changes(&self, _output: &Self::Output, _changes: &mut Changes) {}
+}
+
+impl Write for Promotion {
+    type Output = PromoteOutcome;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<PromoteOutcome, StoreError> {
+        batch.promote(self)
+    }
+    fn changes(&self, output: &PromoteOutcome, changes: &mut Changes) {
+        if let PromoteOutcome::Moved { pin, .. } = output {
+            changes.pins.push(pin.clone());
         }
     }
 }
 
-impl Job {
-    /// Answers a job that never ran: its transaction could not be made.
-    fn fail(self, err: &StoreError) {
-        let err = err.clone();
-        // A caller that gave up (its request was dropped) is not waiting.
-        let _ = match self {
-            Job::Promote(_, reply) => reply.send(Err(err)).is_ok(),
-            Job::Rollback(_, reply) => reply.send(Err(err)).is_ok(),
-            Job::PutRuntime(_, _, reply) => reply.send(Err(err)).is_ok(),
-            Job::Refusal(_, _, reply) => reply.send(Err(err)).is_ok(),
+impl Write for Rollback {
+    type Output = RollbackOutcome;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<RollbackOutcome, StoreError> {
+        batch.rollback(self)
+    }
+    fn changes(&self, output: &RollbackOutcome, changes: &mut Changes) {
+        if let RollbackOutcome::Moved { pin, .. } = output {
+            changes.pins.push(pin.clone());
+        }
+    }
+}
+
+/// A catalog entry to add or change; its output says whether it was new.
+struct PutRuntime(RuntimeRecord, time::OffsetDateTime);
+
+impl Write for PutRuntime {
+    type Output = bool;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
+        batch.put_runtime(&self.0, self.1)
+    }
+    fn changes(&self, _created: &bool, changes: &mut Changes) {
+        changes.runtimes.push(self.0.clone());
+    }
+}
+
+/// A refused request for the audit log, keeping at most this many entries
+/// of its class.
+struct RecordRefusal(Refusal, usize);
+
+impl Write for RecordRefusal {
+    type Output = ();
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        batch.record_refusal(&self.0, self.1)
+    }
+}
+
+/// A write in the writer's queue: its input, its ticket, where its answer
+/// goes, and its result once applied in the current transaction.
+struct Job<W: Write> {
+    write: W,
+    ticket: Arc<Ticket>,
+    reply: Reply<W::Output>,
+    result: Option<Result<W::Output, StoreError>>,
+}
+
+/// A [`Job`] of any kind, as the writer thread handles it.
+trait Queued: Send {
+    fn ticket(&self) -> &Ticket;
+    /// Applies the write in the batch's transaction, keeping its result.
+    fn apply(&mut self, batch: &mut Batch<'_>);
+    /// What its committed result changed that the view shows.
+    fn changes(&self, changes: &mut Changes);
+    /// Answers the caller: its result once the batch committed, or the
+    /// failure that kept the batch from committing.
+    fn answer(self: Box<Self>, commit: Result<(), &StoreError>);
+}
+
+impl<W: Write> Queued for Job<W> {
+    fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    fn apply(&mut self, batch: &mut Batch<'_>) {
+        self.result = Some(self.write.apply(batch));
+    }
+
+    fn changes(&self, changes: &mut Changes) {
+        if let Some(Ok(output)) = &self.result {
+            self.write.changes(output, changes);
+        }
+    }
+
+    fn answer(self: Box<Self>, commit: Result<(), &StoreError>) {
+        let result = match (commit, self.result) {
+            (Err(err), _) => Err(err.clone()),
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(StoreError::Statement(
+                "a write was answered before it was applied".into(),
+            )),
         };
-    }
-}
-
-impl Done {
-    /// What this write changed that the view shows.
-    fn changes(&self, pins: &mut Vec<PinRecord>, runtimes: &mut Vec<RuntimeRecord>) {
-        match self {
-            Done::Promote(_, Ok(PromoteOutcome::Moved { pin, .. }))
-            | Done::Rollback(_, Ok(RollbackOutcome::Moved { pin, .. })) => pins.push(pin.clone()),
-            Done::PutRuntime(_, runtime, Ok(_)) => runtimes.push(runtime.clone()),
-            _ => {}
-        }
-    }
-
-    /// Answers the caller: the write's own result once the batch committed,
-    /// or the commit's failure.
-    fn answer(self, commit: Result<(), &StoreError>) {
-        fn send<T>(
-            reply: Reply<T>,
-            result: Result<T, StoreError>,
-            commit: Result<(), &StoreError>,
-        ) {
-            // A caller that gave up (its request was dropped) is not waiting.
-            let _ = reply.send(commit.map_err(Clone::clone).and(result));
-        }
-        match self {
-            Done::Promote(reply, result) => send(reply, result, commit),
-            Done::Rollback(reply, result) => send(reply, result, commit),
-            Done::PutRuntime(reply, _, result) => send(reply, result, commit),
-            Done::Refusal(reply, result) => send(reply, result, commit),
-        }
+        // A caller that gave up (its request was dropped) is not waiting.
+        let _ = self.reply.send(result);
     }
 }
 
@@ -144,13 +250,41 @@ struct Inner {
     registry: Arc<Registry>,
     drift: Drift,
     published: Arc<Published>,
-    writer: mpsc::Sender<Job>,
+    writer: mpsc::Sender<Box<dyn Queued>>,
     /// What the writer connection's writes are called in change
     /// notifications: the change feed skips them, they are already here.
     writer_instance: Option<String>,
     /// Reads snapshots, history and audit, and pings.
-    reader: Mutex<ReaderState>,
+    reader: DropOffRuntime<Mutex<ReaderState>>,
     checks: Arc<SharedChecks<Result<(), ApiError>>>,
+    auth_failures: AuthFailures,
+}
+
+/// Drops its value on a thread of its own: a PostgreSQL connection owns a
+/// runtime, which may not be dropped on one of the server's async threads
+/// (the last reference to the state may go there when the server stops).
+struct DropOffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> std::ops::Deref for DropOffRuntime<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(value) => value,
+            // Only `drop` takes the value out.
+            None => unreachable!("a value used after it was dropped"),
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for DropOffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("pinion-drop".into())
+                .spawn(move || drop(value));
+        }
+    }
 }
 
 struct ReaderState {
@@ -163,9 +297,9 @@ impl AppState {
     /// Opens both connections (running migrations), loads the first view and
     /// starts the writer thread.
     pub fn open(settings: Settings) -> Result<AppState, ServeError> {
-        let writer_store = Store::open(&settings.database)?;
+        let writer_store = Store::open_with(&settings.database, settings.create_database)?;
         let writer_instance = writer_store.instance();
-        let mut reader = Store::open(&settings.database)?;
+        let mut reader = Store::open_with(&settings.database, false)?;
         let seen_version = reader.data_version()?;
         let published = Arc::new(Published {
             view: RwLock::new(Arc::new(View::from_snapshot(reader.snapshot()?))),
@@ -186,13 +320,14 @@ impl AppState {
                 published,
                 writer,
                 writer_instance,
-                reader: Mutex::new(ReaderState {
+                reader: DropOffRuntime(Some(Mutex::new(ReaderState {
                     store: reader,
                     seen_version,
-                }),
+                }))),
                 checks: Arc::new(SharedChecks::new(Err(ApiError::internal(
                     "no freshness check has run yet",
                 )))),
+                auth_failures: AuthFailures::default(),
             }),
         })
     }
@@ -209,6 +344,21 @@ impl AppState {
         &self.inner.drift
     }
 
+    pub fn auth_failures(&self) -> &AuthFailures {
+        &self.inner.auth_failures
+    }
+
+    /// Whether the database is still the one the server opened (see
+    /// [`Store::check_identity`]); cheap, no query. `None` when the reader
+    /// connection is busy: ask again later.
+    pub fn check_identity(&self) -> Option<Result<(), StoreError>> {
+        self.inner
+            .reader
+            .try_lock()
+            .ok()
+            .map(|reader| reader.store.check_identity())
+    }
+
     /// The writers whose change notifications this server can ignore.
     pub fn own_writers(&self) -> Vec<String> {
         self.inner.writer_instance.iter().cloned().collect()
@@ -219,23 +369,63 @@ impl AppState {
         self.inner.published.current()
     }
 
-    /// Queues a job for the writer thread and waits until it is committed
-    /// (fsync'd) and visible in the view.
-    async fn write<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, ApiError> {
+    /// Queues a write for the writer thread and waits until it is committed
+    /// (fsync'd) and visible in the view, or until `deadline`:
+    ///
+    /// - still queued when the deadline nears: given up, never committed,
+    ///   answered `503 store_unavailable` (nothing changed; safe to retry);
+    /// - its commit under way then: the real outcome if it comes by the
+    ///   deadline, else `504 commit_outcome_unknown`.
+    async fn write<W: Write>(&self, write: W, deadline: Deadline) -> Result<W::Output, ApiError> {
         let (reply, answer) = oneshot::channel();
+        let ticket = Arc::new(Ticket::new());
+        let _abandon_on_drop = Abandon(ticket.clone());
         self.inner
             .writer
-            .send(job(reply))
+            .send(Box::new(Job {
+                write,
+                ticket: ticket.clone(),
+                reply,
+                result: None,
+            }))
             .map_err(|_| writer_gone())?;
-        Ok(answer.await.map_err(|_| writer_gone())??)
+        let mut answer = std::pin::pin!(answer);
+        tokio::select! {
+            biased;
+            answered = &mut answer => return Ok(answered.map_err(|_| writer_gone())??),
+            () = tokio::time::sleep_until(deadline.give_up_at()) => {}
+        }
+        if ticket.abandon() {
+            return Err(ApiError::new(
+                Code::StoreUnavailable,
+                "the store did not take the write before the request's deadline; nothing was changed",
+            ));
+        }
+        tokio::select! {
+            biased;
+            answered = &mut answer => Ok(answered.map_err(|_| writer_gone())??),
+            () = tokio::time::sleep_until(deadline.at()) => Err(ApiError::new(
+                Code::CommitOutcomeUnknown,
+                "the commit was sent but did not finish before the request's deadline; \
+                 read the pin back to learn whether it moved",
+            )),
+        }
     }
 
-    pub async fn promote(&self, promotion: Promotion) -> Result<PromoteOutcome, ApiError> {
-        self.write(|reply| Job::Promote(promotion, reply)).await
+    pub async fn promote(
+        &self,
+        promotion: Promotion,
+        deadline: Deadline,
+    ) -> Result<PromoteOutcome, ApiError> {
+        self.write(promotion, deadline).await
     }
 
-    pub async fn rollback(&self, rollback: Rollback) -> Result<RollbackOutcome, ApiError> {
-        self.write(|reply| Job::Rollback(rollback, reply)).await
+    pub async fn rollback(
+        &self,
+        rollback: Rollback,
+        deadline: Deadline,
+    ) -> Result<RollbackOutcome, ApiError> {
+        self.write(rollback, deadline).await
     }
 
     /// Returns true when the entry was new.
@@ -243,35 +433,42 @@ impl AppState {
         &self,
         runtime: RuntimeRecord,
         at: time::OffsetDateTime,
+        deadline: Deadline,
     ) -> Result<bool, ApiError> {
-        self.write(|reply| Job::PutRuntime(runtime, at, reply))
-            .await
+        self.write(PutRuntime(runtime, at), deadline).await
     }
 
+    /// Records a refusal; it has a deadline of its own, since the answer it
+    /// goes with has already been decided.
     pub async fn record_refusal(&self, refusal: Refusal) -> Result<(), ApiError> {
         let retain = self.settings().audit_retention;
-        self.write(|reply| Job::Refusal(refusal, retain, reply))
-            .await
+        let deadline = Deadline::after(self.settings().request_timeout);
+        self.write(RecordRefusal(refusal, retain), deadline).await
     }
 
     /// Runs a query the view does not serve (history, audit) on the reader
-    /// connection, on the blocking pool.
-    pub async fn query<T, F>(&self, work: F) -> Result<T, ApiError>
+    /// connection, on the blocking pool; `503 store_unavailable` if it has
+    /// not answered by `deadline` (the query itself finishes in the
+    /// background and its answer is dropped).
+    pub async fn query<T, F>(&self, deadline: Deadline, work: F) -> Result<T, ApiError>
     where
         F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
         T: Send + 'static,
     {
         let state = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut reader = state
-                .inner
-                .reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            Ok(work(&mut reader.store)?)
-        })
-        .await
-        .map_err(|join| ApiError::internal(format!("store task failed: {join}")))?
+        let query = async move {
+            tokio::task::spawn_blocking(move || {
+                let mut reader = state
+                    .inner
+                    .reader
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                Ok(work(&mut reader.store)?)
+            })
+            .await
+            .map_err(|join| ApiError::internal(format!("store task failed: {join}")))?
+        };
+        deadline.run(query, store_too_slow).await
     }
 
     /// Replaces the view if another process changed the database since it
@@ -300,16 +497,18 @@ impl AppState {
 
     /// With strict reads, makes the view current with the database before a
     /// read is answered, sharing checks between concurrent reads (see
-    /// [`crate::fresh`]); otherwise does nothing.
-    pub async fn ensure_fresh(&self) -> Result<(), ApiError> {
+    /// [`crate::fresh`]), by the request's deadline; otherwise does nothing.
+    pub async fn ensure_fresh(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if !self.settings().strict_reads {
             return Ok(());
         }
+        let deadline = Deadline::for_request(headers, self.settings().request_timeout)?;
         let state = self.clone();
-        self.inner
+        let check = self
+            .inner
             .checks
-            .fresh(move || state.reload_if_changed().map(drop).map_err(ApiError::from))
-            .await
+            .fresh(move || state.reload_if_changed().map(drop).map_err(ApiError::from));
+        deadline.run(check, store_too_slow).await
     }
 
     /// Whether the database answers. Blocking: call from the blocking pool.
@@ -330,7 +529,7 @@ fn writer_gone() -> ApiError {
 /// The writer thread: take every queued write, apply them in one
 /// transaction, publish the changes, answer. Ends when the server drops the
 /// sending side.
-fn write_loop(mut store: Store, jobs: mpsc::Receiver<Job>, published: Arc<Published>) {
+fn write_loop(mut store: Store, jobs: mpsc::Receiver<Box<dyn Queued>>, published: Arc<Published>) {
     // The writer connection's `data_version` moves only when another process
     // commits. While it stands still, the view plus this thread's own changes
     // is the database; when it moves, the view is read afresh. Starting from
@@ -344,24 +543,57 @@ fn write_loop(mut store: Store, jobs: mpsc::Receiver<Job>, published: Arc<Publis
                 Err(_) => break,
             }
         }
-        let replacing = published
-            .replacing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut done = Vec::with_capacity(batch.len());
+        write_batch(&mut store, batch, &published, &mut seen_version);
+    }
+}
+
+/// Commits a batch of writes, less those given up on, and answers each.
+fn write_batch(
+    store: &mut Store,
+    mut batch: Vec<Box<dyn Queued>>,
+    published: &Published,
+    seen_version: &mut i64,
+) {
+    loop {
+        // A write given up on has been answered already; it is dropped here,
+        // and by the check before the commit if it is given up on later.
+        batch.retain(|job| !job.ticket().is_abandoned());
+        if batch.is_empty() {
+            return;
+        }
         let applied = store.batch(batch.len(), |writes| {
-            done.extend(batch.drain(..).map(|job| job.apply(writes)));
+            for job in batch.iter_mut() {
+                job.apply(writes);
+            }
+            let claimed = batch
+                .iter()
+                .take_while(|job| job.ticket().begin_commit())
+                .count();
+            if claimed < batch.len() {
+                for job in &batch[..claimed] {
+                    job.ticket().reopen();
+                }
+                return Finish::RollBack;
+            }
+            // Held from before the commit until the view shows it, so a
+            // reload (read, then swap) cannot replace the view with one read
+            // before this commit.
+            Finish::Commit(
+                published
+                    .replacing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            )
         });
         match applied {
-            Ok(()) => {
-                let mut pins = Vec::new();
-                let mut runtimes = Vec::new();
-                for job in &done {
-                    job.changes(&mut pins, &mut runtimes);
+            Ok(Some(replacing)) => {
+                let mut changes = Changes::default();
+                for job in &batch {
+                    job.changes(&mut changes);
                 }
                 let outside_change = store.data_version().map_or(true, |version| {
-                    let moved = version != seen_version;
-                    seen_version = version;
+                    let moved = version != *seen_version;
+                    *seen_version = version;
                     moved
                 });
                 if outside_change {
@@ -371,25 +603,26 @@ fn write_loop(mut store: Store, jobs: mpsc::Receiver<Job>, published: Arc<Publis
                             tracing::warn!(error = %err, "could not reread the database after a write")
                         }
                     }
-                } else if !pins.is_empty() || !runtimes.is_empty() {
-                    let view = published.current().with_changes(pins, runtimes);
+                } else if !changes.pins.is_empty() || !changes.runtimes.is_empty() {
+                    let view = published
+                        .current()
+                        .with_changes(changes.pins, changes.runtimes);
                     published.swap(view);
                 }
                 drop(replacing);
-                for job in done {
+                for job in batch {
                     job.answer(Ok(()));
                 }
+                return;
             }
+            // A write was given up on before the commit: again, without it.
+            Ok(None) => continue,
             Err(err) => {
-                drop(replacing);
-                // Nothing was committed: every job gets the failure, those
-                // applied before it and those the transaction never reached.
-                for job in done {
+                // Nothing was committed: every write gets the failure.
+                for job in batch {
                     job.answer(Err(&err));
                 }
-                for job in batch {
-                    job.fail(&err);
-                }
+                return;
             }
         }
     }

@@ -242,6 +242,7 @@ impl View {
             .flat_map(|pins| pins.regions.values().map(|slot| &slot.pin))
     }
 
+    #[cfg(test)]
     pub fn pin_count(&self) -> usize {
         self.templates.values().map(|pins| pins.regions.len()).sum()
     }

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 pub use pinion_core::Expectation;
 pub use records::{
-    Action, AuditEntry, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
+    Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
     PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
     TokenRecord,
 };
@@ -72,8 +72,10 @@ pub enum StoreError {
     /// The URL names an engine this build does not have, or does not parse.
     #[error("{0}")]
     UnsupportedUrl(String),
-    /// `open_existing` found no database at that path.
-    #[error("no database at `{0}`")]
+    /// There is no database to open, and making one was not asked for: no
+    /// SQLite file at that path, or no Pinion schema in that PostgreSQL
+    /// database.
+    #[error("{0}")]
     Missing(String),
 }
 
@@ -165,6 +167,15 @@ pub fn follow_changes(
     }
 }
 
+/// How a transaction of [`Store::batch`] ends.
+#[derive(Debug)]
+pub enum Finish<T> {
+    /// Commit, and hand `T` back.
+    Commit(T),
+    /// Roll everything back.
+    RollBack,
+}
+
 /// Writes inside one transaction of [`Store::batch`].
 pub struct Batch<'t> {
     db: &'t mut dyn Sql,
@@ -249,7 +260,10 @@ impl Store {
     /// database.
     pub fn open_existing(url: &DatabaseUrl) -> Result<Store, StoreError> {
         if let Some(path) = url.sqlite_path().filter(|_| url.is_missing()) {
-            return Err(StoreError::Missing(path.display().to_string()));
+            return Err(StoreError::Missing(format!(
+                "no database at `{}`",
+                path.display()
+            )));
         }
         Store::open(url)
     }
@@ -258,9 +272,16 @@ impl Store {
     /// [`DatabaseUrl::is_missing`] to tell first) and runs pending
     /// migrations.
     pub fn open(url: &DatabaseUrl) -> Result<Store, StoreError> {
+        Store::open_with(url, true)
+    }
+
+    /// Connects and runs pending migrations. With `create` false a database
+    /// that does not exist yet (no SQLite file; no Pinion schema in the
+    /// PostgreSQL database) is [`StoreError::Missing`] instead of being made.
+    pub fn open_with(url: &DatabaseUrl, create: bool) -> Result<Store, StoreError> {
         let engine = match url {
-            DatabaseUrl::Sqlite(path) => Engine::Sqlite(Sqlite::open(path)?),
-            DatabaseUrl::Postgres(url) => Engine::Postgres(Box::new(Postgres::open(url)?)),
+            DatabaseUrl::Sqlite(path) => Engine::Sqlite(Sqlite::open(path, create)?),
+            DatabaseUrl::Postgres(url) => Engine::Postgres(Box::new(Postgres::open(url, create)?)),
         };
         Ok(Store { engine })
     }
@@ -274,13 +295,34 @@ impl Store {
         }
     }
 
+    /// One write transaction, committed or rolled back as `work` decides;
+    /// `None` when rolled back.
+    fn transaction<T>(
+        &mut self,
+        work: impl FnOnce(&mut dyn Sql) -> Result<Finish<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match &mut self.engine {
+            Engine::Sqlite(engine) => engine.transaction(work),
+            Engine::Postgres(engine) => engine.transaction(work),
+        }
+    }
+
+    /// One write transaction, committed if `work` succeeds.
     fn write<T>(
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        match &mut self.engine {
-            Engine::Sqlite(engine) => engine.write(work),
-            Engine::Postgres(engine) => engine.write(work),
+        self.transaction(|db| work(db).map(Finish::Commit))?
+            .ok_or_else(|| StoreError::Statement("a committed write gave no result".into()))
+    }
+
+    /// Whether the database this connection opened is still the one its
+    /// URL names (a SQLite file can be deleted or replaced under a running
+    /// server); always true for PostgreSQL.
+    pub fn check_identity(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(engine) => engine.check_identity(),
+            Engine::Postgres(_) => Ok(()),
         }
     }
 
@@ -320,23 +362,24 @@ impl Store {
     /// Runs several writes in one transaction, so they share one commit
     /// (group commit): `work` makes them through the [`Batch`], each in its
     /// own savepoint, so one that fails is rolled back alone and its caller
-    /// told. An `Err` from the whole call means nothing was committed.
+    /// told, then says whether to commit. `Ok(None)`: `work` chose to roll
+    /// back. An `Err` means nothing was committed.
     pub fn batch<T>(
         &mut self,
         writes: usize,
-        work: impl FnOnce(&mut Batch<'_>) -> T,
-    ) -> Result<T, StoreError> {
-        self.write(|db| {
+        work: impl FnOnce(&mut Batch<'_>) -> Finish<T>,
+    ) -> Result<Option<T>, StoreError> {
+        self.transaction(|db| {
             let mut batch = Batch {
                 db,
                 // One write alone: its transaction is its savepoint.
                 savepoints: writes > 1,
                 failed: None,
             };
-            let result = work(&mut batch);
+            let finish = work(&mut batch);
             match batch.failed {
                 Some(err) => Err(err),
-                None => Ok(result),
+                None => Ok(finish),
             }
         })
     }
@@ -362,7 +405,8 @@ impl Store {
         self.write(|db| ops::put_runtime(db, runtime, at))
     }
 
-    /// Records a refused write, keeping at most `retain` entries.
+    /// Records a refused write, keeping at most `retain` entries of its
+    /// class (with a valid token, or without).
     pub fn record_refusal(&mut self, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
         self.write(|db| ops::record_refusal(db, refusal, retain))
     }
@@ -387,12 +431,8 @@ impl Store {
     }
 
     /// Audit entries (refused writes), newest first.
-    pub fn audit(
-        &mut self,
-        limit: usize,
-        before: Option<i64>,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(|db| ops::audit(db, limit, before))
+    pub fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(|db| ops::audit(db, query))
     }
 
     /// Every token ever created, revoked ones included, oldest first.

@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::sql::{Columns, Reader, Row, Sql, Value};
 use crate::{
-    Action, AuditEntry, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
+    Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
     PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
     StoreError, TokenRecord,
 };
@@ -64,6 +64,8 @@ const AUDIT: Columns = Columns {
         "action",
         "status",
         "code",
+        "source",
+        "count",
     ],
 };
 
@@ -229,9 +231,10 @@ pub(crate) fn record_refusal(
     refusal: &Refusal,
     retain: usize,
 ) -> Result<(), StoreError> {
-    let inserted = db.query(
-        "INSERT INTO audit (at, actor, template_name, region, action, status, code)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+    let anonymous = refusal.actor.is_none();
+    db.execute(
+        "INSERT INTO audit (at, actor, template_name, region, action, status, code, source, count, anonymous)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         &[
             format_time(refusal.at)?.into(),
             refusal.actor.as_ref().map(TokenName::as_str).into(),
@@ -240,13 +243,18 @@ pub(crate) fn record_refusal(
             refusal.action.as_str().into(),
             i64::from(refusal.status).into(),
             refusal.code.as_str().into(),
+            refusal.source.as_deref().into(),
+            refusal.count.max(1).into(),
+            anonymous.into(),
         ],
     )?;
-    let newest: i64 = returned(&inserted, "audit", "id")?;
-    let keep = i64::try_from(retain).unwrap_or(i64::MAX);
+    // Each class keeps its newest `retain` entries: the oldest beyond that
+    // goes, and only of the class just written to.
+    let keep = i64::try_from(retain.max(1)).unwrap_or(i64::MAX);
     db.execute(
-        "DELETE FROM audit WHERE id <= ?1",
-        &[newest.saturating_sub(keep).into()],
+        "DELETE FROM audit WHERE anonymous = ?1 AND id <= (
+             SELECT id FROM audit WHERE anonymous = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        &[anonymous.into(), keep.into()],
     )?;
     Ok(())
 }
@@ -326,42 +334,42 @@ pub(crate) fn history(
     db: &mut dyn Sql,
     query: &HistoryQuery,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut params: Vec<Value> = vec![
+        query.template.as_ref().map(TemplateName::as_str).into(),
+        query.region.as_ref().map(Region::as_str).into(),
+        query.before.into(),
+        i64::try_from(query.limit).unwrap_or(i64::MAX).into(),
+    ];
+    let only = only_templates(query.templates.as_deref(), &mut params);
     let rows = db.query(
         &format!(
             "SELECT {} FROM history
              WHERE (CAST(?1 AS TEXT) IS NULL OR template_name = ?1)
                AND (CAST(?2 AS TEXT) IS NULL OR region = ?2)
-               AND (CAST(?3 AS BIGINT) IS NULL OR revision < ?3)
+               AND (CAST(?3 AS BIGINT) IS NULL OR revision < ?3){only}
              ORDER BY revision DESC LIMIT ?4",
             HISTORY.list()
         ),
-        &[
-            query.template.as_ref().map(TemplateName::as_str).into(),
-            query.region.as_ref().map(Region::as_str).into(),
-            query.before.into(),
-            i64::try_from(query.limit).unwrap_or(i64::MAX).into(),
-        ],
+        &params,
     )?;
     rows.iter()
         .map(|row| read_history(&mut HISTORY.reader(row, 0)))
         .collect()
 }
 
-pub(crate) fn audit(
-    db: &mut dyn Sql,
-    limit: usize,
-    before: Option<i64>,
-) -> Result<Vec<AuditEntry>, StoreError> {
+pub(crate) fn audit(db: &mut dyn Sql, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+    let mut params: Vec<Value> = vec![
+        query.before.into(),
+        i64::try_from(query.limit).unwrap_or(i64::MAX).into(),
+    ];
+    let only = only_templates(query.templates.as_deref(), &mut params);
     let rows = db.query(
         &format!(
             "SELECT {} FROM audit
-             WHERE (CAST(?1 AS BIGINT) IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+             WHERE (CAST(?1 AS BIGINT) IS NULL OR id < ?1){only} ORDER BY id DESC LIMIT ?2",
             AUDIT.list()
         ),
-        &[
-            before.into(),
-            i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        ],
+        &params,
     )?;
     rows.iter()
         .map(|row| {
@@ -376,10 +384,31 @@ pub(crate) fn audit(
                     action: row.next()?,
                     status: row.next()?,
                     code: row.next()?,
+                    source: row.next()?,
+                    count: row.next()?,
                 },
             })
         })
         .collect()
+}
+
+/// ` AND template_name IN (…)` for a template restriction (its names added
+/// to `params`), or nothing. An empty restriction matches nothing.
+fn only_templates(templates: Option<&[TemplateName]>, params: &mut Vec<Value>) -> String {
+    let Some(templates) = templates else {
+        return String::new();
+    };
+    if templates.is_empty() {
+        return " AND 1 = 0".to_owned();
+    }
+    let placeholders: Vec<String> = templates
+        .iter()
+        .map(|template| {
+            params.push(template.as_str().into());
+            format!("?{}", params.len())
+        })
+        .collect();
+    format!(" AND template_name IN ({})", placeholders.join(", "))
 }
 
 pub(crate) fn tokens(db: &mut dyn Sql) -> Result<Vec<TokenRecord>, StoreError> {

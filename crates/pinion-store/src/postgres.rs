@@ -18,12 +18,13 @@ use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, NoTls, Statement};
 use std::collections::HashMap;
 
-use crate::StoreError;
 use crate::sql::{Row, Sql, Value};
+use crate::{Finish, StoreError};
 
 /// Schema migrations, applied in order under an advisory lock (replicas
 /// starting together migrate once). Never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE pinion_meta (
         id             INTEGER PRIMARY KEY CHECK (id = 1),
         change_counter BIGINT NOT NULL
@@ -88,7 +89,15 @@ const MIGRATIONS: &[&str] = &[r#"
         revoked_at  TEXT
     );
     CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked_at IS NULL;
-"#];
+"#,
+    r#"
+    ALTER TABLE audit ADD COLUMN source TEXT,
+        ADD COLUMN count BIGINT NOT NULL DEFAULT 1,
+        ADD COLUMN anonymous BIGINT NOT NULL DEFAULT 0;
+    UPDATE audit SET anonymous = 1 WHERE actor IS NULL;
+    CREATE INDEX audit_class ON audit (anonymous, id);
+"#,
+];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7069_6e69_6f6e;
@@ -108,7 +117,9 @@ pub(crate) struct Postgres {
 }
 
 impl Postgres {
-    pub fn open(url: &str) -> Result<Postgres, StoreError> {
+    /// Connects and migrates; with `create` false, refuses a database that
+    /// holds no Pinion schema yet rather than making one.
+    pub fn open(url: &str, create: bool) -> Result<Postgres, StoreError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|_| StoreError::UnsupportedUrl("the PostgreSQL URL does not parse".into()))?;
@@ -122,7 +133,7 @@ impl Postgres {
             instance: instance_id(),
             own_writes: 0,
         };
-        store.migrate()?;
+        store.migrate(create)?;
         Ok(store)
     }
 
@@ -147,10 +158,20 @@ impl Postgres {
         result
     }
 
-    fn migrate(&mut self) -> Result<(), StoreError> {
+    fn migrate(&mut self, create: bool) -> Result<(), StoreError> {
         let client = self.client()?;
         let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        if !create {
+            let exists: bool = tx
+                .query_one("SELECT to_regclass('pinion_schema') IS NOT NULL", &[])?
+                .get(0);
+            if !exists {
+                return Err(StoreError::Missing(
+                    "the PostgreSQL database holds no Pinion schema".into(),
+                ));
+            }
+        }
         tx.batch_execute("CREATE TABLE IF NOT EXISTS pinion_schema (version BIGINT NOT NULL)")?;
         let applied: i64 = tx
             .query_opt("SELECT version FROM pinion_schema", &[])?
@@ -163,6 +184,11 @@ impl Postgres {
                 known,
             });
         }
+        if applied == 0 {
+            tracing::warn!(
+                "the PostgreSQL database held no Pinion schema: creating a new, empty one"
+            );
+        }
         for migration in MIGRATIONS.iter().skip(applied as usize) {
             tx.batch_execute(migration)?;
         }
@@ -173,11 +199,12 @@ impl Postgres {
     }
 
     /// Runs `work` in a write transaction serialised with every other writer
-    /// (the `pinion_meta` row lock) and commits.
-    pub fn write<T>(
+    /// (the `pinion_meta` row lock), then commits or rolls back as `work`
+    /// decides.
+    pub fn transaction<T>(
         &mut self,
-        work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+        work: impl FnOnce(&mut dyn Sql) -> Result<Finish<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         let opening = format!(
             "UPDATE pinion_meta SET change_counter = change_counter + 1 WHERE id = 1; \
              NOTIFY pinion_changes, '{}'",
@@ -193,14 +220,22 @@ impl Postgres {
             // replicas; the notification is delivered to every listening
             // replica when (and only if) this commits.
             tx.batch_execute(&opening)?;
-            let result = work(&mut Adapter {
+            let finish = work(&mut Adapter {
                 tx: &mut tx,
                 statements,
             })?;
-            tx.commit()?;
-            Ok(result)
+            match finish {
+                Finish::Commit(result) => {
+                    tx.commit()?;
+                    Ok(Some(result))
+                }
+                Finish::RollBack => {
+                    tx.rollback()?;
+                    Ok(None)
+                }
+            }
         })();
-        if result.is_ok() {
+        if matches!(result, Ok(Some(_))) {
             self.own_writes += 1;
         }
         self.settle(result)

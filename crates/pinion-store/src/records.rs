@@ -182,9 +182,27 @@ pub struct HistoryQuery {
     /// Only entries with a revision below this one (pagination).
     pub before: Option<i64>,
     pub limit: usize,
+    /// Only these templates' entries (a template-restricted token's view).
+    pub templates: Option<Vec<TemplateName>>,
+}
+
+/// Which audit entries to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only entries with an id below this one (pagination).
+    pub before: Option<i64>,
+    pub limit: usize,
+    /// Only entries about these templates (a template-restricted token's
+    /// view: entries about no template, such as failed authentications,
+    /// are left out too).
+    pub templates: Option<Vec<TemplateName>>,
 }
 
 /// A refused write, as the audit log keeps it. Never a secret.
+///
+/// Refusals of an authenticated token and those of callers without a valid
+/// token are kept apart, each class up to its own retention, so a flood of
+/// strangers' failures can never push a real token's refusal out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub at: OffsetDateTime,
@@ -197,6 +215,12 @@ pub struct Refusal {
     pub status: u16,
     /// The error code of the answer, e.g. `pin_conflict`.
     pub code: String,
+    /// Where the request came from (the peer's address), kept for refusals
+    /// without a valid token.
+    pub source: Option<String>,
+    /// How many refusals this entry stands for: 1, or more for failed
+    /// authentications from one source counted together.
+    pub count: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,18 +2,20 @@
 //! migrations, transactions, and the [`Sql`] adapter; the queries themselves
 //! are in `ops`.
 
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use crate::StoreError;
 use crate::sql::{Row, Sql, Value};
+use crate::{Finish, StoreError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds how many
 /// have run. Never edit one that has shipped: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE runtimes (
         name        TEXT PRIMARY KEY NOT NULL,
         image       TEXT,
@@ -75,18 +77,45 @@ const MIGRATIONS: &[&str] = &[r#"
         revoked_at  TEXT
     ) STRICT;
     CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked_at IS NULL;
-"#];
+"#,
+    // Audit entries without a valid token are a class of their own, with its
+    // own retention; they are counted per source rather than kept one by one.
+    r#"
+    ALTER TABLE audit ADD COLUMN source TEXT;
+    ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE audit ADD COLUMN anonymous INTEGER NOT NULL DEFAULT 0;
+    UPDATE audit SET anonymous = 1 WHERE actor IS NULL;
+    CREATE INDEX audit_class ON audit (anonymous, id);
+"#,
+];
 
 /// One SQLite connection.
 pub(crate) struct Sqlite {
     conn: Connection,
+    path: PathBuf,
+    /// The device and inode of the file this connection opened. A file
+    /// deleted or replaced under a running server is still open here, and a
+    /// write to it would "succeed" into a file nobody will ever read again:
+    /// every commit first checks that the path still names this file.
+    identity: (u64, u64),
 }
 
 impl Sqlite {
-    /// Opens (creating if absent) the database, sets it up for durable
-    /// writes, and runs pending migrations.
-    pub fn open(path: &Path) -> Result<Sqlite, StoreError> {
-        let conn = Connection::open(path)?;
+    /// Opens (creating if absent, when `create`) the database, sets it up
+    /// for durable writes, and runs pending migrations.
+    pub fn open(path: &Path, create: bool) -> Result<Sqlite, StoreError> {
+        let flags = if create {
+            OpenFlags::default()
+        } else {
+            OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(|err| {
+            if !create && !path.exists() {
+                StoreError::Missing(format!("no database at `{}`", path.display()))
+            } else {
+                err.into()
+            }
+        })?;
         // Another process (`pinion token create`, a second server) may hold
         // the write lock briefly; wait for it rather than fail.
         conn.busy_timeout(Duration::from_secs(5))?;
@@ -100,9 +129,19 @@ impl Sqlite {
             );
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        let mut store = Sqlite { conn };
+        let identity = file_identity(path)?;
+        let mut store = Sqlite {
+            conn,
+            path: path.to_owned(),
+            identity,
+        };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Fails unless the path still names the file this connection opened.
+    pub fn check_identity(&self) -> Result<(), StoreError> {
+        still_the_file(&self.path, self.identity)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -126,17 +165,33 @@ impl Sqlite {
     }
 
     /// Runs `work` in one `IMMEDIATE` transaction (SQLite's single writer
-    /// serialises these) and commits: one fsync.
-    pub fn write<T>(
+    /// serialises these) and commits, one fsync, or rolls back, as `work`
+    /// decides. Before committing, checks that the file is still the one
+    /// opened (see [`Sqlite::identity`](Sqlite)).
+    pub fn transaction<T>(
         &mut self,
-        work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let result = work(&mut Adapter(&tx))?;
-        tx.commit()?;
-        Ok(result)
+        work: impl FnOnce(&mut dyn Sql) -> Result<Finish<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let Sqlite {
+            conn,
+            path,
+            identity,
+        } = self;
+        // Checked before (a replaced file's statements fail in odd ways)
+        // and again just before the commit.
+        still_the_file(path, *identity)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match work(&mut Adapter(&tx))? {
+            Finish::Commit(result) => {
+                still_the_file(path, *identity)?;
+                tx.commit()?;
+                Ok(Some(result))
+            }
+            Finish::RollBack => {
+                tx.rollback()?;
+                Ok(None)
+            }
+        }
     }
 
     /// Runs `work` in one read transaction, so what it reads is consistent.
@@ -151,6 +206,7 @@ impl Sqlite {
     }
 
     pub fn ping(&self) -> Result<(), StoreError> {
+        self.check_identity()?;
         self.conn
             .query_row("SELECT count(*) FROM runtimes", [], |_| Ok(()))?;
         Ok(())
@@ -162,6 +218,26 @@ impl Sqlite {
             .conn
             .query_row("PRAGMA data_version", [], |row| row.get(0))?)
     }
+}
+
+/// Fails unless `path` still names the file of `identity`.
+fn still_the_file(path: &Path, identity: (u64, u64)) -> Result<(), StoreError> {
+    match file_identity(path) {
+        Ok(now) if now == identity => Ok(()),
+        _ => Err(StoreError::Unavailable(format!(
+            "the database file `{}` was removed or replaced while open; nothing more is \
+             written to it: restore the file, or restart the server on the right one",
+            path.display()
+        ))),
+    }
+}
+
+/// The device and inode the path names now.
+fn file_identity(path: &Path) -> Result<(u64, u64), StoreError> {
+    let metadata = std::fs::metadata(path).map_err(|err| {
+        StoreError::Unavailable(format!("cannot read `{}`: {err}", path.display()))
+    })?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 struct Adapter<'a>(&'a Connection);

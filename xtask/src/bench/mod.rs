@@ -51,7 +51,14 @@ pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The release binary, built now; or, for an A/B of two builds in one
+/// sitting, the binary `PINION_BENCH_BINARY` names.
 fn build_release() -> Result<PathBuf, String> {
+    if let Some(binary) = std::env::var_os("PINION_BENCH_BINARY") {
+        return PathBuf::from(binary)
+            .canonicalize()
+            .map_err(|err| format!("PINION_BENCH_BINARY: {err}"));
+    }
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "--quiet", "-p", "pinion-cli"])
         .status()

@@ -13,9 +13,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let database = DatabaseUrl::parse(&args.database.database)?;
     if let Some(path) = database.sqlite_path().filter(|_| database.is_missing()) {
+        if !args.create_database {
+            anyhow::bail!(
+                "no database at `{}`, and --create-database is false: check the path, or restore the file",
+                path.display()
+            );
+        }
         tracing::warn!(path = %path.display(), "no database at this path: creating a new, empty one");
     }
     let mut settings = Settings::new(database);
+    settings.create_database = args.create_database;
+    settings.metrics_token_required = args.metrics_token_required;
     settings.registry_check =
         RegistryCheck::parse(&args.registry_check).map_err(anyhow::Error::msg)?;
     if args.request_timeout == 0 {

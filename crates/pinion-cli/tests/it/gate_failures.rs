@@ -269,8 +269,26 @@ fn hanging_server_ends_within_the_timeout() {
         "took {:?}",
         started.elapsed()
     );
-    assert_red(&out, 2, "no answer within 2s");
-    assert_eq!(fault.count(), 1, "a timeout is not retried");
+    assert_red(&out, 2, "no answer to the write (none within 2s)");
+    assert!(out.reason().contains("read back"), "{out:?}");
+    let posts = fault
+        .requests()
+        .iter()
+        .filter(|head| head.starts_with("POST "))
+        .count();
+    assert_eq!(
+        posts, 1,
+        "a write whose outcome is unknown is not sent again"
+    );
+    assert!(
+        fault
+            .requests()
+            .iter()
+            .skip(1)
+            .all(|head| head.starts_with("GET ")),
+        "it is settled by reading the pin back: {:?}",
+        fault.requests()
+    );
 }
 
 #[test]

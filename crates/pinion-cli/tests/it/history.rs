@@ -461,17 +461,23 @@ fn refused_writes_are_audited_without_secrets() {
             )
         })
         .collect();
+    // A failed authentication costs no write: it is counted, and summarised
+    // in the audit once a minute or when the server stops.
     assert_eq!(
         seen,
         [
             (Some("ci"), 422, "invalid_digest"),
             (Some("ci"), 409, "pin_conflict"),
             (Some("provisioner"), 403, "forbidden"),
-            (None, 401, "unauthorized"),
         ]
     );
     assert_eq!(entries[1]["template_name"], "codex");
     assert_eq!(entries[1]["region"], "global");
+    assert!(
+        entries
+            .iter()
+            .all(|entry| entry["count"] == 1 && entry["source"].is_null())
+    );
     let history = fixture
         .server
         .get("/cp/admin/runtime-image/history", &fixture.admin);
@@ -480,4 +486,17 @@ fn refused_writes_are_audited_without_secrets() {
         1,
         "refusals wrote no history"
     );
+    let Fixture {
+        server, env, admin, ..
+    } = fixture;
+    assert_eq!(server.terminate(), Some(0));
+    let server = env.start();
+    let audit = server.get("/cp/admin/audit", &admin).json();
+    let newest = &audit["audit"][0];
+    assert_eq!(newest["actor"], serde_json::Value::Null, "{audit}");
+    assert_eq!(newest["status"], 401);
+    assert_eq!(newest["code"], "unauthorized");
+    assert_eq!(newest["action"], "promote");
+    assert_eq!(newest["source"], "127.0.0.1");
+    assert_eq!(newest["count"], 1);
 }

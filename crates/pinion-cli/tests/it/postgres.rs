@@ -357,3 +357,139 @@ fn concurrent_strict_reads_see_every_write_acknowledged_before_them() {
         client.join().unwrap();
     }
 }
+
+/// A TCP proxy in front of PostgreSQL that the test freezes with SIGSTOP:
+/// `socat` in a process group of its own (it forks a process per
+/// connection), so every connection through it stalls at once, with the
+/// sockets open and the kernel still accepting bytes: a database that hangs
+/// rather than one that is down.
+struct FreezableProxy {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl FreezableProxy {
+    fn start(upstream: SocketAddr) -> FreezableProxy {
+        use std::os::unix::process::CommandExt;
+        let port = crate::support::closed_port();
+        let child = std::process::Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg(format!("TCP:{upstream}"))
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("socat (cargo xtask test installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        eventually("socat listens", Duration::from_secs(10), || {
+            TcpStream::connect(addr).is_ok()
+        });
+        FreezableProxy { child, addr }
+    }
+
+    fn signal(&self, signal: &str) {
+        let group = format!("-{}", self.child.id());
+        let status = std::process::Command::new("kill")
+            .args([signal, "--", &group])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} {group}");
+    }
+
+    fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        self.thaw();
+        self.signal("-KILL");
+        let _ = self.child.wait();
+    }
+}
+
+/// Rules 1 and 2 of the faults issue with the database frozen mid-flight:
+/// reads answer 503 by their deadline instead of hanging until it thaws,
+/// a write is answered by its deadline with the truth (503, nothing
+/// changed; or 504 when its commit was in flight), and once it thaws the
+/// pin agrees with what was answered. The gate, meanwhile, agrees with the
+/// pin it leaves.
+#[test]
+fn a_frozen_database_is_answered_by_the_deadline_and_truthfully() {
+    let env = Env::postgres();
+    env.add_template("codex", "localhost:5000/codex");
+    let token = env.token("ci", "promote", &[]);
+    let proxy = FreezableProxy::start(upstream(&env.database()));
+    let server = Server::start(
+        &through(&env.database(), proxy.addr),
+        &[("PINION_REQUEST_TIMEOUT", "2")],
+    );
+    assert_eq!(promote(&server, &token, 1).status, 201);
+
+    proxy.freeze();
+    for path in [
+        "/cp/runtime-image/resolve?template_name=codex",
+        "/cp/admin/runtime-image",
+        "/cp/admin/runtime-image/history",
+        "/readyz",
+    ] {
+        let started = std::time::Instant::now();
+        let answer = server.get(path, &token);
+        let took = started.elapsed();
+        assert_eq!(answer.status, 503, "{path}: {answer:?}");
+        assert_eq!(answer.error_code(), "store_unavailable", "{path}");
+        assert!(took < Duration::from_millis(2600), "{path} took {took:?}");
+    }
+    let started = std::time::Instant::now();
+    let write = promote(&server, &token, 2);
+    assert!(started.elapsed() < Duration::from_millis(2600));
+    assert!(matches!(write.status, 503 | 504), "{write:?}");
+    proxy.thaw();
+    eventually("reads heal", Duration::from_secs(15), || {
+        server.get("/cp/admin/runtime-image", &token).status == 200
+    });
+    thread::sleep(Duration::from_secs(1));
+    let pinned = server.pinned(&token, "codex", "global");
+    if write.status == 503 {
+        assert_eq!(pinned, Some(digest(1)), "a 503 changed nothing");
+    } else {
+        assert_eq!(write.error_code(), "commit_outcome_unknown");
+    }
+
+    // The gate while the database freezes for four seconds.
+    let pinned_before = server.pinned(&token, "codex", "global");
+    proxy.freeze();
+    let thaw = thread::spawn({
+        let group = proxy.child.id();
+        move || {
+            thread::sleep(Duration::from_secs(4));
+            std::process::Command::new("kill")
+                .args(["-CONT", "--", &format!("-{group}")])
+                .status()
+                .unwrap();
+        }
+    });
+    let out = server
+        .gate(&token)
+        .promote("codex", &digest(3), &["--timeout", "3"]);
+    thaw.join().unwrap();
+    eventually("reads heal", Duration::from_secs(15), || {
+        server.get("/cp/admin/runtime-image", &token).status == 200
+    });
+    thread::sleep(Duration::from_secs(1));
+    let pinned = server.pinned(&token, "codex", "global");
+    eprintln!(
+        "frozen for 4 s: the gate exited {}: {}",
+        out.code, out.stderr
+    );
+    assert_eq!(
+        out.code == 0,
+        pinned.as_deref() == Some(digest(3).as_str()),
+        "exit {} but the pin is {pinned:?} (was {pinned_before:?}): {out:?}",
+        out.code
+    );
+}

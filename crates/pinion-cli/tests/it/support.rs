@@ -173,6 +173,20 @@ impl Env {
         self.postgres.is_some()
     }
 
+    /// A SQLite database, whatever engine the suite runs on.
+    pub fn sqlite() -> Env {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: None,
+        }
+    }
+
+    /// The SQLite file's path (panics for PostgreSQL).
+    pub fn sqlite_path(&self) -> PathBuf {
+        assert!(self.postgres.is_none(), "a SQLite environment");
+        self.dir.path().join("pinion.db")
+    }
+
     /// A PostgreSQL database, whatever engine the suite runs on.
     pub fn postgres() -> Env {
         let admin = postgres_admin_url();
@@ -490,6 +504,25 @@ pub fn try_post(addr: SocketAddr, path: &str, token: &str, body: &str) -> Option
     text.contains("\r\n\r\n").then(|| parse_response(&raw))
 }
 
+/// Sends `request` whole, then shuts the write side of the connection (as
+/// `curl` with a body from a pipe, or a proxy, may) and reads the answer.
+pub fn half_closed_request(addr: SocketAddr, request: &[u8]) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let answered = String::from_utf8_lossy(&raw).contains("\r\n\r\n");
+    answered.then(|| {
+        let response = parse_response(&raw);
+        assert_no_secret("HTTP response", &response.body);
+        response
+    })
+}
+
 pub fn raw_http(addr: SocketAddr, head: &[u8], body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -571,6 +604,10 @@ pub enum Fault {
     /// A registry that lies: answers every request with 200, this body, and a
     /// `Docker-Content-Digest` that is not the body's.
     LyingRegistry(String, String),
+    /// Answer POSTs with the first (status, JSON body), everything else with
+    /// the second: a control plane that says one thing about a write and
+    /// another when read.
+    ByMethod((u16, String), (u16, String)),
 }
 
 /// A fault-injecting HTTP server on a free port; it records what it received.
@@ -594,6 +631,11 @@ impl FaultServer {
                 let (seen, counted) = (seen.clone(), counted.clone());
                 thread::spawn(move || {
                     let head = read_head(&mut stream);
+                    // Read the body too before answering: closing with
+                    // unread bytes would reset the connection under the
+                    // answer, a fault of its own that these are not about.
+                    read_body(&mut stream, &head);
+                    let is_post = head.starts_with("POST ");
                     seen.lock().unwrap().push(head);
                     counted.fetch_add(1, Ordering::SeqCst);
                     match fault {
@@ -609,6 +651,14 @@ impl FaultServer {
                             let _ = write!(
                                 stream,
                                 "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nDocker-Content-Digest: {claimed}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                        }
+                        Fault::ByMethod(post, other) => {
+                            let (status, body) = if is_post { post } else { other };
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                                 body.len()
                             );
                         }
@@ -641,6 +691,17 @@ impl FaultServer {
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
     }
+}
+
+fn read_body(stream: &mut TcpStream, head: &str) {
+    let length = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length.min(1 << 20)];
+    let _ = stream.read_exact(&mut body);
 }
 
 fn read_head(stream: &mut TcpStream) -> String {

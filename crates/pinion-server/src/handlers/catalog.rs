@@ -3,23 +3,25 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{Runtime, RuntimeList, RuntimeUpdate};
 use pinion_core::{Repository, Scope, TemplateName};
 use pinion_store::RuntimeRecord;
 
 use super::{Attempt, audited, now, optional_field, parse_field, read_json, runtime_body};
-use crate::auth::Caller;
+use crate::auth::{Caller, Source};
+use crate::deadline::Deadline;
 use crate::error::{ApiError, Field};
 use crate::state::AppState;
 
 pub async fn list_runtimes(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
 ) -> Result<Json<RuntimeList>, ApiError> {
     caller.require(Scope::Read)?;
-    state.ensure_fresh().await?;
+    state.ensure_fresh(&headers).await?;
     let view = state.view();
     let runtimes = view
         .runtimes
@@ -38,11 +40,13 @@ struct RuntimeResponse {
 pub async fn put_runtime(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    source: Source,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut attempt = Attempt::new("put_runtime");
-    let result = put_runtime_inner(&state, &mut attempt, caller, &name, body).await;
+    let mut attempt = Attempt::new("put_runtime", source);
+    let result = put_runtime_inner(&state, &mut attempt, caller, &name, &headers, body).await;
     audited(&state, attempt, result).await
 }
 
@@ -51,13 +55,15 @@ async fn put_runtime_inner(
     attempt: &mut Attempt,
     caller: Result<Caller, ApiError>,
     name: &str,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Admin)?;
     let name = parse_field(Field::TemplateName, TemplateName::parse(name))?;
     attempt.template = Some(name.clone());
-    let update: RuntimeUpdate = read_json(body, state.settings().body_limit).await?;
+    let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
+    let update: RuntimeUpdate = read_json(body, state.settings().body_limit, &deadline).await?;
     let repository = optional_field(Field::Image, update.image.as_deref(), Repository::parse)?;
     caller.require_template(&name)?;
     let runtime = RuntimeRecord {
@@ -65,7 +71,7 @@ async fn put_runtime_inner(
         repository,
         pinnable: update.pinnable,
     };
-    let created = state.put_runtime(runtime.clone(), now()).await?;
+    let created = state.put_runtime(runtime.clone(), now(), deadline).await?;
     tracing::info!(template = %runtime.name, created, "catalog entry stored");
     let status = if created {
         StatusCode::CREATED

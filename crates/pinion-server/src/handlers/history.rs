@@ -4,12 +4,14 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
 use pinion_api::{AuditEntry, AuditList, HistoryEntry, HistoryList};
-use pinion_core::Scope;
-use pinion_store::HistoryQuery;
+use pinion_core::{Scope, TemplateName};
+use pinion_store::{AuditQuery, HistoryQuery};
 
 use super::{Query, format_time};
 use crate::auth::Caller;
+use crate::deadline::Deadline;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -19,9 +21,11 @@ const MAX_LIMIT: i64 = 1000;
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<HistoryList>, ApiError> {
     caller.require(Scope::Read)?;
+    let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
     let query = Query::parse(raw.as_deref());
     let template = query.template()?;
     if let Some(template) = &template {
@@ -35,13 +39,15 @@ pub async fn history(
         before,
         // One more than asked tells whether there is a next page.
         limit: limit + 1,
+        templates: caller.templates().map(<[TemplateName]>::to_vec),
     };
-    let mut entries = state.query(move |store| store.history(&request)).await?;
+    let mut entries = state
+        .query(deadline, move |store| store.history(&request))
+        .await?;
     let more = entries.len() > limit;
     entries.truncate(limit);
     let history: Vec<HistoryEntry> = entries
         .iter()
-        .filter(|entry| caller.may_use(&entry.template))
         .map(|entry| HistoryEntry {
             revision: entry.revision,
             template_name: entry.template.to_string(),
@@ -76,17 +82,26 @@ pub async fn history(
     }))
 }
 
+/// The audit of refused writes. A template-restricted admin token sees only
+/// the entries about its templates (not other templates' entries, nor the
+/// failed authentications of strangers).
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<AuditList>, ApiError> {
     caller.require(Scope::Admin)?;
+    let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
     let query = Query::parse(raw.as_deref());
     let limit = query.number("limit", MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as usize;
-    let before = query.number("before", i64::MAX)?;
+    let request = AuditQuery {
+        before: query.number("before", i64::MAX)?,
+        limit: limit + 1,
+        templates: caller.templates().map(<[TemplateName]>::to_vec),
+    };
     let mut entries = state
-        .query(move |store| store.audit(limit + 1, before))
+        .query(deadline, move |store| store.audit(&request))
         .await?;
     let more = entries.len() > limit;
     entries.truncate(limit);
@@ -102,6 +117,8 @@ pub async fn audit(
             action: entry.refusal.action,
             status: entry.refusal.status,
             code: entry.refusal.code,
+            source: entry.refusal.source,
+            count: entry.refusal.count,
         })
         .collect();
     Ok(Json(AuditList { audit, next_before }))

@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Source};
+use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
 use crate::state::AppState;
 use crate::view::View;
@@ -35,15 +36,17 @@ use crate::view::View;
 /// What a write attempt had established when it ended, for the audit log.
 struct Attempt {
     action: &'static str,
+    source: Source,
     actor: Option<TokenName>,
     template: Option<TemplateName>,
     region: Option<Region>,
 }
 
 impl Attempt {
-    fn new(action: &'static str) -> Attempt {
+    fn new(action: &'static str, source: Source) -> Attempt {
         Attempt {
             action,
+            source,
             actor: None,
             template: None,
             region: None,
@@ -76,14 +79,27 @@ impl Attempt {
 }
 
 /// Passes the answer through, recording it first if it is a refused write
-/// (401, 403, 409, 422). The audit keeps names and codes, never a secret.
+/// (403, 409, 422 of a valid token). A write refused for want of a valid
+/// token (401, 429) is only counted, per source, and summarised in the
+/// audit log once a minute ([`crate::failures`]): strangers cost no write
+/// and cannot push real refusals out. The audit keeps names and codes,
+/// never a secret.
 async fn audited(
     state: &AppState,
     attempt: Attempt,
     result: Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     let Err(error) = &result else { return result };
-    let audited_status = matches!(error.status().as_u16(), 401 | 403 | 409 | 422);
+    if matches!(error.code, Code::Unauthorized | Code::TooManyAuthFailures) {
+        state.auth_failures().note_refused_write(
+            attempt.source.0,
+            attempt.action,
+            error.code.as_str(),
+            now(),
+        );
+        return result;
+    }
+    let audited_status = matches!(error.status().as_u16(), 403 | 409 | 422);
     if audited_status {
         let refusal = Refusal {
             at: now(),
@@ -93,6 +109,8 @@ async fn audited(
             action: attempt.action.to_owned(),
             status: error.status().as_u16(),
             code: error.code.as_str().to_owned(),
+            source: None,
+            count: 1,
         };
         if let Err(err) = state.record_refusal(refusal).await {
             tracing::warn!(
@@ -104,15 +122,39 @@ async fn audited(
     result
 }
 
-/// Reads a bounded body and decodes it: 413 when too large, 400 when it is
-/// not JSON, 422 when it is JSON of the wrong shape.
-async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            Code::PayloadTooLarge,
-            format!("the request body is larger than {limit} bytes or could not be read"),
-        )
-    })?;
+/// Reads a bounded body by the deadline and decodes it: 413 when too large,
+/// 400 when it ends early, its framing is broken or it is not JSON, 408
+/// when it does not arrive in time, 422 when it is JSON of the wrong shape.
+async fn read_json<T: DeserializeOwned>(
+    body: Body,
+    limit: usize,
+    deadline: &Deadline,
+) -> Result<T, ApiError> {
+    let read = async {
+        axum::body::to_bytes(body, limit).await.map_err(|err| {
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    Code::PayloadTooLarge,
+                    format!("the request body is larger than {limit} bytes"),
+                )
+            } else {
+                ApiError::new(
+                    Code::MalformedBody,
+                    format!("the request body could not be read: {err}"),
+                )
+            }
+        })
+    };
+    let bytes = deadline
+        .run(read, || {
+            ApiError::new(
+                Code::RequestTimeout,
+                "the request body did not arrive within the request's deadline",
+            )
+        })
+        .await?;
     serde_json::from_slice(&bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {

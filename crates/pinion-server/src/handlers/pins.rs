@@ -18,7 +18,8 @@ use super::{
     pin_body, read_json, to_bytes,
 };
 use crate::RegistryCheck;
-use crate::auth::Caller;
+use crate::auth::{Caller, Source};
+use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
 use crate::state::AppState;
 use crate::view::View;
@@ -26,10 +27,11 @@ use crate::view::View;
 pub async fn promote(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    source: Source,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut attempt = Attempt::new("promote");
+    let mut attempt = Attempt::new("promote", source);
     let result = promote_inner(&state, &mut attempt, caller, &headers, body).await;
     audited(&state, attempt, result).await
 }
@@ -43,7 +45,8 @@ async fn promote_inner(
 ) -> Result<Response, ApiError> {
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Promote)?;
-    let request: PromoteRequest = read_json(body, state.settings().body_limit).await?;
+    let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
+    let request: PromoteRequest = read_json(body, state.settings().body_limit, &deadline).await?;
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let digest = parse_field(Field::ImageDigest, Digest::parse(&request.image_digest))?;
     let git_sha = optional_field(Field::GitSha, request.git_sha.as_deref(), GitSha::parse)?;
@@ -90,7 +93,14 @@ async fn promote_inner(
         ));
     }
     caller.require_template(&template)?;
-    check_registry(state, &template, &digest).await?;
+    deadline
+        .run(check_registry(state, &template, &digest), || {
+            ApiError::new(
+                Code::RegistryUnavailable,
+                "the registry did not confirm the digest within the request's deadline; nothing was changed",
+            )
+        })
+        .await?;
 
     let promotion = Promotion {
         template,
@@ -106,7 +116,7 @@ async fn promote_inner(
         force: request.force,
     };
     let requested = promotion.clone();
-    let outcome = state.promote(promotion).await?;
+    let outcome = state.promote(promotion, deadline).await?;
     let view = state.view();
     match outcome {
         PromoteOutcome::Moved { pin, previous } => {
@@ -258,10 +268,12 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
 pub async fn rollback(
     State(state): State<AppState>,
     caller: Result<Caller, ApiError>,
+    source: Source,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut attempt = Attempt::new("rollback");
-    let result = rollback_inner(&state, &mut attempt, caller, body).await;
+    let mut attempt = Attempt::new("rollback", source);
+    let result = rollback_inner(&state, &mut attempt, caller, &headers, body).await;
     audited(&state, attempt, result).await
 }
 
@@ -269,11 +281,13 @@ async fn rollback_inner(
     state: &AppState,
     attempt: &mut Attempt,
     caller: Result<Caller, ApiError>,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Promote)?;
-    let request: RollbackRequest = read_json(body, state.settings().body_limit).await?;
+    let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
+    let request: RollbackRequest = read_json(body, state.settings().body_limit, &deadline).await?;
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let to = optional_field(Field::ToDigest, request.to_digest.as_deref(), Digest::parse)?;
     let notes = optional_field(Field::Notes, request.notes.as_deref(), Notes::parse)?;
@@ -286,7 +300,7 @@ async fn rollback_inner(
         at: now(),
         notes,
     };
-    let outcome = state.rollback(rollback).await?;
+    let outcome = state.rollback(rollback, deadline).await?;
     let view = state.view();
     let what = format!("`{template}`/`{region}`");
     match outcome {
@@ -316,7 +330,7 @@ async fn rollback_inner(
 /// and the query string.
 fn reader(state: &AppState, request: Request) -> Result<(Parts, Caller), ApiError> {
     let (parts, _body) = request.into_parts();
-    let caller = Caller::authenticate(&parts.headers, state)?;
+    let caller = Caller::authenticate(&parts, state)?;
     caller.require(Scope::Read)?;
     Ok((parts, caller))
 }
@@ -330,7 +344,7 @@ pub async fn list_pins(
     let query = Query::parse(parts.uri.query());
     let template = query.template()?;
     let region = query.region()?;
-    state.ensure_fresh().await?;
+    state.ensure_fresh(&parts.headers).await?;
     let view = state.view();
     let etag = etag(
         &view,
@@ -374,7 +388,7 @@ pub async fn resolve(
     )?;
     let region = query.region()?.unwrap_or_default();
     caller.require_template(&template)?;
-    state.ensure_fresh().await?;
+    state.ensure_fresh(&parts.headers).await?;
     let view = state.view();
     let answer = |pin: &PinRecord| {
         let image_ref = super::image_ref(&view, pin);

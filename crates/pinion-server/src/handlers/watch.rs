@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use pinion_api::DriftReport;
 use pinion_core::Scope;
@@ -28,9 +29,25 @@ pub async fn drift(
     Ok(Json(visible))
 }
 
-/// Prometheus text format. Unauthenticated, like `/healthz`: it holds
-/// template and region names and ages, never a digest or a secret.
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus text format. Unauthenticated by default, like `/healthz`: it
+/// holds template and region names and ages, never a digest or a secret.
+/// With `--metrics-token-required` it takes a token of scope `read`, and a
+/// template-restricted token sees only its templates' series.
+pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Response, ApiError> {
+    let caller = if state.settings().metrics_token_required {
+        let caller = Caller::authenticate(&parts, &state)?;
+        caller.require(Scope::Read)?;
+        Some(caller)
+    } else {
+        None
+    };
+    let visible = |template: &str| {
+        caller.as_ref().is_none_or(|caller| {
+            caller.templates().is_none()
+                || pinion_core::TemplateName::parse(template)
+                    .is_ok_and(|name| caller.may_use(&name))
+        })
+    };
     let view = state.view();
     let drift = state.drift();
     let report = drift.report();
@@ -45,7 +62,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     for entry in report
         .pins
         .iter()
-        .filter(|entry| entry.image_digest.is_some())
+        .filter(|entry| entry.image_digest.is_some() && visible(&entry.template_name))
     {
         let stale = u8::from(entry.status == "stale");
         let _ = writeln!(
@@ -59,7 +76,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "# HELP pinion_pin_age_seconds Seconds since the pin last moved"
     );
     let _ = writeln!(text, "# TYPE pinion_pin_age_seconds gauge");
-    for pin in view.pins() {
+    for pin in view.pins().filter(|pin| visible(pin.template.as_str())) {
         let age = (now - pin.promoted_at).as_seconds_f64().max(0.0);
         let _ = writeln!(
             text,
@@ -95,10 +112,26 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let _ = writeln!(text, "pinion_drift_last_check_timestamp_seconds {last}");
     let _ = writeln!(text, "# HELP pinion_pins Pins in the store");
     let _ = writeln!(text, "# TYPE pinion_pins gauge");
-    let _ = writeln!(text, "pinion_pins {}", view.pin_count());
-    (
+    let pins = view
+        .pins()
+        .filter(|pin| visible(pin.template.as_str()))
+        .count();
+    let _ = writeln!(text, "pinion_pins {pins}");
+    let _ = writeln!(
+        text,
+        "# HELP pinion_auth_failures_total Requests refused for want of a valid token, by reason (`throttled`: answered 429 without a look)"
+    );
+    let _ = writeln!(text, "# TYPE pinion_auth_failures_total counter");
+    for (reason, total) in state.auth_failures().totals() {
+        let _ = writeln!(
+            text,
+            "pinion_auth_failures_total{{reason=\"{}\"}} {total}",
+            reason.as_str()
+        );
+    }
+    Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
-        .into_response()
+        .into_response())
 }

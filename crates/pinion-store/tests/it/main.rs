@@ -5,8 +5,9 @@
 
 use pinion_core::{Digest, Region, Repository, Scope, TemplateName, TokenName};
 use pinion_store::{
-    Action, CiProvenance, DatabaseUrl, Expectation, HistoryQuery, NewToken, PromoteOutcome,
-    Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
+    Action, AuditEntry, AuditQuery, CiProvenance, DatabaseUrl, Expectation, Finish, HistoryQuery,
+    NewToken, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store,
+    StoreError,
 };
 use time::OffsetDateTime;
 
@@ -549,27 +550,108 @@ fn history_pages_by_revision() {
     }
 }
 
+fn refusal(actor: Option<&str>, template: &str, code: String) -> Refusal {
+    Refusal {
+        at: OffsetDateTime::now_utc(),
+        actor: actor.map(|name| TokenName::parse(name).unwrap()),
+        template: Some(TemplateName::parse(template).unwrap()),
+        region: None,
+        action: "promote".into(),
+        status: 403,
+        code,
+        source: actor.is_none().then(|| "192.0.2.7".to_owned()),
+        count: if actor.is_none() { 42 } else { 1 },
+    }
+}
+
+fn audit(store: &mut Store, before: Option<i64>, templates: Option<&[&str]>) -> Vec<AuditEntry> {
+    store
+        .audit(&AuditQuery {
+            limit: 100,
+            before,
+            templates: templates.map(|names| {
+                names
+                    .iter()
+                    .map(|name| TemplateName::parse(name).unwrap())
+                    .collect()
+            }),
+        })
+        .unwrap()
+}
+
 #[test]
-fn audit_keeps_a_bounded_number_of_refusals() {
+fn audit_keeps_a_bounded_number_of_refusals_per_class() {
     for dir in databases() {
         let mut store = open(&dir);
         for n in 0..7u16 {
-            let refusal = Refusal {
-                at: OffsetDateTime::now_utc(),
-                actor: (n % 2 == 0).then(|| TokenName::parse("ci").unwrap()),
-                template: Some(TemplateName::parse("codex").unwrap()),
-                region: None,
-                action: "promote".into(),
-                status: 400 + n,
-                code: format!("code_{n}"),
-            };
-            store.record_refusal(&refusal, 5).unwrap();
+            store
+                .record_refusal(&refusal(Some("ci"), "codex", format!("code_{n}")), 5)
+                .unwrap();
         }
-        let entries = store.audit(100, None).unwrap();
-        assert_eq!(entries.len(), 5);
-        assert_eq!(entries[0].refusal.code, "code_6");
-        assert_eq!(entries[4].refusal.code, "code_2");
-        assert_eq!(store.audit(100, Some(entries[1].id)).unwrap().len(), 3);
+        // Strangers' failures, however many, keep to their own class.
+        for n in 0..20u16 {
+            store
+                .record_refusal(&refusal(None, "codex", format!("anon_{n}")), 5)
+                .unwrap();
+        }
+        let entries = audit(&mut store, None, None);
+        let tokens: Vec<&AuditEntry> = entries
+            .iter()
+            .filter(|e| e.refusal.actor.is_some())
+            .collect();
+        let strangers: Vec<&AuditEntry> = entries
+            .iter()
+            .filter(|e| e.refusal.actor.is_none())
+            .collect();
+        assert_eq!(tokens.len(), 5, "{entries:?}");
+        assert_eq!(tokens[0].refusal.code, "code_6");
+        assert_eq!(tokens[4].refusal.code, "code_2");
+        assert_eq!(strangers.len(), 5);
+        assert_eq!(strangers[0].refusal.code, "anon_19");
+        assert_eq!(strangers[0].refusal.count, 42);
+        assert_eq!(strangers[0].refusal.source.as_deref(), Some("192.0.2.7"));
+        assert_eq!(
+            audit(&mut store, Some(tokens[1].id), None)
+                .iter()
+                .filter(|e| e.refusal.actor.is_some())
+                .count(),
+            3
+        );
+    }
+}
+
+#[test]
+fn restricted_reads_see_only_their_templates() {
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        add_template(&mut store, "hermes", true);
+        for (n, template) in ["codex", "hermes", "codex"].into_iter().enumerate() {
+            store
+                .record_refusal(&refusal(Some("ci"), template, format!("code_{n}")), 100)
+                .unwrap();
+            store
+                .promote(&promotion(template, "global", digest(n as u8 + 1)))
+                .unwrap();
+        }
+        let codex = audit(&mut store, None, Some(&["codex"]));
+        assert_eq!(codex.len(), 2);
+        assert!(
+            codex
+                .iter()
+                .all(|entry| entry.refusal.template.as_ref().unwrap().as_str() == "codex")
+        );
+        assert_eq!(audit(&mut store, None, Some(&[])).len(), 0);
+        assert_eq!(audit(&mut store, None, Some(&["codex", "hermes"])).len(), 3);
+        let history = store
+            .history(&HistoryQuery {
+                limit: 10,
+                templates: Some(vec![TemplateName::parse("hermes").unwrap()]),
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].template.as_str(), "hermes");
     }
 }
 
@@ -625,11 +707,14 @@ fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
         ];
         let results = store
             .batch(batch.len(), |writes| {
-                batch
-                    .iter()
-                    .map(|promotion| writes.promote(promotion))
-                    .collect::<Vec<_>>()
+                Finish::Commit(
+                    batch
+                        .iter()
+                        .map(|promotion| writes.promote(promotion))
+                        .collect::<Vec<_>>(),
+                )
             })
+            .unwrap()
             .unwrap();
         assert!(matches!(results[0], Ok(PromoteOutcome::Moved { .. })));
         assert!(
@@ -650,16 +735,100 @@ fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
 
         // Alone: the whole transaction goes, history entry included.
         let alone = store.batch(1, |writes| {
-            writes.promote(&promotion("hermes", "global", digest(66)))
+            Finish::Commit(writes.promote(&promotion("hermes", "global", digest(66))))
         });
         assert!(alone.is_err(), "{alone:?}");
         assert_eq!(pinned(&mut store, "hermes", "global"), Some(digest(1)));
         assert_eq!(history(&mut store, "hermes").len(), 1);
         // And the store goes on writing.
         let next = store.batch(1, |writes| {
-            writes.promote(&promotion("hermes", "global", digest(4)))
+            Finish::Commit(writes.promote(&promotion("hermes", "global", digest(4))))
         });
-        assert!(matches!(next, Ok(Ok(PromoteOutcome::Moved { .. }))));
+        assert!(matches!(next, Ok(Some(Ok(PromoteOutcome::Moved { .. })))));
         assert_eq!(history(&mut store, "hermes").len(), 2);
     }
+}
+
+/// A batch whose caller decides, at the end, not to commit leaves nothing:
+/// the writer's way to drop writes whose callers gave up meanwhile.
+#[test]
+fn a_batch_rolled_back_at_the_end_leaves_nothing() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        let ended = store
+            .batch(2, |writes| {
+                let first = writes.promote(&promotion("codex", "global", digest(1)));
+                let second = writes.promote(&promotion("codex", "eu", digest(2)));
+                assert!(matches!(first, Ok(PromoteOutcome::Moved { .. })));
+                assert!(matches!(second, Ok(PromoteOutcome::Moved { .. })));
+                Finish::<()>::RollBack
+            })
+            .unwrap();
+        assert!(ended.is_none());
+        assert_eq!(pinned(&mut store, "codex", "global"), None);
+        assert_eq!(pinned(&mut store, "codex", "eu"), None);
+        assert!(history(&mut store, "codex").is_empty());
+        // The next write goes through, and is revision 1's successor: no gap
+        // matters, but nothing of the rolled-back batch is visible.
+        store
+            .promote(&promotion("codex", "global", digest(3)))
+            .unwrap();
+        assert_eq!(pinned(&mut store, "codex", "global"), Some(digest(3)));
+        assert_eq!(history(&mut store, "codex").len(), 1);
+    }
+}
+
+/// A SQLite file deleted or replaced under an open store is noticed: no
+/// write goes into the file nobody will read again.
+#[test]
+fn a_replaced_sqlite_file_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let url = DatabaseUrl::parse(&format!("sqlite://{}", path.display())).unwrap();
+    let mut store = Store::open(&url).unwrap();
+    add_template(&mut store, "codex", true);
+    store.check_identity().unwrap();
+    store.ping().unwrap();
+    std::fs::rename(&path, dir.path().join("moved.db")).unwrap();
+    // A new, different file at the same path.
+    drop(Store::open(&url).unwrap());
+    let refused = store.promote(&promotion("codex", "global", digest(1)));
+    assert!(
+        matches!(&refused, Err(err) if err.is_unavailable()),
+        "{refused:?}"
+    );
+    assert!(store.check_identity().is_err());
+    assert!(store.ping().is_err());
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        store.check_identity().is_err(),
+        "a missing file is noticed too"
+    );
+}
+
+#[test]
+fn a_database_that_must_exist_is_not_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let url =
+        DatabaseUrl::parse(&format!("sqlite://{}", dir.path().join("p.db").display())).unwrap();
+    let missing = Store::open_with(&url, false);
+    assert!(
+        matches!(&missing, Err(StoreError::Missing(_))),
+        "{:?}",
+        missing.err()
+    );
+    assert!(!dir.path().join("p.db").exists());
+    drop(Store::open(&url).unwrap());
+    Store::open_with(&url, false).unwrap();
+
+    let db = databases().pop().unwrap();
+    let missing = Store::open_with(&db.url(), false);
+    assert!(
+        matches!(&missing, Err(StoreError::Missing(_))),
+        "{:?}",
+        missing.err()
+    );
+    drop(Store::open(&db.url()).unwrap());
+    Store::open_with(&db.url(), false).unwrap();
 }
