@@ -239,6 +239,98 @@ pub struct Health {
     pub status: String,
 }
 
+/// One event of the change feed (`GET /cp/events`, the SSE stream and
+/// webhook bodies all carry this shape).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+    pub template_name: Option<String>,
+    pub region: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// `GET /cp/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventList {
+    pub events: Vec<Event>,
+    /// The id of the last event returned, or `after` when none was.
+    pub next_after: i64,
+    /// The newest event id.
+    pub head: i64,
+}
+
+/// `PUT /cp/admin/webhooks/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRequest {
+    pub url: String,
+    /// Event types; absent for every type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// Templates; absent for every template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<Vec<String>>,
+}
+
+/// A webhook as answers show it: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Webhook {
+    pub name: String,
+    pub url: String,
+    /// Null: every type.
+    pub events: Option<Vec<String>>,
+    /// Null: every template.
+    pub templates: Option<Vec<String>>,
+    pub created_at: String,
+    /// Set when a receiver's `410 Gone` disabled it; a PUT enables it again.
+    #[serde(default)]
+    pub disabled_at: Option<String>,
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+}
+
+/// `201` to a webhook PUT that created it: the only answer with its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookCreated {
+    pub webhook: Webhook,
+    /// `whsec_` and the base64 of 32 random bytes.
+    pub secret: String,
+}
+
+/// `200` to a webhook PUT that changed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookResponse {
+    pub webhook: Webhook,
+}
+
+/// `GET /cp/admin/webhooks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookList {
+    pub webhooks: Vec<Webhook>,
+}
+
+/// One event's delivery to one webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delivery {
+    pub event_id: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    pub attempts: i64,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<String>,
+    pub delivered_at: Option<String>,
+}
+
+/// `GET /cp/admin/webhooks/{name}/deliveries`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliveryList {
+    pub deliveries: Vec<Delivery>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

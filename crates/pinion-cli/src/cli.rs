@@ -33,6 +33,9 @@ pub enum Command {
     Digest(DigestArgs),
     /// Compare every pin with what its repository's tag points at now.
     Drift(DriftArgs),
+    /// Follow the change feed: print events as they happen, resuming after
+    /// the last one printed whenever the connection drops.
+    Watch(WatchArgs),
 }
 
 /// How to reach registries.
@@ -134,6 +137,37 @@ pub struct ServeArgs {
     /// token then sees only its templates' series.
     #[arg(long, env = "PINION_METRICS_TOKEN_REQUIRED", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
     pub metrics_token_required: bool,
+    /// The file of the key webhook secrets are sealed with (64 hex digits).
+    /// Default with SQLite: `<database>.key` beside the database, made on
+    /// first start. With PostgreSQL there is no default: give every replica
+    /// the same file, or webhooks cannot be made.
+    #[arg(long, env = "PINION_SECRET_KEY_FILE", value_name = "PATH")]
+    pub secret_key_file: Option<std::path::PathBuf>,
+    /// The waits between webhook delivery attempts; after the last, a
+    /// delivery is `failed`.
+    #[arg(
+        long,
+        env = "PINION_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h",
+        value_name = "DURATION,..."
+    )]
+    pub webhook_retry_schedule: String,
+    /// Events are kept at least this long…
+    #[arg(
+        long,
+        env = "PINION_EVENT_RETENTION_AGE",
+        default_value = "7d",
+        value_name = "DURATION"
+    )]
+    pub event_retention_age: String,
+    /// …and at least this many of the newest, whichever keeps more.
+    #[arg(
+        long,
+        env = "PINION_EVENT_RETENTION_COUNT",
+        default_value_t = 100_000,
+        value_name = "N"
+    )]
+    pub event_retention_count: u32,
     /// Threads answering HTTP. Default: one per CPU core but one (at least
     /// one), leaving a core to the writer thread, the kernel's network work
     /// and database checks (see docs/benchmarks.md for the measurements).
@@ -318,6 +352,21 @@ impl OneRemote {
             access: self.access.clone(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this template's events.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Only events of this type (repeatable), e.g. `pin.promoted`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Start after this event id (default: only what happens from now on).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<i64>,
+    #[command(flatten)]
+    pub remote: OneRemote,
 }
 
 #[derive(Debug, Args)]

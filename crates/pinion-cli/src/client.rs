@@ -9,7 +9,7 @@ use std::time::Duration;
 use pinion_api::{
     ErrorBody, HistoryList, Pin, PinList, PinResponse, PromoteRequest, RollbackRequest,
 };
-use pinion_core::{Region, TemplateName};
+use pinion_core::{EventType, Region, TemplateName};
 use reqwest::{StatusCode, Url};
 
 use crate::target::Target;
@@ -70,7 +70,34 @@ const ATTEMPTS: u32 = 3;
 
 pub struct Client {
     http: reqwest::Client,
+    /// For streams: no bound on the whole answer, only on each read (the
+    /// server sends a comment every 10 s).
+    streaming: reqwest::Client,
     timeout: Duration,
+}
+
+/// How long a stream may stay silent before it is taken for dead.
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
+
+/// An open event stream.
+pub struct EventStream {
+    response: reqwest::Response,
+    parser: crate::sse::Parser,
+}
+
+impl EventStream {
+    /// The messages of the next chunk; `None` when the stream ended.
+    pub async fn next(&mut self) -> Result<Option<Vec<crate::sse::Message>>, ClientError> {
+        match self.response.chunk().await {
+            Ok(Some(chunk)) => self
+                .parser
+                .feed(&chunk)
+                .map(Some)
+                .map_err(ClientError::Protocol),
+            Ok(None) => Ok(None),
+            Err(err) => Err(ClientError::Transport(describe(&err))),
+        }
+    }
 }
 
 /// What a promotion got back.
@@ -115,7 +142,66 @@ impl Client {
                     describe(&err)
                 ))
             })?;
-        Ok(Client { http, timeout })
+        let streaming = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .read_timeout(STREAM_SILENCE)
+            .user_agent(concat!("pinion/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| {
+                ClientError::Transport(format!(
+                    "could not set up the HTTP client: {}",
+                    describe(&err)
+                ))
+            })?;
+        Ok(Client {
+            http,
+            streaming,
+            timeout,
+        })
+    }
+
+    /// Opens the event stream after `last_id` (`Last-Event-ID`), or from
+    /// now on when there is none, with the filters given. Any status but 200
+    /// is a refusal.
+    pub async fn stream_events(
+        &self,
+        target: &Target,
+        template: Option<&TemplateName>,
+        types: &[EventType],
+        last_id: Option<i64>,
+    ) -> Result<EventStream, ClientError> {
+        let mut url = endpoint(&target.base, "cp/events");
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(template) = template {
+                pairs.append_pair("template_name", template.as_str());
+            }
+            for kind in types {
+                pairs.append_pair("type", kind.as_str());
+            }
+        }
+        let mut request = self
+            .streaming
+            .get(url)
+            .bearer_auth(&target.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(last_id) = last_id {
+            request = request.header("last-event-id", last_id.to_string());
+        }
+        let sent = request
+            .send()
+            .await
+            .map_err(|err| ClientError::Transport(describe(&err)))?;
+        let status = sent.status();
+        if status != StatusCode::OK {
+            let body = sent.bytes().await.unwrap_or_default();
+            return Err(refused(status, &body));
+        }
+        Ok(EventStream {
+            response: sent,
+            parser: crate::sse::Parser::default(),
+        })
     }
 
     /// Promotes; succeeds only on 200/201 whose pin carries the digest asked

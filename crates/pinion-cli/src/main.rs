@@ -11,6 +11,7 @@ mod client;
 mod command;
 mod output;
 mod report;
+mod sse;
 mod target;
 
 use clap::Parser;
@@ -39,6 +40,7 @@ fn main() -> std::process::ExitCode {
         Command::History(args) => runtime(command::history::run(args)),
         Command::Digest(args) => runtime(command::digest::run(args)),
         Command::Drift(args) => runtime(command::drift::run(args)),
+        Command::Watch(args) => runtime(command::watch::run(args)),
     };
     std::process::ExitCode::from(code as u8)
 }

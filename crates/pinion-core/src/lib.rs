@@ -8,6 +8,7 @@
 //! no clock, so it can be tested exhaustively and used by every other crate.
 
 mod drift;
+mod event;
 mod name;
 mod promotion;
 mod reference;
@@ -16,11 +17,12 @@ mod text;
 mod url;
 
 pub use drift::{DriftRow, DriftStatus, PinnedDigest, TagAnswer, template_rows};
-pub use name::{Region, TemplateName, TokenName};
+pub use event::{AttemptOutcome, EventType, MAX_RETRY_AFTER, NextStep, next_step};
+pub use name::{Region, TemplateName, TokenName, WebhookName};
 pub use promotion::{Ask, Expectation, PinState, PromoteDecision, decide_promotion};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
-pub use text::{GitSha, Label, Notes, RunUrl};
+pub use text::{GitSha, Label, Notes, RunUrl, WebhookUrl};
 
 /// Why a value was refused. `kind` says which field it was for, so the edge
 /// can name it (for example as the error code `invalid_digest`).
@@ -44,6 +46,9 @@ pub enum Kind {
     Scope,
     RunUrl,
     Label,
+    WebhookName,
+    WebhookUrl,
+    EventType,
 }
 
 impl Kind {
@@ -60,6 +65,9 @@ impl Kind {
             Kind::Scope => "scope",
             Kind::RunUrl => "ci_run_url",
             Kind::Label => "label",
+            Kind::WebhookName => "webhook_name",
+            Kind::WebhookUrl => "webhook_url",
+            Kind::EventType => "event_type",
         }
     }
 }

@@ -105,6 +105,11 @@ label_type!(
     TokenName,
     Kind::TokenName
 );
+label_type!(
+    /// The name of a webhook subscription.
+    WebhookName,
+    Kind::WebhookName
+);
 
 impl Region {
     pub const GLOBAL: &'static str = "global";

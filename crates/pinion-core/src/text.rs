@@ -99,6 +99,57 @@ impl RunUrl {
     }
 }
 
+/// Where a webhook delivers: an `http://` or `https://` URL with a host, of
+/// at most 2048 bytes, without whitespace, control characters or credentials
+/// (a secret in the URL would be shown to every admin and kept in logs; the
+/// signature is how a receiver knows the sender).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    pub const MAX_LEN: usize = 2048;
+
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if crate::url::has_credentials(input) {
+            return Err(ParseError::new(
+                Kind::WebhookUrl,
+                "must not carry credentials (`user:password@`); the value is not shown",
+            ));
+        }
+        if input.len() > Self::MAX_LEN {
+            return Err(ParseError::new(
+                Kind::WebhookUrl,
+                format!(
+                    "is {} bytes long, at most {} are allowed",
+                    input.len(),
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        let rest = input
+            .strip_prefix("https://")
+            .or_else(|| input.strip_prefix("http://"));
+        let host = rest.map(|rest| rest.split(['/', '?', '#']).next().unwrap_or_default());
+        let clean = !input.chars().any(|c| c.is_whitespace() || c.is_control());
+        match host {
+            Some(host) if !host.is_empty() && !host.starts_with(':') && clean => {
+                Ok(WebhookUrl(input.to_owned()))
+            }
+            _ => Err(ParseError::new(
+                Kind::WebhookUrl,
+                format!(
+                    "{} must be an `http://` or `https://` URL with a host and no spaces",
+                    quote(input)
+                ),
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A short provenance label such as a source repository (`team/codex`) or a
 /// workflow name: 1 to 256 bytes, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

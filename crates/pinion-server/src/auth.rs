@@ -46,6 +46,14 @@ impl Caller {
         }
     }
 
+    /// Whether the token is still active in `view` (not revoked since the
+    /// caller authenticated): long-lived streams ask now and then.
+    pub fn is_active(&self, view: &crate::view::View) -> bool {
+        view.tokens
+            .iter()
+            .any(|token| token.secret_hash == self.token.secret_hash)
+    }
+
     /// Whether the token may touch this template.
     pub fn may_use(&self, template: &TemplateName) -> bool {
         self.templates()

@@ -13,6 +13,7 @@ use pinion_core::{
     Digest, DriftRow, DriftStatus, PinnedDigest, Region, Repository, TemplateName, template_rows,
 };
 use pinion_registry::resolve_tags;
+use pinion_store::DriftObservation;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -40,6 +41,9 @@ struct Memory {
     backoff: HashMap<Repository, (u32, Instant)>,
     /// When each pin was first seen behind this tag digest.
     stale_since: HashMap<(TemplateName, Region), (Digest, OffsetDateTime)>,
+    /// What was last recorded for the change feed per pin (stale?, tag
+    /// digest); only a difference is recorded again.
+    recorded: HashMap<(TemplateName, Region), (bool, Digest)>,
 }
 
 impl Drift {
@@ -108,69 +112,114 @@ pub async fn check_once(state: &AppState, interval: Duration) {
     let answers = resolve_tags(state.registry(), due, &tag, CONCURRENCY).await;
 
     let now = OffsetDateTime::now_utc();
-    let mut memory = drift.memory.lock().unwrap_or_else(PoisonError::into_inner);
-    for (repository, answer) in answers {
-        match &answer {
-            Ok(_) => {
-                memory.backoff.remove(&repository);
+    let (entries, observations) = {
+        let mut memory = drift.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        for (repository, answer) in answers {
+            match &answer {
+                Ok(_) => {
+                    memory.backoff.remove(&repository);
+                }
+                Err(reason) => {
+                    drift.errors_total.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%repository, %reason, "drift check failed");
+                    let failures = memory
+                        .backoff
+                        .get(&repository)
+                        .map_or(0, |(failures, _)| *failures)
+                        + 1;
+                    let delay = interval
+                        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                        .min(MAX_BACKOFF);
+                    memory
+                        .backoff
+                        .insert(repository.clone(), (failures, Instant::now() + delay));
+                }
             }
-            Err(reason) => {
-                drift.errors_total.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%repository, %reason, "drift check failed");
-                let failures = memory
-                    .backoff
-                    .get(&repository)
-                    .map_or(0, |(failures, _)| *failures)
-                    + 1;
-                let delay = interval
-                    .saturating_mul(2u32.saturating_pow(failures.min(16)))
-                    .min(MAX_BACKOFF);
-                memory
-                    .backoff
-                    .insert(repository.clone(), (failures, Instant::now() + delay));
-            }
+            memory.answers.insert(repository, answer);
         }
-        memory.answers.insert(repository, answer);
-    }
 
-    let mut entries = Vec::new();
-    for (template, repository) in &repositories {
-        let answer = memory.answers.get(repository).cloned();
-        let pins: Vec<_> = view
-            .pins_of(template)
-            .map(|pin| PinnedDigest {
-                key: pin,
-                digest: Ok(&pin.digest),
-            })
-            .collect();
-        for row in template_rows(&pins, answer.as_ref()) {
-            let Some(pin) = row.key else {
-                entries.push(entry(template, &Region::global(), &row, None, now));
-                continue;
-            };
-            let key = (pin.template.clone(), pin.region.clone());
-            // A failed check keeps the last known staleness: unknown is not fresh.
-            let since = match (row.status, row.tag_digest) {
-                (DriftStatus::Stale, Some(tag_digest)) => {
-                    let recorded = memory
-                        .stale_since
-                        .get(&key)
-                        .filter(|(digest, _)| digest == tag_digest)
-                        .map(|(_, since)| *since);
-                    let since = recorded.unwrap_or(now);
-                    memory.stale_since.insert(key, (tag_digest.clone(), since));
-                    Some(since)
+        let mut entries = Vec::new();
+        let mut observations = Vec::new();
+        for (template, repository) in &repositories {
+            let answer = memory.answers.get(repository).cloned();
+            let pins: Vec<_> = view
+                .pins_of(template)
+                .map(|pin| PinnedDigest {
+                    key: pin,
+                    digest: Ok(&pin.digest),
+                })
+                .collect();
+            for row in template_rows(&pins, answer.as_ref()) {
+                let Some(pin) = row.key else {
+                    entries.push(entry(template, &Region::global(), &row, None, now));
+                    continue;
+                };
+                let key = (pin.template.clone(), pin.region.clone());
+                // Only a definite answer is news for the change feed: a check
+                // that could not be made says nothing about freshness.
+                if let (DriftStatus::Current | DriftStatus::Stale, Some(tag_digest)) =
+                    (row.status, row.tag_digest)
+                {
+                    let stale = row.status == DriftStatus::Stale;
+                    let seen = (stale, tag_digest.clone());
+                    if memory.recorded.get(&key) != Some(&seen) {
+                        memory.recorded.insert(key.clone(), seen);
+                        observations.push(DriftObservation {
+                            template: pin.template.clone(),
+                            region: pin.region.clone(),
+                            digest: pin.digest.clone(),
+                            tag: tag.to_string(),
+                            tag_digest: tag_digest.clone(),
+                            stale,
+                            stale_since: None,
+                            at: now,
+                        });
+                    }
                 }
-                (DriftStatus::Error, _) => memory.stale_since.get(&key).map(|(_, since)| *since),
-                _ => {
-                    memory.stale_since.remove(&key);
-                    None
-                }
-            };
-            entries.push(entry(&pin.template, &pin.region, &row, since, now));
+                // A failed check keeps the last known staleness: unknown is not fresh.
+                let since = match (row.status, row.tag_digest) {
+                    (DriftStatus::Stale, Some(tag_digest)) => {
+                        let recorded = memory
+                            .stale_since
+                            .get(&key)
+                            .filter(|(digest, _)| digest == tag_digest)
+                            .map(|(_, since)| *since);
+                        let since = recorded.unwrap_or(now);
+                        memory.stale_since.insert(key, (tag_digest.clone(), since));
+                        Some(since)
+                    }
+                    (DriftStatus::Error, _) => {
+                        memory.stale_since.get(&key).map(|(_, since)| *since)
+                    }
+                    _ => {
+                        memory.stale_since.remove(&key);
+                        None
+                    }
+                };
+                entries.push(entry(&pin.template, &pin.region, &row, since, now));
+            }
+        }
+        for observation in &mut observations {
+            let key = (observation.template.clone(), observation.region.clone());
+            observation.stale_since = memory.stale_since.get(&key).map(|(_, since)| *since);
+        }
+        (entries, observations)
+    };
+    if !observations.is_empty() {
+        if let Err(err) = state.record_drift(observations).await {
+            tracing::warn!(
+                code = err.code.as_str(),
+                "could not record drift in the change feed"
+            );
+            // Recorded again on the next pass.
+            drift
+                .memory
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recorded
+                .clear();
         }
     }
-    drop(memory);
     let report = DriftReport {
         checked_at: now.format(&Rfc3339).ok(),
         tag: tag.to_string(),

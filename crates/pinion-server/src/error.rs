@@ -54,6 +54,9 @@ codes! {
     Unauthorized = "unauthorized", UNAUTHORIZED;
     Forbidden = "forbidden", FORBIDDEN;
     RuntimePinMissing = "runtime_pin_missing", NOT_FOUND;
+    WebhookNotFound = "webhook_not_found", NOT_FOUND;
+    /// No delivery of that event to that webhook.
+    DeliveryNotFound = "delivery_not_found", NOT_FOUND;
     NotFound = "not_found", NOT_FOUND;
     MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
     RequestTimeout = "request_timeout", REQUEST_TIMEOUT;
@@ -62,6 +65,10 @@ codes! {
     PinConflict = "pin_conflict", CONFLICT;
     StaleBuild = "stale_build", CONFLICT;
     NothingToRollBack = "nothing_to_roll_back", CONFLICT;
+    /// A receiver's `410` disabled the webhook; PUT it again to enable it.
+    WebhookDisabled = "webhook_disabled", CONFLICT;
+    /// Events after `after` have been pruned: reading on would skip some.
+    EventsExpired = "events_expired", GONE;
     PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
     UnsupportedMediaType = "unsupported_media_type", UNSUPPORTED_MEDIA_TYPE;
     /// The request target (path and query) is longer than the HTTP layer takes.
@@ -81,6 +88,11 @@ codes! {
     InvalidCiRunUrl = "invalid_ci_run_url", UNPROCESSABLE_ENTITY;
     InvalidRepositoryLabel = "invalid_repository_label", UNPROCESSABLE_ENTITY;
     InvalidWorkflow = "invalid_workflow", UNPROCESSABLE_ENTITY;
+    /// `after` or `Last-Event-ID` is not an event id, or beyond the newest.
+    InvalidAfter = "invalid_after", UNPROCESSABLE_ENTITY;
+    InvalidEventType = "invalid_event_type", UNPROCESSABLE_ENTITY;
+    InvalidWebhookName = "invalid_webhook_name", UNPROCESSABLE_ENTITY;
+    InvalidWebhookUrl = "invalid_webhook_url", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
     TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
     ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
@@ -93,6 +105,8 @@ codes! {
     /// The database cannot be reached or written, or did not take the
     /// write before the request's deadline; nothing changed, retryable.
     StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
+    /// The server has no key to seal webhook secrets with.
+    SecretKeyMissing = "secret_key_missing", SERVICE_UNAVAILABLE;
     /// The commit was sent but its outcome was not known by the deadline:
     /// the one non-2xx answer after which the pin may have moved. The
     /// client settles it by reading the pin back.
@@ -117,6 +131,14 @@ pub enum Field {
     Repository,
     Workflow,
     BuildSequence,
+    WebhookName,
+    WebhookUrl,
+    /// An event type given in a query (`type`).
+    EventType,
+    /// A webhook's event types.
+    Events,
+    /// A webhook's templates.
+    Templates,
 }
 
 impl Field {
@@ -134,6 +156,11 @@ impl Field {
             Field::Repository => "repository",
             Field::Workflow => "workflow",
             Field::BuildSequence => "build_sequence",
+            Field::WebhookName => "name",
+            Field::WebhookUrl => "url",
+            Field::EventType => "type",
+            Field::Events => "events",
+            Field::Templates => "templates",
         }
     }
 
@@ -150,6 +177,10 @@ impl Field {
             Field::Repository => Code::InvalidRepositoryLabel,
             Field::Workflow => Code::InvalidWorkflow,
             Field::BuildSequence => Code::InvalidBuildSequence,
+            Field::WebhookName => Code::InvalidWebhookName,
+            Field::WebhookUrl => Code::InvalidWebhookUrl,
+            Field::EventType | Field::Events => Code::InvalidEventType,
+            Field::Templates => Code::InvalidTemplateName,
         }
     }
 }

@@ -10,10 +10,13 @@ mod deadline;
 mod drift;
 mod error;
 mod failures;
+mod feed;
 mod fresh;
 mod handlers;
 mod listen;
 mod middleware;
+mod outbox;
+pub mod seal;
 mod state;
 pub mod token;
 mod view;
@@ -92,6 +95,16 @@ pub struct Settings {
     /// `/metrics` needs a token (scope `read`), and a template-restricted
     /// token sees only its templates' series.
     pub metrics_token_required: bool,
+    /// The key webhook secrets are sealed with; without one, webhooks
+    /// cannot be created and deliveries cannot be signed.
+    pub secret_key: Option<seal::SecretKey>,
+    /// The waits after the first, second, … failed delivery attempt; after
+    /// the last, a delivery is `failed`.
+    pub webhook_retry_schedule: Vec<Duration>,
+    /// Events are kept for at least this long…
+    pub event_retention_age: Duration,
+    /// …and at least this many of the newest, whichever keeps more.
+    pub event_retention_count: i64,
 }
 
 impl Settings {
@@ -110,9 +123,22 @@ impl Settings {
             strict_reads: false,
             create_database: true,
             metrics_token_required: false,
+            secret_key: None,
+            webhook_retry_schedule: DEFAULT_RETRY_SCHEDULE
+                .iter()
+                .map(|seconds| Duration::from_secs(*seconds))
+                .collect(),
+            event_retention_age: Duration::from_secs(7 * 24 * 3600),
+            event_retention_count: 100_000,
         }
     }
 }
+
+/// `5s,5m,30m,2h,5h,10h,10h`, in seconds: the contract's default.
+pub const DEFAULT_RETRY_SCHEDULE: &[u64] = &[5, 300, 1800, 7200, 18_000, 36_000, 36_000];
+
+/// How often old events are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +169,20 @@ fn router(state: AppState) -> Router {
         .route("/cp/admin/runtime-image/history", get(handlers::history))
         .route("/cp/admin/audit", get(handlers::audit))
         .route("/readyz", get(handlers::readyz))
+        .route("/cp/events", get(handlers::events))
+        .route("/cp/admin/webhooks", get(handlers::list_webhooks))
+        .route(
+            "/cp/admin/webhooks/{name}",
+            put(handlers::put_webhook).delete(handlers::delete_webhook),
+        )
+        .route(
+            "/cp/admin/webhooks/{name}/deliveries",
+            get(handlers::deliveries),
+        )
+        .route(
+            "/cp/admin/webhooks/{name}/deliveries/{event_id}/redeliver",
+            post(handlers::redeliver),
+        )
         .fallback(handlers::not_found)
         .with_state(state)
         .layer(middleware::ObserveLayer)
@@ -164,12 +204,24 @@ pub async fn run(
     follow_database(state.clone(), following.clone())?;
     let drift_watcher = tokio::spawn(drift::watch(state.clone()));
     let summaries = tokio::spawn(summarise_auth_failures(state.clone()));
+    let follower = tokio::spawn(feed::follow(state.clone()));
+    let outbox = tokio::spawn(outbox::deliver(state.clone()));
+    let pruner = tokio::spawn(prune_events(state.clone()));
     let address = listener.local_addr()?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!("answering HTTP on {workers} worker thread(s)");
     tracing::info!("listening on http://{address}");
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Streams end, so the connections they hold let the stop finish.
+        closing.feed().close();
+    };
     let result = listen::serve(listener, router(state.clone()), shutdown).await;
     watcher.abort();
+    follower.abort();
+    outbox.abort();
+    pruner.abort();
     following.store(false, Ordering::SeqCst);
     drift_watcher.abort();
     summaries.abort();
@@ -192,6 +244,25 @@ async fn summarise_auth_failures(state: AppState) {
 
 /// How often failed authentications are summarised in the audit log.
 const AUTH_FAILURE_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Prunes events beyond the retention, at start-up and every ten minutes.
+async fn prune_events(state: AppState) {
+    let mut ticker = tokio::time::interval(PRUNE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let settings = state.settings();
+        let before = time::OffsetDateTime::now_utc() - settings.event_retention_age;
+        match state
+            .prune_events(before, settings.event_retention_count)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned old events"),
+            Err(err) => tracing::warn!(code = err.code.as_str(), "could not prune old events"),
+        }
+    }
+}
 
 async fn record_auth_failures(state: &AppState) {
     for refusal in state.auth_failures().drain() {
@@ -216,6 +287,8 @@ fn follow_database(state: AppState, following: Arc<AtomicBool>) -> std::io::Resu
         .spawn(move || {
             let keep_going = || following.load(Ordering::SeqCst);
             let mut on_change = || {
+                state.feed().wake();
+                state.outbox_wake().notify_one();
                 if let Err(err) = state.reload_if_changed() {
                     tracing::warn!(error = %err, "could not reload after a change notification");
                 }
@@ -255,7 +328,11 @@ async fn watch_database(state: AppState, interval: Duration) {
         }
         let polled = state.clone();
         match tokio::task::spawn_blocking(move || polled.reload_if_changed()).await {
-            Ok(Ok(true)) => tracing::debug!("view reloaded after an outside change"),
+            Ok(Ok(true)) => {
+                tracing::debug!("view reloaded after an outside change");
+                state.feed().wake();
+                state.outbox_wake().notify_one();
+            }
             Ok(Ok(false)) => {}
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "could not check the database for changes")

@@ -14,12 +14,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use pinion_core::WebhookName;
 use pinion_registry::Registry;
 use pinion_store::{
-    Batch, Finish, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome,
-    RuntimeRecord, Store, StoreError,
+    AttemptRecord, Batch, DeliveryRecord, DriftObservation, DueDelivery, EventPage, EventQuery,
+    Finish, PinRecord, PromoteOutcome, Promotion, Redelivery, Refusal, Rollback, RollbackOutcome,
+    RuntimeRecord, Store, StoreError, WebhookPut, WebhookRecord, WebhookUpdate,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use axum::http::HeaderMap;
 
@@ -27,6 +29,7 @@ use crate::deadline::{Deadline, store_too_slow};
 use crate::drift::Drift;
 use crate::error::{ApiError, Code};
 use crate::failures::AuthFailures;
+use crate::feed::Feed;
 use crate::fresh::SharedChecks;
 use crate::view::View;
 use crate::{ServeError, Settings};
@@ -141,6 +144,12 @@ trait Write: Send + 'static {
     fn apply(&self, batch: &mut Batch<'_>) -> Result<Self::Output, StoreError>;
     /// What a committed `output` changed that the view shows.
     fn changes(&self, _output: &Self::Output, _changes: &mut Changes) {}
+    /// Whether this write changes what replicas serve (pins, catalog, the
+    /// change feed): such a batch is announced to the other replicas and
+    /// wakes the feed and the outbox. Delivery bookkeeping is quiet.
+    fn announce(&self) -> bool {
+        true
+    }
 }
 
 impl Write for Promotion {
@@ -191,6 +200,83 @@ impl Write for RecordRefusal {
     }
 }
 
+/// What the drift watcher saw; flips become events.
+struct RecordDrift(Vec<DriftObservation>);
+
+impl Write for RecordDrift {
+    type Output = Vec<i64>;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<Vec<i64>, StoreError> {
+        batch.record_drift(&self.0)
+    }
+}
+
+impl Write for WebhookUpdate {
+    type Output = WebhookPut;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<WebhookPut, StoreError> {
+        batch.put_webhook(self)
+    }
+}
+
+struct DeleteWebhook(WebhookName);
+
+impl Write for DeleteWebhook {
+    type Output = bool;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
+        batch.delete_webhook(&self.0)
+    }
+}
+
+struct Redeliver(WebhookName, i64, time::OffsetDateTime);
+
+impl Write for Redeliver {
+    type Output = Redelivery;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<Redelivery, StoreError> {
+        batch.redeliver(&self.0, self.1, self.2)
+    }
+}
+
+/// Claims due deliveries for this server's outbox worker.
+struct ClaimDeliveries(time::OffsetDateTime, usize);
+
+impl Write for ClaimDeliveries {
+    type Output = Vec<DueDelivery>;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<Vec<DueDelivery>, StoreError> {
+        batch.claim_deliveries(self.0, self.1)
+    }
+    fn announce(&self) -> bool {
+        false
+    }
+}
+
+/// Records delivery attempts; announced only when one disabled a webhook
+/// (which appends an event).
+struct RecordAttempts(Vec<AttemptRecord>);
+
+impl Write for RecordAttempts {
+    type Output = bool;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
+        batch.record_attempts(&self.0)
+    }
+    fn announce(&self) -> bool {
+        self.0
+            .iter()
+            .any(|attempt| attempt.next == pinion_core::NextStep::Disable)
+    }
+}
+
+/// Prunes the event log.
+struct PruneEvents(time::OffsetDateTime, i64);
+
+impl Write for PruneEvents {
+    type Output = u64;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<u64, StoreError> {
+        batch.prune_events(self.0, self.1)
+    }
+    fn announce(&self) -> bool {
+        false
+    }
+}
+
 /// A write in the writer's queue: its input, its ticket, where its answer
 /// goes, and its result once applied in the current transaction.
 struct Job<W: Write> {
@@ -203,6 +289,7 @@ struct Job<W: Write> {
 /// A [`Job`] of any kind, as the writer thread handles it.
 trait Queued: Send {
     fn ticket(&self) -> &Ticket;
+    fn announce(&self) -> bool;
     /// Applies the write in the batch's transaction, keeping its result.
     fn apply(&mut self, batch: &mut Batch<'_>);
     /// What its committed result changed that the view shows.
@@ -215,6 +302,10 @@ trait Queued: Send {
 impl<W: Write> Queued for Job<W> {
     fn ticket(&self) -> &Ticket {
         &self.ticket
+    }
+
+    fn announce(&self) -> bool {
+        self.write.announce()
     }
 
     fn apply(&mut self, batch: &mut Batch<'_>) {
@@ -258,6 +349,12 @@ struct Inner {
     reader: DropOffRuntime<Mutex<ReaderState>>,
     checks: Arc<SharedChecks<Result<(), ApiError>>>,
     auth_failures: AuthFailures,
+    /// The change feed this server serves.
+    feed: Arc<Feed>,
+    /// Wakes the outbox worker: deliveries may be due.
+    outbox_wake: Arc<Notify>,
+    /// The follower's own connection to the event log.
+    feed_store: DropOffRuntime<Mutex<Store>>,
 }
 
 /// Drops its value on a thread of its own: a PostgreSQL connection owns a
@@ -297,7 +394,19 @@ impl AppState {
     /// Opens both connections (running migrations), loads the first view and
     /// starts the writer thread.
     pub fn open(settings: Settings) -> Result<AppState, ServeError> {
-        let writer_store = Store::open_with(&settings.database, settings.create_database)?;
+        let mut writer_store = Store::open_with(&settings.database, settings.create_database)?;
+        if settings.database.sqlite_path().is_some() {
+            // One server per SQLite file: a claim made before this start was
+            // made by a run that died mid-delivery. Due again now (at least
+            // once).
+            let released = writer_store.release_claims()?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "deliveries claimed by a run that stopped are due again"
+                );
+            }
+        }
         let writer_instance = writer_store.instance();
         let mut reader = Store::open_with(&settings.database, false)?;
         let seen_version = reader.data_version()?;
@@ -305,11 +414,25 @@ impl AppState {
             view: RwLock::new(Arc::new(View::from_snapshot(reader.snapshot()?))),
             replacing: Mutex::new(()),
         });
+        let mut feed_store = Store::open_with(&settings.database, false)?;
+        let head = feed_store
+            .events(&EventQuery {
+                after: 0,
+                limit: 0,
+                ..EventQuery::default()
+            })?
+            .head;
+        let feed = Arc::new(Feed::new(head));
+        let outbox_wake = Arc::new(Notify::new());
         let (writer, jobs) = mpsc::channel();
+        let wakes = Wakes {
+            feed: feed.clone(),
+            outbox: outbox_wake.clone(),
+        };
         let for_writer = published.clone();
         std::thread::Builder::new()
             .name("pinion-writer".into())
-            .spawn(move || write_loop(writer_store, jobs, for_writer))?;
+            .spawn(move || write_loop(writer_store, jobs, for_writer, wakes))?;
         let registry = Arc::new(Registry::new(settings.registry.clone())?);
         let drift = Drift::new(settings.drift_tag.as_str());
         Ok(AppState {
@@ -328,6 +451,9 @@ impl AppState {
                     "no freshness check has run yet",
                 )))),
                 auth_failures: AuthFailures::default(),
+                feed,
+                outbox_wake,
+                feed_store: DropOffRuntime(Some(Mutex::new(feed_store))),
             }),
         })
     }
@@ -346,6 +472,29 @@ impl AppState {
 
     pub fn auth_failures(&self) -> &AuthFailures {
         &self.inner.auth_failures
+    }
+
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    pub fn outbox_wake(&self) -> &Notify {
+        &self.inner.outbox_wake
+    }
+
+    /// A page of the event log, read on the follower's own connection.
+    pub async fn read_feed(&self, query: EventQuery) -> Result<EventPage, StoreError> {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || {
+            state
+                .inner
+                .feed_store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .events(&query)
+        })
+        .await
+        .map_err(|join| StoreError::Statement(format!("event log task failed: {join}")))?
     }
 
     /// Whether the database is still the one the server opened (see
@@ -442,8 +591,94 @@ impl AppState {
     /// goes with has already been decided.
     pub async fn record_refusal(&self, refusal: Refusal) -> Result<(), ApiError> {
         let retain = self.settings().audit_retention;
-        let deadline = Deadline::after(self.settings().request_timeout);
-        self.write(RecordRefusal(refusal, retain), deadline).await
+        self.write(RecordRefusal(refusal, retain), self.background_deadline())
+            .await
+    }
+
+    /// A deadline for work of the server's own (no request waits on it).
+    fn background_deadline(&self) -> Deadline {
+        Deadline::after(self.settings().request_timeout)
+    }
+
+    /// Records the drift watcher's observations (flips become events).
+    pub async fn record_drift(&self, seen: Vec<DriftObservation>) -> Result<Vec<i64>, ApiError> {
+        self.write(RecordDrift(seen), self.background_deadline())
+            .await
+    }
+
+    pub async fn put_webhook(
+        &self,
+        update: WebhookUpdate,
+        deadline: Deadline,
+    ) -> Result<WebhookPut, ApiError> {
+        self.write(update, deadline).await
+    }
+
+    pub async fn delete_webhook(
+        &self,
+        name: WebhookName,
+        deadline: Deadline,
+    ) -> Result<bool, ApiError> {
+        self.write(DeleteWebhook(name), deadline).await
+    }
+
+    pub async fn redeliver(
+        &self,
+        name: WebhookName,
+        event_id: i64,
+        deadline: Deadline,
+    ) -> Result<Redelivery, ApiError> {
+        let at = time::OffsetDateTime::now_utc();
+        let queued = self.write(Redeliver(name, event_id, at), deadline).await?;
+        self.inner.outbox_wake.notify_one();
+        Ok(queued)
+    }
+
+    /// Whether a delivery is due, on the reader connection.
+    pub async fn any_delivery_due(&self) -> Result<bool, ApiError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.query(self.background_deadline(), move |store| {
+            store.any_delivery_due(now)
+        })
+        .await
+    }
+
+    pub async fn claim_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, ApiError> {
+        let now = time::OffsetDateTime::now_utc();
+        self.write(ClaimDeliveries(now, limit), self.background_deadline())
+            .await
+    }
+
+    pub async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<bool, ApiError> {
+        self.write(RecordAttempts(attempts), self.background_deadline())
+            .await
+    }
+
+    pub async fn prune_events(
+        &self,
+        before: time::OffsetDateTime,
+        keep: i64,
+    ) -> Result<u64, ApiError> {
+        self.write(PruneEvents(before, keep), self.background_deadline())
+            .await
+    }
+
+    pub async fn webhooks(&self, deadline: Deadline) -> Result<Vec<WebhookRecord>, ApiError> {
+        self.query(deadline, Store::webhooks).await
+    }
+
+    pub async fn deliveries(
+        &self,
+        name: WebhookName,
+        limit: usize,
+        deadline: Deadline,
+    ) -> Result<(Option<WebhookRecord>, Vec<DeliveryRecord>), ApiError> {
+        self.query(deadline, move |store| {
+            let webhook = store.webhook(&name)?;
+            let deliveries = store.deliveries(&name, limit)?;
+            Ok((webhook, deliveries))
+        })
+        .await
     }
 
     /// Runs a query the view does not serve (history, audit) on the reader
@@ -529,7 +764,18 @@ fn writer_gone() -> ApiError {
 /// The writer thread: take every queued write, apply them in one
 /// transaction, publish the changes, answer. Ends when the server drops the
 /// sending side.
-fn write_loop(mut store: Store, jobs: mpsc::Receiver<Box<dyn Queued>>, published: Arc<Published>) {
+/// Whom the writer wakes after a commit.
+struct Wakes {
+    feed: Arc<Feed>,
+    outbox: Arc<Notify>,
+}
+
+fn write_loop(
+    mut store: Store,
+    jobs: mpsc::Receiver<Box<dyn Queued>>,
+    published: Arc<Published>,
+    wakes: Wakes,
+) {
     // The writer connection's `data_version` moves only when another process
     // commits. While it stands still, the view plus this thread's own changes
     // is the database; when it moves, the view is read afresh. Starting from
@@ -543,7 +789,7 @@ fn write_loop(mut store: Store, jobs: mpsc::Receiver<Box<dyn Queued>>, published
                 Err(_) => break,
             }
         }
-        write_batch(&mut store, batch, &published, &mut seen_version);
+        write_batch(&mut store, batch, &published, &mut seen_version, &wakes);
     }
 }
 
@@ -553,6 +799,7 @@ fn write_batch(
     mut batch: Vec<Box<dyn Queued>>,
     published: &Published,
     seen_version: &mut i64,
+    wakes: &Wakes,
 ) {
     loop {
         // A write given up on has been answered already; it is dropped here,
@@ -561,7 +808,8 @@ fn write_batch(
         if batch.is_empty() {
             return;
         }
-        let applied = store.batch(batch.len(), |writes| {
+        let announce = batch.iter().any(|job| job.announce());
+        let applied = store.batch(batch.len(), announce, |writes| {
             for job in batch.iter_mut() {
                 job.apply(writes);
             }
@@ -610,6 +858,11 @@ fn write_batch(
                     published.swap(view);
                 }
                 drop(replacing);
+                if announce {
+                    // New events, perhaps: for the streams and the outbox.
+                    wakes.feed.wake();
+                    wakes.outbox.notify_one();
+                }
                 for job in batch {
                     job.answer(Ok(()));
                 }

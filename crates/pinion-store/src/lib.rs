@@ -18,14 +18,16 @@ mod sql;
 mod sqlite;
 mod url;
 
-use pinion_core::TokenName;
+use pinion_core::{TokenName, WebhookName};
 use time::OffsetDateTime;
 
+pub use ops::{CLAIM_LEASE_MS, Redelivery};
 pub use pinion_core::Expectation;
 pub use records::{
-    Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
-    PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
-    TokenRecord,
+    Action, AttemptRecord, AuditEntry, AuditQuery, CiProvenance, DeliveryRecord, DeliveryState,
+    DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, HistoryEntry, HistoryQuery,
+    NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome,
+    RuntimeRecord, Snapshot, TokenRecord, WebhookPut, WebhookRecord, WebhookUpdate,
 };
 pub use url::DatabaseUrl;
 
@@ -219,26 +221,60 @@ impl Batch<'_> {
         }
         result
     }
+}
 
-    pub fn promote(&mut self, promotion: &Promotion) -> Result<PromoteOutcome, StoreError> {
-        self.run(|db| ops::promote(db, promotion))
-    }
+/// Every write, declared once: each is a method of [`Store`] (its own
+/// transaction) and of [`Batch`] (one savepoint of a group commit).
+macro_rules! writes {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty = $op:path;)*) => {
+        impl Batch<'_> {
+            $($(#[$doc])* pub fn $name(&mut self, $($arg: $ty),*) -> Result<$out, StoreError> {
+                self.run(|db| $op(db, $($arg),*))
+            })*
+        }
 
-    pub fn rollback(&mut self, rollback: &Rollback) -> Result<RollbackOutcome, StoreError> {
-        self.run(|db| ops::rollback(db, rollback))
-    }
+        impl Store {
+            $($(#[$doc])* pub fn $name(&mut self, $($arg: $ty),*) -> Result<$out, StoreError> {
+                self.write(|db| $op(db, $($arg),*))
+            })*
+        }
+    };
+}
 
-    pub fn put_runtime(
-        &mut self,
-        runtime: &RuntimeRecord,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.run(|db| ops::put_runtime(db, runtime, at))
-    }
-
-    pub fn record_refusal(&mut self, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
-        self.run(|db| ops::record_refusal(db, refusal, retain))
-    }
+writes! {
+    /// Moves a pin, or says why not, in one transaction: the catalog check,
+    /// the read of the current pin, the guards, the pin write, its history
+    /// entry and its event all see and leave one consistent state.
+    fn promote(promotion: &Promotion) -> PromoteOutcome = ops::promote;
+    /// Moves a pin back to a digest it had before.
+    fn rollback(rollback: &Rollback) -> RollbackOutcome = ops::rollback;
+    /// Adds or changes a catalog entry. Returns true when it was new.
+    fn put_runtime(runtime: &RuntimeRecord, at: OffsetDateTime) -> bool = ops::put_runtime;
+    /// Records a refused write, keeping at most `retain` entries of its
+    /// class (with a valid token, or without).
+    fn record_refusal(refusal: &Refusal, retain: usize) -> () = ops::record_refusal;
+    /// Stores a new token. Fails if an active token has the same name.
+    fn create_token(token: &NewToken) -> () = ops::create_token;
+    /// Revokes the active token of that name. Returns false if there was none.
+    fn revoke_token(name: &TokenName, at: OffsetDateTime) -> bool = ops::revoke_token;
+    /// Records the drift watcher's observations; returns the ids of the
+    /// events their flips appended.
+    fn record_drift(seen: &[DriftObservation]) -> Vec<i64> = ops::record_drift;
+    /// Adds or changes a webhook.
+    fn put_webhook(update: &WebhookUpdate) -> WebhookPut = ops::put_webhook;
+    /// Deletes a webhook and its deliveries. False if there was none.
+    fn delete_webhook(name: &WebhookName) -> bool = ops::delete_webhook;
+    /// Queues one more attempt of a delivery, now.
+    fn redeliver(name: &WebhookName, event_id: i64, now: OffsetDateTime) -> Redelivery = ops::redeliver;
+    /// Claims up to `limit` due deliveries (see [`CLAIM_LEASE_MS`]).
+    fn claim_deliveries(now: OffsetDateTime, limit: usize) -> Vec<DueDelivery> = ops::claim_deliveries;
+    /// Records delivery attempts; true if one appended an event (a webhook
+    /// disabled by its receiver's `410`).
+    fn record_attempts(attempts: &[AttemptRecord]) -> bool = ops::record_attempts;
+    /// Prunes the events older than `before` beyond the newest `keep`.
+    fn prune_events(before: OffsetDateTime, keep: i64) -> u64 = ops::prune_events;
+    /// Releases every delivery claim (see `ops::webhooks::release_claims`).
+    fn release_claims() -> u64 = ops::release_claims;
 }
 
 /// One connection to the database, of either engine. Not `Sync`: the
@@ -296,14 +332,18 @@ impl Store {
     }
 
     /// One write transaction, committed or rolled back as `work` decides;
-    /// `None` when rolled back.
+    /// `None` when rolled back. `announce`: the write changes what replicas
+    /// serve (PostgreSQL bumps the change counter, which also serialises it
+    /// with every other announced write, and notifies the replicas); quiet
+    /// bookkeeping (delivery claims and attempts) does neither.
     fn transaction<T>(
         &mut self,
+        announce: bool,
         work: impl FnOnce(&mut dyn Sql) -> Result<Finish<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         match &mut self.engine {
             Engine::Sqlite(engine) => engine.transaction(work),
-            Engine::Postgres(engine) => engine.transaction(work),
+            Engine::Postgres(engine) => engine.transaction(announce, work),
         }
     }
 
@@ -312,7 +352,7 @@ impl Store {
         &mut self,
         work: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.transaction(|db| work(db).map(Finish::Commit))?
+        self.transaction(true, |db| work(db).map(Finish::Commit))?
             .ok_or_else(|| StoreError::Statement("a committed write gave no result".into()))
     }
 
@@ -367,9 +407,10 @@ impl Store {
     pub fn batch<T>(
         &mut self,
         writes: usize,
+        announce: bool,
         work: impl FnOnce(&mut Batch<'_>) -> Finish<T>,
     ) -> Result<Option<T>, StoreError> {
-        self.transaction(|db| {
+        self.transaction(announce, |db| {
             let mut batch = Batch {
                 db,
                 // One write alone: its transaction is its savepoint.
@@ -384,47 +425,6 @@ impl Store {
         })
     }
 
-    /// Moves a pin, or says why not, in one transaction: the catalog check,
-    /// the read of the current pin, the guards, the pin write and its history
-    /// entry all see and leave one consistent state.
-    pub fn promote(&mut self, promotion: &Promotion) -> Result<PromoteOutcome, StoreError> {
-        self.write(|db| ops::promote(db, promotion))
-    }
-
-    /// Moves a pin back to a digest it had before.
-    pub fn rollback(&mut self, rollback: &Rollback) -> Result<RollbackOutcome, StoreError> {
-        self.write(|db| ops::rollback(db, rollback))
-    }
-
-    /// Adds or changes a catalog entry. Returns true when it was new.
-    pub fn put_runtime(
-        &mut self,
-        runtime: &RuntimeRecord,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.write(|db| ops::put_runtime(db, runtime, at))
-    }
-
-    /// Records a refused write, keeping at most `retain` entries of its
-    /// class (with a valid token, or without).
-    pub fn record_refusal(&mut self, refusal: &Refusal, retain: usize) -> Result<(), StoreError> {
-        self.write(|db| ops::record_refusal(db, refusal, retain))
-    }
-
-    /// Stores a new token. Fails if an active token has the same name.
-    pub fn create_token(&mut self, token: &NewToken) -> Result<(), StoreError> {
-        self.write(|db| ops::create_token(db, token))
-    }
-
-    /// Revokes the active token of that name. Returns false if there was none.
-    pub fn revoke_token(
-        &mut self,
-        name: &TokenName,
-        at: OffsetDateTime,
-    ) -> Result<bool, StoreError> {
-        self.write(|db| ops::revoke_token(db, name, at))
-    }
-
     /// History entries, newest first.
     pub fn history(&mut self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {
         self.read(|db| ops::history(db, query))
@@ -433,6 +433,34 @@ impl Store {
     /// Audit entries (refused writes), newest first.
     pub fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(|db| ops::audit(db, query))
+    }
+
+    /// A page of the change feed, and where it stands.
+    pub fn events(&mut self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        self.read(|db| ops::events_page(db, query))
+    }
+
+    /// Every webhook, by name.
+    pub fn webhooks(&mut self) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.read(ops::webhooks)
+    }
+
+    pub fn webhook(&mut self, name: &WebhookName) -> Result<Option<WebhookRecord>, StoreError> {
+        self.read(|db| ops::webhook(db, name))
+    }
+
+    /// A webhook's newest deliveries, newest event first.
+    pub fn deliveries(
+        &mut self,
+        name: &WebhookName,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.read(|db| ops::deliveries(db, name, limit))
+    }
+
+    /// Whether a delivery is due (a read, before claiming, which writes).
+    pub fn any_delivery_due(&mut self, now: OffsetDateTime) -> Result<bool, StoreError> {
+        self.read(|db| ops::any_delivery_due(db, now))
     }
 
     /// Every token ever created, revoked ones included, oldest first.

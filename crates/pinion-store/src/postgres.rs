@@ -97,6 +97,56 @@ const MIGRATIONS: &[&str] = &[
     UPDATE audit SET anonymous = 1 WHERE actor IS NULL;
     CREATE INDEX audit_class ON audit (anonymous, id);
 "#,
+    // Event ids come from a sequence, drawn after the `pinion_meta` row lock
+    // every announcing write takes first: ids are assigned in commit order,
+    // so a reader that has seen id N never later sees a smaller one appear.
+    r#"
+    CREATE TABLE events (
+        id            BIGSERIAL PRIMARY KEY,
+        type          TEXT NOT NULL,
+        at            TEXT NOT NULL,
+        template_name TEXT,
+        region        TEXT,
+        data          TEXT NOT NULL
+    );
+    CREATE INDEX events_template ON events (template_name, id);
+    CREATE TABLE event_log (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_through BIGINT NOT NULL
+    );
+    INSERT INTO event_log (id, pruned_through) VALUES (1, 0);
+    CREATE TABLE webhooks (
+        name            TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,
+        events          TEXT,
+        templates       TEXT,
+        secret          BYTEA NOT NULL,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        disabled_at     TEXT,
+        disabled_reason TEXT
+    );
+    CREATE TABLE deliveries (
+        webhook         TEXT NOT NULL,
+        event_id        BIGINT NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts        BIGINT NOT NULL,
+        last_status     BIGINT,
+        last_error      TEXT,
+        next_attempt_ms BIGINT NOT NULL,
+        delivered_ms    BIGINT,
+        claimed_until   BIGINT,
+        PRIMARY KEY (webhook, event_id)
+    );
+    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_ms);
+    CREATE TABLE drift_state (
+        template_name TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        stale         BIGINT NOT NULL,
+        tag_digest    TEXT,
+        PRIMARY KEY (template_name, region)
+    );
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).
@@ -198,11 +248,13 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs `work` in a write transaction serialised with every other writer
-    /// (the `pinion_meta` row lock), then commits or rolls back as `work`
-    /// decides.
+    /// Runs `work` in a write transaction, then commits or rolls back as
+    /// `work` decides. An announced one is serialised with every other
+    /// announced writer (the `pinion_meta` row lock) and bumps the change
+    /// counter, with a notification; a quiet one does neither.
     pub fn transaction<T>(
         &mut self,
+        announce: bool,
         work: impl FnOnce(&mut dyn Sql) -> Result<Finish<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         let opening = format!(
@@ -219,7 +271,9 @@ impl Postgres {
             // Both in one round trip. The row lock serialises writers across
             // replicas; the notification is delivered to every listening
             // replica when (and only if) this commits.
-            tx.batch_execute(&opening)?;
+            if announce {
+                tx.batch_execute(&opening)?;
+            }
             let finish = work(&mut Adapter {
                 tx: &mut tx,
                 statements,
@@ -235,7 +289,7 @@ impl Postgres {
                 }
             }
         })();
-        if matches!(result, Ok(Some(_))) {
+        if announce && matches!(result, Ok(Some(_))) {
             self.own_writes += 1;
         }
         self.settle(result)
@@ -382,6 +436,10 @@ impl Sql for Adapter<'_, '_> {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    fn skip_locked(&self, table: &str) -> String {
+        format!(" FOR UPDATE OF {table} SKIP LOCKED")
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {

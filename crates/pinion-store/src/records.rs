@@ -1,8 +1,8 @@
 //! The rows the store reads and writes, as domain values.
 
 use pinion_core::{
-    Digest, Expectation, GitSha, Label, Notes, Region, Repository, RunUrl, Scope, TemplateName,
-    TokenName,
+    Digest, EventType, Expectation, GitSha, Label, NextStep, Notes, Region, Repository, RunUrl,
+    Scope, TemplateName, TokenName, WebhookName, WebhookUrl,
 };
 use time::OffsetDateTime;
 
@@ -239,4 +239,158 @@ pub struct Snapshot {
     pub runtimes: Vec<RuntimeRecord>,
     /// Active (unrevoked) tokens only.
     pub tokens: Vec<TokenRecord>,
+}
+
+/// One event of the change feed, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Strictly increasing in commit order, never reused.
+    pub id: i64,
+    pub kind: EventType,
+    /// RFC 3339, UTC, fixed width.
+    pub at: String,
+    pub template: Option<TemplateName>,
+    pub region: Option<Region>,
+    /// The event's `data` object, as JSON text.
+    pub data: String,
+}
+
+/// Which events to read, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only events with a greater id.
+    pub after: i64,
+    pub limit: usize,
+    pub template: Option<TemplateName>,
+    /// Only these types; empty for every type.
+    pub types: Vec<EventType>,
+    /// Only events about these templates (a template-restricted token's
+    /// view: events about no template are left out too).
+    pub templates: Option<Vec<TemplateName>>,
+}
+
+/// A page of events and where the log stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<EventRecord>,
+    /// The newest event id (0 when there has been none).
+    pub head: i64,
+    /// Every event with an id up to this one has been pruned: an `after`
+    /// below it would skip events.
+    pub pruned_through: i64,
+}
+
+/// A webhook subscription as stored. Its signing secret is stored sealed
+/// by the server's key: only a server holding that key can sign with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    pub name: WebhookName,
+    pub url: WebhookUrl,
+    /// `None`: every type.
+    pub events: Option<Vec<EventType>>,
+    /// `None`: every template.
+    pub templates: Option<Vec<TemplateName>>,
+    pub sealed_secret: Vec<u8>,
+    pub created_at: OffsetDateTime,
+    pub disabled_at: Option<OffsetDateTime>,
+    pub disabled_reason: Option<String>,
+}
+
+/// `PUT /cp/admin/webhooks/{name}`: the secret is stored only when the
+/// webhook is new; a change keeps the old one and enables it again.
+#[derive(Debug, Clone)]
+pub struct WebhookUpdate {
+    pub name: WebhookName,
+    pub url: WebhookUrl,
+    pub events: Option<Vec<EventType>>,
+    pub templates: Option<Vec<TemplateName>>,
+    pub sealed_secret: Vec<u8>,
+    pub at: OffsetDateTime,
+}
+
+/// What a webhook PUT did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookPut {
+    Created(WebhookRecord),
+    Changed(WebhookRecord),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+impl Decode for DeliveryState {
+    fn decode(value: &crate::sql::Value) -> Result<Self, String> {
+        match String::decode(value)?.as_str() {
+            "pending" => Ok(DeliveryState::Pending),
+            "delivered" => Ok(DeliveryState::Delivered),
+            "failed" => Ok(DeliveryState::Failed),
+            other => Err(format!("unknown delivery state `{other}`")),
+        }
+    }
+}
+
+/// One event's delivery to one webhook: the delivery log's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub webhook: WebhookName,
+    pub event_id: i64,
+    pub state: DeliveryState,
+    pub attempts: i64,
+    pub last_status: Option<u16>,
+    /// One short line, never a receiver's whole body.
+    pub last_error: Option<String>,
+    /// Unix milliseconds.
+    pub next_attempt_ms: i64,
+    pub delivered_ms: Option<i64>,
+}
+
+/// A delivery claimed for an attempt, with what the attempt needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub webhook: WebhookName,
+    pub url: WebhookUrl,
+    pub sealed_secret: Vec<u8>,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    pub event: EventRecord,
+}
+
+/// How an attempt went, to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub webhook: WebhookName,
+    pub event_id: i64,
+    /// When the attempt ended, Unix milliseconds.
+    pub at_ms: i64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub next: NextStep,
+}
+
+/// What the drift watcher saw of one pin, for the change feed: a flip
+/// between fresh and stale is an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftObservation {
+    pub template: TemplateName,
+    pub region: Region,
+    pub digest: Digest,
+    pub tag: String,
+    pub tag_digest: Digest,
+    pub stale: bool,
+    pub stale_since: Option<OffsetDateTime>,
+    pub at: OffsetDateTime,
 }

@@ -50,6 +50,11 @@ pub(crate) trait Sql {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
     /// Runs a query and returns every row.
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError>;
+    /// The clause that locks the rows a `SELECT` returns and skips rows
+    /// other transactions hold (PostgreSQL's `FOR UPDATE OF … SKIP
+    /// LOCKED`), for work several replicas claim; empty where one writer
+    /// at a time is all there is (SQLite).
+    fn skip_locked(&self, table: &str) -> String;
 }
 
 /// A row of values, read by column index.
@@ -209,8 +214,30 @@ decode_parsed!(
     pinion_core::Notes,
     pinion_core::RunUrl,
     pinion_core::Label,
-    pinion_core::Scope
+    pinion_core::Scope,
+    pinion_core::WebhookName,
+    pinion_core::WebhookUrl,
+    pinion_core::EventType
 );
+
+impl Decode for Vec<u8> {
+    fn decode(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Blob(bytes) => Ok(bytes.clone()),
+            other => Err(unexpected("bytes", other)),
+        }
+    }
+}
+
+/// A webhook's event filter, stored as a comma-separated list.
+impl Decode for Vec<pinion_core::EventType> {
+    fn decode(value: &Value) -> Result<Self, String> {
+        String::decode(value)?
+            .split(',')
+            .map(|name| pinion_core::EventType::parse(name).map_err(|err| err.to_string()))
+            .collect()
+    }
+}
 
 /// A token's template restriction, stored as a comma-separated list.
 impl Decode for Vec<pinion_core::TemplateName> {

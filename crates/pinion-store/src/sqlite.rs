@@ -87,6 +87,55 @@ const MIGRATIONS: &[&str] = &[
     UPDATE audit SET anonymous = 1 WHERE actor IS NULL;
     CREATE INDEX audit_class ON audit (anonymous, id);
 "#,
+    // The change feed and its webhook outbox. Event times are fixed-width
+    // RFC 3339 (so they sort as text); delivery times are Unix milliseconds.
+    r#"
+    CREATE TABLE events (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        type          TEXT NOT NULL,
+        at            TEXT NOT NULL,
+        template_name TEXT,
+        region        TEXT,
+        data          TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX events_template ON events (template_name, id);
+    CREATE TABLE event_log (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        pruned_through INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO event_log (id, pruned_through) VALUES (1, 0);
+    CREATE TABLE webhooks (
+        name            TEXT PRIMARY KEY NOT NULL,
+        url             TEXT NOT NULL,
+        events          TEXT,
+        templates       TEXT,
+        secret          BLOB NOT NULL,
+        created_at      TEXT NOT NULL,
+        updated_at      TEXT NOT NULL,
+        disabled_at     TEXT,
+        disabled_reason TEXT
+    ) STRICT;
+    CREATE TABLE deliveries (
+        webhook         TEXT NOT NULL,
+        event_id        INTEGER NOT NULL,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts        INTEGER NOT NULL,
+        last_status     INTEGER,
+        last_error      TEXT,
+        next_attempt_ms INTEGER NOT NULL,
+        delivered_ms    INTEGER,
+        claimed_until   INTEGER,
+        PRIMARY KEY (webhook, event_id)
+    ) STRICT;
+    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_ms);
+    CREATE TABLE drift_state (
+        template_name TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        stale         INTEGER NOT NULL,
+        tag_digest    TEXT,
+        PRIMARY KEY (template_name, region)
+    ) STRICT;
+"#,
 ];
 
 /// One SQLite connection.
@@ -254,6 +303,10 @@ impl Sql for Adapter<'_> {
             }
             Err(other) => Err(other.into()),
         }
+    }
+
+    fn skip_locked(&self, _table: &str) -> String {
+        String::new()
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {

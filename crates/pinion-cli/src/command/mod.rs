@@ -11,6 +11,7 @@ pub mod serve;
 pub mod template;
 pub mod token;
 pub mod verify;
+pub mod watch;
 
 use std::time::Duration;
 

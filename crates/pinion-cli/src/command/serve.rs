@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use pinion_server::seal::SecretKey;
 use pinion_server::{RegistryCheck, Settings};
 use pinion_store::DatabaseUrl;
 
@@ -24,6 +25,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::new(database);
     settings.create_database = args.create_database;
     settings.metrics_token_required = args.metrics_token_required;
+    settings.secret_key = secret_key(&args, &settings.database)?;
+    settings.webhook_retry_schedule = args
+        .webhook_retry_schedule
+        .split(',')
+        .map(|step| {
+            parse_duration(step).map_err(|err| anyhow::anyhow!("--webhook-retry-schedule: {err}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if settings.webhook_retry_schedule.len() > 50 {
+        anyhow::bail!("--webhook-retry-schedule has more than 50 steps");
+    }
+    settings.event_retention_age = parse_duration(&args.event_retention_age)
+        .map_err(|err| anyhow::anyhow!("--event-retention-age: {err}"))?;
+    settings.event_retention_count = i64::from(args.event_retention_count);
     settings.registry_check =
         RegistryCheck::parse(&args.registry_check).map_err(anyhow::Error::msg)?;
     if args.request_timeout == 0 {
@@ -37,7 +52,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ => matches!(settings.database, DatabaseUrl::Postgres(_)),
     };
     settings.registry = super::digest::settings(&args.registry).map_err(anyhow::Error::msg)?;
-    settings.drift_interval = parse_interval(&args.drift_interval).map_err(anyhow::Error::msg)?;
+    settings.drift_interval = parse_duration(&args.drift_interval)
+        .map_err(|err| anyhow::anyhow!("--drift-interval: {err}"))?;
     settings.drift_tag = pinion_registry::Tag::parse(&args.drift_tag)
         .map_err(|err| anyhow::anyhow!("--drift-tag: {err}"))?;
     if args.audit_retention == 0 {
@@ -70,8 +86,45 @@ fn default_workers() -> usize {
         .max(1)
 }
 
-/// `300` (seconds), `30s`, `5m`, `1h` or `500ms`; at least 100 ms.
-fn parse_interval(text: &str) -> Result<Duration, String> {
+/// The key webhook secrets are sealed with (see `--secret-key-file`).
+fn secret_key(args: &ServeArgs, database: &DatabaseUrl) -> anyhow::Result<Option<SecretKey>> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let read = |path: &std::path::Path| -> anyhow::Result<SecretKey> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the secret key file `{}`", path.display()))?;
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "the secret key file can be read by others than its owner; `chmod 600` it");
+        }
+        SecretKey::from_hex(&text)
+            .with_context(|| format!("the secret key file `{}`", path.display()))
+    };
+    if let Some(path) = &args.secret_key_file {
+        return read(path).map(Some);
+    }
+    let Some(database) = database.sqlite_path() else {
+        return Ok(None);
+    };
+    let path = std::path::PathBuf::from(format!("{}.key", database.display()));
+    if path.exists() {
+        return read(&path).map(Some);
+    }
+    let key = SecretKey::generate().context("could not make a secret key")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("could not create the secret key file `{}`", path.display()))?;
+    writeln!(file, "{}", key.to_hex())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "created the key webhook secrets are sealed with; back it up with the database");
+    Ok(Some(key))
+}
+
+/// `300` (seconds), `30s`, `5m`, `1h`, `7d` or `500ms`; at least 100 ms.
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -79,7 +132,7 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| {
         format!(
-            "interval `{}` must be a number with an optional unit (ms, s, m, h)",
+            "`{}` must be a number with an optional unit (ms, s, m, h, d)",
             text.escape_debug()
         )
     })?;
@@ -88,15 +141,16 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(number),
         "m" => Duration::from_secs(number.saturating_mul(60)),
         "h" => Duration::from_secs(number.saturating_mul(3600)),
+        "d" => Duration::from_secs(number.saturating_mul(86_400)),
         _ => {
             return Err(format!(
-                "interval unit `{}` must be ms, s, m or h",
+                "unit `{}` must be ms, s, m, h or d",
                 unit.escape_debug()
             ));
         }
     };
     if duration < Duration::from_millis(100) {
-        return Err("the drift interval must be at least 100ms".into());
+        return Err("a duration must be at least 100ms".into());
     }
     Ok(duration)
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod api;
 mod durability;
+mod events;
 mod faults;
 mod gate;
 mod gate_failures;

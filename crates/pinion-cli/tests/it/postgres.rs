@@ -493,3 +493,97 @@ fn a_frozen_database_is_answered_by_the_deadline_and_truthfully() {
         out.code
     );
 }
+
+/// The change feed across replicas: a promotion on one is streamed by the
+/// other (the event table is the truth; `NOTIFY` only wakes), and each
+/// webhook delivery attempt is made by one replica, never once per replica.
+#[test]
+fn replicas_stream_each_others_events_and_deliver_each_attempt_once() {
+    use crate::support::{Answer, EventStream, Receiver, signature_holds};
+    let env = Env::postgres();
+    env.add_template("codex", "localhost:5000/codex");
+    let admin = env.token("platform", "admin", &[]);
+    let settings = [("PINION_WEBHOOK_RETRY_SCHEDULE", "1s,1s,1s")];
+    let one = Server::start(&env.database(), &settings);
+    let two = Server::start(&env.database(), &settings);
+    // The first attempt of every delivery fails, the second succeeds.
+    let receiver = Receiver::start(vec![Answer(500, "", "not yet"), Answer(200, "", "")]);
+    let created = http(
+        one.addr,
+        "PUT",
+        "/cp/admin/webhooks/fleet",
+        Some(&admin),
+        Some(
+            format!(
+                r#"{{"url":"{}","events":["pin.promoted"]}}"#,
+                receiver.url()
+            )
+            .as_bytes(),
+        ),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let secret = created.json()["secret"].as_str().unwrap().to_owned();
+    crate::support::register_secret(&secret);
+
+    let mut stream = EventStream::open(two.addr, &admin, None, "?type=pin.promoted");
+    let promotions = 10u32;
+    for n in 1..=promotions {
+        let server = if n % 2 == 0 { &one } else { &two };
+        assert_eq!(promote(server, &admin, n).status, 201);
+    }
+    let streamed: Vec<String> = (0..promotions)
+        .map(|_| {
+            stream.next_event().data["data"]["to_digest"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (1..=promotions).map(digest).collect();
+    assert_eq!(
+        streamed, expected,
+        "every promotion, in order, on the other replica"
+    );
+
+    // The receiver's first answer is a failure, then it takes everything:
+    // each event arrives exactly as often as its delivery log says it was
+    // attempted, whichever replica made the attempts.
+    let first_failed = receiver.wait_for(1, Duration::from_secs(10));
+    drop(first_failed);
+    eventually("every delivery delivered", Duration::from_secs(30), || {
+        let log = one
+            .get("/cp/admin/webhooks/fleet/deliveries", &admin)
+            .json();
+        let deliveries = log["deliveries"].as_array().unwrap().clone();
+        deliveries.len() == promotions as usize
+            && deliveries.iter().all(|d| d["state"] == "delivered")
+    });
+    thread::sleep(Duration::from_secs(2));
+    let received = receiver.received();
+    let mut per_event = std::collections::HashMap::new();
+    for delivery in &received {
+        assert!(
+            signature_holds(&secret, delivery),
+            "signed by whichever replica"
+        );
+        *per_event
+            .entry(delivery.header("webhook-id").unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_event.len(), promotions as usize);
+    let log = two
+        .get("/cp/admin/webhooks/fleet/deliveries", &admin)
+        .json();
+    for delivery in log["deliveries"].as_array().unwrap() {
+        let id = format!("evt_{}", delivery["event_id"]);
+        assert_eq!(
+            per_event.get(&id).copied(),
+            delivery["attempts"].as_i64(),
+            "attempts at the receiver equal the delivery log's for {id}"
+        );
+    }
+    assert!(
+        per_event.values().any(|attempts| *attempts == 2),
+        "the failed first attempt was retried once: {per_event:?}"
+    );
+}

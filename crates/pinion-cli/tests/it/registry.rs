@@ -1,6 +1,7 @@
 //! Registry truth, against a real registry: `pinion digest`, the existence
 //! check on promote, `pinion drift` and the server's drift watcher.
 
+use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -435,6 +436,29 @@ fn the_watcher_flips_pin_stale_within_one_interval() {
     assert_eq!(report["tag"], "latest");
     assert_eq!(report["pins"][0]["status"], "stale");
     assert!(report["pins"][0]["stale_since"].is_string());
+
+    // The flip is an event, once; promoting the new tag flips it back.
+    let second = report["pins"][0]["tag_digest"].as_str().unwrap().to_owned();
+    let flips = |kind: &str| {
+        server.get(&format!("/cp/events?type={kind}"), &read).json()["events"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let stale = flips("pin.stale");
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0]["data"]["image_digest"], first.as_str());
+    assert_eq!(stale[0]["data"]["tag_digest"], second.as_str());
+    assert!(stale[0]["data"]["stale_since"].is_string());
+    assert_eq!(promote(&server, &token, &second).status, 201);
+    wait_for("0");
+    let fresh = poll_until("pin.fresh", Duration::from_secs(5), || {
+        let fresh = flips("pin.fresh");
+        (!fresh.is_empty()).then_some(fresh)
+    });
+    assert_eq!(fresh[0]["data"]["image_digest"], second.as_str());
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(flips("pin.stale").len(), 1, "no flip, no event");
 }
 
 #[test]

@@ -16,16 +16,20 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Every secret this test process has created.
+/// Every secret this test process has created: API tokens (`pinion_…`)
+/// and webhook signing secrets (`whsec_…`).
 static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-/// Fails if `text` contains any token secret, whole or as its hex part.
+/// Fails if `text` contains any secret, whole or as its part after the
+/// prefix (a token's hex, a webhook secret's base64).
 pub fn assert_no_secret(what: &str, text: &str) {
     for secret in SECRETS.lock().unwrap().iter() {
-        let hex = secret.trim_start_matches("pinion_");
+        let bare = secret
+            .trim_start_matches("pinion_")
+            .trim_start_matches("whsec_");
         assert!(
-            !text.contains(secret.as_str()) && !text.contains(hex),
-            "a token secret leaked into {what}: {text}"
+            !text.contains(secret.as_str()) && !text.contains(bare),
+            "a secret leaked into {what}: {text}"
         );
     }
 }
@@ -297,9 +301,21 @@ pub struct Server {
 
 impl Server {
     pub fn start(database: &str, env: &[(&str, &str)]) -> Server {
-        let mut child = pinion()
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
-            .env("PINION_REGISTRY_CHECK", "off")
+        Server::start_on("127.0.0.1:0", database, env)
+    }
+
+    /// A server on a given address (to come back on the same port).
+    pub fn start_on(listen: &str, database: &str, env: &[(&str, &str)]) -> Server {
+        let mut command = pinion();
+        command
+            .args(["serve", "--listen", listen, "--database", database])
+            .env("PINION_REGISTRY_CHECK", "off");
+        // PostgreSQL has no default key file: every replica of the suite
+        // shares one, as every replica of a deployment must.
+        if database.starts_with("postgres") {
+            command.env("PINION_SECRET_KEY_FILE", shared_key_file());
+        }
+        let mut child = command
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -760,5 +776,278 @@ impl Fixture {
 
     pub fn file(&self, name: &str) -> PathBuf {
         self.env.dir.path().join(name)
+    }
+}
+
+/// A secret key file for PostgreSQL servers, one for the whole run.
+pub fn shared_key_file() -> PathBuf {
+    static KEY: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pinion.key");
+        let key: String = (0..32)
+            .map(|n: u32| {
+                format!(
+                    "{:02x}",
+                    n.wrapping_mul(97).wrapping_add(std::process::id()) % 256
+                )
+            })
+            .collect();
+        std::fs::write(&path, key).unwrap();
+        (dir, path)
+    })
+    .1
+    .clone()
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// A real HTTP receiver for webhooks on a free port: it answers each
+/// request with the next of its scripted answers (the last one repeats)
+/// and keeps everything it received.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// What a [`Receiver`] answers: a status, extra header lines, a body.
+#[derive(Debug, Clone)]
+pub struct Answer(pub u16, pub &'static str, pub &'static str);
+
+impl Receiver {
+    pub fn start(answers: Vec<Answer>) -> Receiver {
+        Receiver::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), answers)
+    }
+
+    pub fn start_on(listener: TcpListener, answers: Vec<Answer>) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<Mutex<Vec<Received>>> = Arc::new(Mutex::new(Vec::new()));
+        let seen = received.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let head = read_head(&mut stream);
+                let mut lines = head.lines();
+                let request_line = lines.next().unwrap_or_default().to_owned();
+                let mut parts = request_line.split(' ');
+                let method = parts.next().unwrap_or_default().to_owned();
+                let path = parts.next().unwrap_or_default().to_owned();
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|line| line.split_once(':'))
+                    .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(key, _)| key.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, value)| value.parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = stream.read_exact(&mut body);
+                let answer = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(Received {
+                        at: Instant::now(),
+                        method,
+                        path,
+                        headers,
+                        body,
+                    });
+                    answers[(seen.len() - 1).min(answers.len() - 1)].clone()
+                };
+                let Answer(status, extra, text) = answer;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        Receiver { addr, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until it has received `count` requests.
+    pub fn wait_for(&self, count: usize, limit: Duration) -> Vec<Received> {
+        poll_until(
+            &format!("{count} deliveries at the receiver"),
+            limit,
+            || {
+                let received = self.received();
+                (received.len() >= count).then_some(received)
+            },
+        )
+    }
+}
+
+/// HMAC-SHA256, written here from its definition (RFC 2104) rather than
+/// taken from the server's code, so a signature check is independent.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// Checks a delivery's Standard Webhooks signature with the secret the
+/// server showed when the webhook was made.
+pub fn signature_holds(secret: &str, delivery: &Received) -> bool {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = engine
+        .decode(secret.strip_prefix("whsec_").expect("a whsec_ secret"))
+        .expect("base64");
+    let id = delivery.header("webhook-id").unwrap_or_default();
+    let timestamp = delivery.header("webhook-timestamp").unwrap_or_default();
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(&delivery.body);
+    let expected = format!("v1,{}", engine.encode(hmac_sha256(&key, &signed)));
+    delivery
+        .header("webhook-signature")
+        .unwrap_or_default()
+        .split(' ')
+        .any(|signature| signature == expected)
+}
+
+/// A Server-Sent Events reader over a raw socket.
+pub struct EventStream {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    /// Every comment line read (keep-alives, last words).
+    pub comments: Vec<String>,
+}
+
+/// One event of a stream: its `id`, `event` and parsed `data`.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub id: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub raw: String,
+}
+
+impl EventStream {
+    /// Opens `/cp/events` as a stream, with `Last-Event-ID` if given and
+    /// `query` appended; panics unless the answer is 200.
+    pub fn open(addr: SocketAddr, token: &str, last_id: Option<i64>, query: &str) -> EventStream {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let last = last_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        // HTTP/1.0: the body comes unchunked, the stream's bytes as they are.
+        write!(
+            stream,
+            "GET /cp/events{query} HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n{last}\r\n"
+        )
+        .unwrap();
+        let mut events = EventStream {
+            stream,
+            buffer: Vec::new(),
+            comments: Vec::new(),
+        };
+        let head = events.until(b"\r\n\r\n");
+        let head = String::from_utf8_lossy(&head).into_owned();
+        assert!(head.split(' ').nth(1) == Some("200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("text/event-stream"),
+            "{head}"
+        );
+        events
+    }
+
+    /// Reads until `end`; returns what came before it (and drops `end`).
+    fn until(&mut self, end: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(at) = self.buffer.windows(end.len()).position(|w| w == end) {
+                let taken: Vec<u8> = self.buffer.drain(..at + end.len()).collect();
+                return taken[..at].to_vec();
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let read = self.stream.read(&mut chunk).expect("the stream stays open");
+            assert!(read > 0, "the stream ended: {:?}", self.comments);
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// The next event, skipping comments (kept) and chunk framing.
+    pub fn next_event(&mut self) -> StreamEvent {
+        loop {
+            match self.next_message() {
+                Some(event) => return event,
+                None => continue,
+            }
+        }
+    }
+
+    /// The next message: an event, or `None` for a comment or a bare field.
+    pub fn next_message(&mut self) -> Option<StreamEvent> {
+        let block = String::from_utf8_lossy(&self.until(b"\n\n")).into_owned();
+        let mut id = None;
+        let mut kind = None;
+        let mut data = None;
+        for line in block.lines() {
+            let line = line.trim_end_matches('\r');
+            if let Some(comment) = line.strip_prefix(':') {
+                self.comments.push(comment.trim().to_owned());
+            } else if let Some(value) = line.strip_prefix("id: ") {
+                id = value.parse::<i64>().ok();
+            } else if let Some(value) = line.strip_prefix("event: ") {
+                kind = Some(value.to_owned());
+            } else if let Some(value) = line.strip_prefix("data: ") {
+                data = Some(value.to_owned());
+            }
+        }
+        let raw = data?;
+        assert_no_secret("an event stream", &raw);
+        Some(StreamEvent {
+            id: id.expect("an event has an id"),
+            kind: kind.expect("an event has a type"),
+            data: serde_json::from_str(&raw).expect("event data is JSON"),
+            raw,
+        })
+    }
+
+    /// Reads everything until the server closes the stream.
+    pub fn rest(&mut self) -> String {
+        let mut rest = std::mem::take(&mut self.buffer);
+        let _ = self.stream.read_to_end(&mut rest);
+        String::from_utf8_lossy(&rest).into_owned()
     }
 }

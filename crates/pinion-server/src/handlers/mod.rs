@@ -3,16 +3,20 @@
 //! endpoints record their refusals in the audit log.
 
 mod catalog;
+mod events;
 mod health;
 mod history;
 mod pins;
 mod watch;
+mod webhooks;
 
 pub use catalog::{list_runtimes, put_runtime};
+pub use events::events;
 pub use health::{healthz, not_found, readyz};
 pub use history::{audit, history};
 pub use pins::{list_pins, promote, resolve, rollback};
 pub use watch::{drift, metrics};
+pub use webhooks::{delete_webhook, deliveries, list_webhooks, put_webhook, redeliver};
 
 use axum::body::Body;
 use axum::body::Bytes;
@@ -335,6 +339,14 @@ impl<'a> Query<'a> {
             }
         }
         None
+    }
+
+    /// Every value of a repeated key, in order.
+    fn all(&self, key: &str) -> Vec<String> {
+        form_urlencoded::parse(self.0.as_bytes())
+            .filter(|(name, _)| name == key)
+            .map(|(_, value)| value.into_owned())
+            .collect()
     }
 
     /// The value, treating `?key=` like an absent key.

@@ -122,6 +122,19 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
         "# HELP pinion_auth_failures_total Requests refused for want of a valid token, by reason (`throttled`: answered 429 without a look)"
     );
     let _ = writeln!(text, "# TYPE pinion_auth_failures_total counter");
+    let feed = state.feed();
+    let _ = writeln!(
+        text,
+        "# HELP pinion_events_head The newest event id this server has read from the change feed"
+    );
+    let _ = writeln!(text, "# TYPE pinion_events_head gauge");
+    let _ = writeln!(text, "pinion_events_head {}", feed.head());
+    let _ = writeln!(
+        text,
+        "# HELP pinion_event_subscribers Server-Sent Events streams open on this server"
+    );
+    let _ = writeln!(text, "# TYPE pinion_event_subscribers gauge");
+    let _ = writeln!(text, "pinion_event_subscribers {}", feed.subscribers());
     for (reason, total) in state.auth_failures().totals() {
         let _ = writeln!(
             text,

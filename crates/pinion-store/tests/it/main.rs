@@ -3,11 +3,15 @@
 // Tests fail by panicking; helpers outside #[test] functions may unwrap too.
 #![allow(clippy::unwrap_used)]
 
-use pinion_core::{Digest, Region, Repository, Scope, TemplateName, TokenName};
+use pinion_core::{
+    Digest, EventType, NextStep, Region, Repository, Scope, TemplateName, TokenName, WebhookName,
+    WebhookUrl,
+};
 use pinion_store::{
-    Action, AuditEntry, AuditQuery, CiProvenance, DatabaseUrl, Expectation, Finish, HistoryQuery,
-    NewToken, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store,
-    StoreError,
+    Action, AttemptRecord, AuditEntry, AuditQuery, CiProvenance, DatabaseUrl, DeliveryState,
+    DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, Expectation, Finish,
+    HistoryQuery, NewToken, PromoteOutcome, Promotion, Redelivery, Refusal, Rollback,
+    RollbackOutcome, RuntimeRecord, Store, StoreError, WebhookPut, WebhookUpdate,
 };
 use time::OffsetDateTime;
 
@@ -706,7 +710,7 @@ fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
             promotion("codex", "eu-west-1", digest(3)),
         ];
         let results = store
-            .batch(batch.len(), |writes| {
+            .batch(batch.len(), true, |writes| {
                 Finish::Commit(
                     batch
                         .iter()
@@ -734,14 +738,14 @@ fn a_failing_write_leaves_nothing_and_spares_the_rest_of_its_batch() {
         assert_eq!(history(&mut store, "codex").len(), 3);
 
         // Alone: the whole transaction goes, history entry included.
-        let alone = store.batch(1, |writes| {
+        let alone = store.batch(1, true, |writes| {
             Finish::Commit(writes.promote(&promotion("hermes", "global", digest(66))))
         });
         assert!(alone.is_err(), "{alone:?}");
         assert_eq!(pinned(&mut store, "hermes", "global"), Some(digest(1)));
         assert_eq!(history(&mut store, "hermes").len(), 1);
         // And the store goes on writing.
-        let next = store.batch(1, |writes| {
+        let next = store.batch(1, true, |writes| {
             Finish::Commit(writes.promote(&promotion("hermes", "global", digest(4))))
         });
         assert!(matches!(next, Ok(Some(Ok(PromoteOutcome::Moved { .. })))));
@@ -757,7 +761,7 @@ fn a_batch_rolled_back_at_the_end_leaves_nothing() {
         let mut store = open(&db);
         add_template(&mut store, "codex", true);
         let ended = store
-            .batch(2, |writes| {
+            .batch(2, true, |writes| {
                 let first = writes.promote(&promotion("codex", "global", digest(1)));
                 let second = writes.promote(&promotion("codex", "eu", digest(2)));
                 assert!(matches!(first, Ok(PromoteOutcome::Moved { .. })));
@@ -831,4 +835,296 @@ fn a_database_that_must_exist_is_not_created() {
     );
     drop(Store::open(&db.url()).unwrap());
     Store::open_with(&db.url(), false).unwrap();
+}
+
+fn events(store: &mut Store, after: i64) -> EventPage {
+    store
+        .events(&EventQuery {
+            after,
+            limit: 1000,
+            ..EventQuery::default()
+        })
+        .unwrap()
+}
+
+fn data(event: &EventRecord) -> serde_json::Value {
+    serde_json::from_str(&event.data).unwrap()
+}
+
+/// Every change is an event, written in its transaction: ids strictly
+/// increase, and a change that did not commit left none.
+#[test]
+fn changes_are_events_in_their_own_transaction() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        store
+            .promote(&promotion("codex", "global", digest(2)))
+            .unwrap();
+        // Unchanged: no event.
+        store
+            .promote(&promotion("codex", "global", digest(2)))
+            .unwrap();
+        store
+            .rollback(&Rollback {
+                template: TemplateName::parse("codex").unwrap(),
+                region: Region::global(),
+                to: None,
+                actor: TokenName::parse("oncall").unwrap(),
+                at: OffsetDateTime::now_utc(),
+                notes: None,
+            })
+            .unwrap();
+        let page = events(&mut store, 0);
+        let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "runtime.changed",
+                "pin.promoted",
+                "pin.promoted",
+                "pin.rolled_back"
+            ]
+        );
+        assert!(page.events.windows(2).all(|pair| pair[0].id < pair[1].id));
+        assert_eq!(page.head, page.events.last().unwrap().id);
+        let moved = data(&page.events[2]);
+        assert_eq!(moved["from_digest"], digest(1).as_str());
+        assert_eq!(moved["to_digest"], digest(2).as_str());
+        assert_eq!(moved["actor"], "ci");
+        assert_eq!(
+            moved["image_ref"],
+            format!("localhost:5000/codex@{}", digest(2))
+        );
+        let back = data(&page.events[3]);
+        assert_eq!(back["to_digest"], digest(1).as_str());
+        assert_eq!(back["actor"], "oncall");
+        assert_eq!(page.events[3].template.as_ref().unwrap().as_str(), "codex");
+
+        // A failed write and a rolled-back batch leave no event.
+        inject_failure(&db, &digest(66));
+        assert!(
+            store
+                .promote(&promotion("codex", "global", digest(66)))
+                .is_err()
+        );
+        store
+            .batch(1, true, |writes| {
+                writes
+                    .promote(&promotion("codex", "global", digest(3)))
+                    .unwrap();
+                Finish::<()>::RollBack
+            })
+            .unwrap();
+        assert_eq!(events(&mut store, 0).events.len(), 4);
+        // Paging: after, limit, filters.
+        let first = page.events[0].id;
+        assert_eq!(events(&mut store, first).events.len(), 3);
+        let promoted = store
+            .events(&EventQuery {
+                after: 0,
+                limit: 1,
+                types: vec![EventType::PinPromoted],
+                ..EventQuery::default()
+            })
+            .unwrap();
+        assert_eq!(promoted.events.len(), 1);
+        assert_eq!(promoted.events[0].id, page.events[1].id);
+        let elsewhere = store
+            .events(&EventQuery {
+                after: 0,
+                limit: 10,
+                templates: Some(vec![TemplateName::parse("hermes").unwrap()]),
+                ..EventQuery::default()
+            })
+            .unwrap();
+        assert!(elsewhere.events.is_empty());
+        assert_eq!(elsewhere.head, page.head, "the head is the whole log's");
+    }
+}
+
+#[test]
+fn pruning_keeps_the_newest_and_the_recent_and_says_where_it_cut() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        for n in 1..=10 {
+            store
+                .promote(&promotion("codex", "global", digest(n)))
+                .unwrap();
+        }
+        let all = events(&mut store, 0);
+        assert_eq!(all.events.len(), 11);
+        // Recent: nothing goes, however many there are.
+        let long_ago = OffsetDateTime::now_utc() - time::Duration::days(7);
+        assert_eq!(store.prune_events(long_ago, 3).unwrap(), 0);
+        // Old: all but the newest 3 go.
+        let later = OffsetDateTime::now_utc() + time::Duration::minutes(1);
+        assert_eq!(store.prune_events(later, 3).unwrap(), 8);
+        let left = events(&mut store, 0);
+        assert_eq!(left.events.len(), 3);
+        assert_eq!(left.pruned_through, all.events[7].id);
+        assert_eq!(left.head, all.head);
+    }
+}
+
+#[test]
+fn drift_flips_are_events_once_whichever_replica_sees_them() {
+    for db in databases() {
+        let mut one = open(&db);
+        let mut two = open(&db);
+        let seen = |stale: bool, tag: u8| DriftObservation {
+            template: TemplateName::parse("codex").unwrap(),
+            region: Region::global(),
+            digest: digest(1),
+            tag: "latest".into(),
+            tag_digest: digest(tag),
+            stale,
+            stale_since: stale.then(OffsetDateTime::now_utc),
+            at: OffsetDateTime::now_utc(),
+        };
+        assert!(one.record_drift(&[seen(false, 1)]).unwrap().is_empty());
+        assert_eq!(one.record_drift(&[seen(true, 2)]).unwrap().len(), 1);
+        assert!(
+            two.record_drift(&[seen(true, 2)]).unwrap().is_empty(),
+            "the same flip twice"
+        );
+        assert_eq!(
+            two.record_drift(&[seen(true, 3)]).unwrap().len(),
+            1,
+            "the tag moved again"
+        );
+        assert_eq!(one.record_drift(&[seen(false, 1)]).unwrap().len(), 1);
+        let kinds: Vec<EventType> = events(&mut one, 0).events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventType::PinStale,
+                EventType::PinStale,
+                EventType::PinFresh
+            ]
+        );
+    }
+}
+
+fn webhook(
+    name: &str,
+    events: Option<Vec<EventType>>,
+    templates: Option<&[&str]>,
+) -> WebhookUpdate {
+    WebhookUpdate {
+        name: WebhookName::parse(name).unwrap(),
+        url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
+        events,
+        templates: templates.map(|names| {
+            names
+                .iter()
+                .map(|n| TemplateName::parse(n).unwrap())
+                .collect()
+        }),
+        sealed_secret: vec![7; 40],
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+/// The outbox: an event queues a delivery to every enabled webhook whose
+/// filters take it, in its own transaction; claims lease deliveries to one
+/// claimer at a time; attempts follow the schedule; a 410 disables.
+#[test]
+fn the_outbox_queues_claims_and_records_deliveries() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        add_template(&mut store, "hermes", true);
+        assert!(matches!(
+            store.put_webhook(&webhook("all", None, None)).unwrap(),
+            WebhookPut::Created(_)
+        ));
+        store
+            .put_webhook(&webhook(
+                "codex-moves",
+                Some(vec![EventType::PinPromoted]),
+                Some(&["codex"]),
+            ))
+            .unwrap();
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        store
+            .promote(&promotion("hermes", "global", digest(1)))
+            .unwrap();
+        let name = |n: &str| WebhookName::parse(n).unwrap();
+        assert_eq!(store.deliveries(&name("all"), 10).unwrap().len(), 2);
+        let codex = store.deliveries(&name("codex-moves"), 10).unwrap();
+        assert_eq!(codex.len(), 1);
+        assert_eq!(codex[0].state, DeliveryState::Pending);
+
+        let now = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+        let claimed = store.claim_deliveries(now, 10).unwrap();
+        assert_eq!(claimed.len(), 3);
+        assert!(
+            open(&db).claim_deliveries(now, 10).unwrap().is_empty(),
+            "leased"
+        );
+        let ms = |at: OffsetDateTime| (at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let attempt = |due: &DueDelivery, status: u16, next: NextStep| AttemptRecord {
+            webhook: due.webhook.clone(),
+            event_id: due.event.id,
+            at_ms: ms(now),
+            status: Some(status),
+            error: (status != 200).then(|| "no".to_owned()),
+            next,
+        };
+        let (codex_due, others): (Vec<_>, Vec<_>) = claimed
+            .iter()
+            .partition(|due| due.webhook.as_str() == "codex-moves");
+        let appended = store
+            .record_attempts(&[
+                attempt(others[0], 200, NextStep::Delivered),
+                attempt(
+                    others[1],
+                    500,
+                    NextStep::RetryAfter(std::time::Duration::from_secs(5)),
+                ),
+                attempt(codex_due[0], 410, NextStep::Disable),
+            ])
+            .unwrap();
+        assert!(appended, "the 410 appended webhook.disabled");
+        let all = store.deliveries(&name("all"), 10).unwrap();
+        let states: Vec<(DeliveryState, i64)> = all.iter().map(|d| (d.state, d.attempts)).collect();
+        assert!(states.contains(&(DeliveryState::Delivered, 1)));
+        assert!(states.contains(&(DeliveryState::Pending, 1)));
+        let retried = all
+            .iter()
+            .find(|d| d.state == DeliveryState::Pending && d.attempts == 1)
+            .unwrap();
+        assert_eq!(retried.next_attempt_ms, ms(now) + 5000);
+        assert_eq!(retried.last_error.as_deref(), Some("no"));
+        let disabled = store.webhook(&name("codex-moves")).unwrap().unwrap();
+        assert!(disabled.disabled_at.is_some());
+        let newest = events(&mut store, 0).events.pop().unwrap();
+        assert_eq!(newest.kind, EventType::WebhookDisabled);
+        assert_eq!(data(&newest)["webhook"], "codex-moves");
+        // Nothing more is queued for a disabled webhook; a PUT enables it.
+        store
+            .promote(&promotion("codex", "global", digest(2)))
+            .unwrap();
+        assert_eq!(store.deliveries(&name("codex-moves"), 10).unwrap().len(), 1);
+        assert!(matches!(
+            store.put_webhook(&webhook("codex-moves", None, Some(&["codex"]))).unwrap(),
+            WebhookPut::Changed(record) if record.disabled_at.is_none() && record.sealed_secret == vec![7; 40]
+        ));
+        assert_eq!(
+            store
+                .redeliver(&name("all"), newest.id + 100, OffsetDateTime::now_utc())
+                .unwrap(),
+            Redelivery::Unknown
+        );
+        assert!(store.delete_webhook(&name("all")).unwrap());
+        assert!(store.deliveries(&name("all"), 10).unwrap().is_empty());
+        assert!(!store.delete_webhook(&name("all")).unwrap());
+    }
 }

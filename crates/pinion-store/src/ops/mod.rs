@@ -4,9 +4,23 @@
 //! PostgreSQL could not otherwise infer a parameter's type. Multi-statement operations expect to run
 //! inside a write transaction the engine opened (and serialised).
 
+mod events;
+mod webhooks;
+
+pub(crate) use events::{page as events_page, prune as prune_events, record_drift};
+pub use webhooks::{CLAIM_LEASE_MS, Redelivery};
+pub(crate) use webhooks::{
+    any_due as any_delivery_due, claim_due as claim_deliveries, delete as delete_webhook,
+    deliveries, get as webhook, list as webhooks, put as put_webhook, record_attempts, redeliver,
+    release_claims,
+};
+
+use events::NewEvent;
+use serde_json::json;
+
 use pinion_core::{
-    Ask, Digest, GitSha, Label, Notes, PinState, PromoteDecision, Region, Repository, RunUrl,
-    TemplateName, TokenName, decide_promotion,
+    Ask, Digest, EventType, GitSha, ImageRef, Label, Notes, PinState, PromoteDecision, Region,
+    Repository, RunUrl, TemplateName, TokenName, decide_promotion,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -94,7 +108,7 @@ pub(crate) fn promote(
     // less per promotion on PostgreSQL. (No column name is in both tables.)
     let rows = db.query(
         &format!(
-            "SELECT r.pinnable, {} FROM runtimes r \
+            "SELECT r.pinnable, r.image, {} FROM runtimes r \
              LEFT JOIN pins p ON p.template_name = r.name AND p.region = ?2 \
              WHERE r.name = ?1",
             PINS.list()
@@ -110,9 +124,10 @@ pub(crate) fn promote(
     if !row.get::<bool>(0, "runtimes", "pinnable")? {
         return Ok(PromoteOutcome::NotPinnable);
     }
+    let repository: Option<Repository> = row.get(1, "runtimes", "image")?;
     // No pin: the left join's pin columns are all null.
-    let current = match row.get::<Option<String>>(1, "pins", "template_name")? {
-        Some(_) => Some(read_pin(&mut PINS.reader(row, 1))?),
+    let current = match row.get::<Option<String>>(2, "pins", "template_name")? {
+        Some(_) => Some(read_pin(&mut PINS.reader(row, 2))?),
         None => None,
     };
     let state = current.as_ref().map(|pin| PinState {
@@ -157,6 +172,7 @@ pub(crate) fn promote(
         ci: &promotion.ci,
         build_sequence: promotion.build_sequence,
         pin_build_sequence: build_sequence,
+        repository: repository.as_ref(),
     };
     let pin = write_change(db, &change)?;
     Ok(PromoteOutcome::Moved { pin, previous })
@@ -203,6 +219,16 @@ pub(crate) fn rollback(
     if target == current.digest {
         return Ok(RollbackOutcome::Unchanged { pin: current });
     }
+    let repository: Option<Repository> = match db
+        .query(
+            "SELECT image FROM runtimes WHERE name = ?1",
+            &[key[0].clone()],
+        )?
+        .first()
+    {
+        Some(row) => row.get(0, "runtimes", "image")?,
+        None => None,
+    };
     let change = Change {
         template: &rollback.template,
         region: &rollback.region,
@@ -218,6 +244,7 @@ pub(crate) fn rollback(
         // Keep the newest build seen: an older pipeline finishing after a
         // rollback still must not move the pin.
         pin_build_sequence: current.build_sequence,
+        repository: repository.as_ref(),
     };
     let pin = write_change(db, &change)?;
     Ok(RollbackOutcome::Moved {
@@ -264,12 +291,36 @@ pub(crate) fn put_runtime(
     runtime: &RuntimeRecord,
     at: OffsetDateTime,
 ) -> Result<bool, StoreError> {
-    let existed = !db
-        .query(
-            "SELECT 1 FROM runtimes WHERE name = ?1",
-            &[runtime.name.as_str().into()],
-        )?
-        .is_empty();
+    let before = db.query(
+        "SELECT image, pinnable FROM runtimes WHERE name = ?1",
+        &[runtime.name.as_str().into()],
+    )?;
+    let before: Option<(Option<Repository>, bool)> = before
+        .first()
+        .map(|row| {
+            Ok::<_, StoreError>((
+                row.get(0, "runtimes", "image")?,
+                row.get(1, "runtimes", "pinnable")?,
+            ))
+        })
+        .transpose()?;
+    let existed = before.is_some();
+    if before.as_ref() != Some(&(runtime.repository.clone(), runtime.pinnable)) {
+        events::append(
+            db,
+            NewEvent {
+                kind: EventType::RuntimeChanged,
+                at,
+                template: Some(&runtime.name),
+                region: None,
+                data: json!({
+                    "image": runtime.repository.as_ref().map(Repository::as_str),
+                    "pinnable": runtime.pinnable,
+                    "created": !existed,
+                }),
+            },
+        )?;
+    }
     db.execute(
         "INSERT INTO runtimes (name, image, pinnable, updated_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (name) DO UPDATE SET
@@ -394,7 +445,10 @@ pub(crate) fn audit(db: &mut dyn Sql, query: &AuditQuery) -> Result<Vec<AuditEnt
 
 /// ` AND template_name IN (…)` for a template restriction (its names added
 /// to `params`), or nothing. An empty restriction matches nothing.
-fn only_templates(templates: Option<&[TemplateName]>, params: &mut Vec<Value>) -> String {
+pub(crate) fn only_templates(
+    templates: Option<&[TemplateName]>,
+    params: &mut Vec<Value>,
+) -> String {
     let Some(templates) = templates else {
         return String::new();
     };
@@ -431,6 +485,8 @@ struct Change<'a> {
     build_sequence: Option<i64>,
     /// The sequence the pin keeps: the newest it has seen.
     pin_build_sequence: Option<i64>,
+    /// The template's repository, for the event's `image_ref`.
+    repository: Option<&'a Repository>,
 }
 
 /// Appends the history entry, then points the pin at it. The caller owns the
@@ -490,11 +546,37 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             pin.build_sequence.into(),
         ],
     )?;
+    let kind = match change.action {
+        Action::Promote => EventType::PinPromoted,
+        Action::Rollback => EventType::PinRolledBack,
+    };
+    events::append(
+        db,
+        NewEvent {
+            kind,
+            at: change.at,
+            template: Some(change.template),
+            region: Some(change.region),
+            data: json!({
+                "from_digest": change.from.map(Digest::as_str),
+                "to_digest": change.to.as_str(),
+                "image_ref": change
+                    .repository
+                    .map(|repository| ImageRef::new(repository.clone(), change.to.clone()).to_string()),
+                "revision": pin.revision,
+                "actor": change.actor.as_str(),
+                "git_sha": change.git_sha.map(GitSha::as_str),
+                "notes": change.notes.map(Notes::as_str),
+                "ci_run_url": change.ci.run_url.as_ref().map(RunUrl::as_str),
+                "build_sequence": change.build_sequence,
+            }),
+        },
+    )?;
     Ok(pin)
 }
 
 /// The one value a `RETURNING` clause gave back.
-fn returned<T: crate::sql::Decode>(
+pub(crate) fn returned<T: crate::sql::Decode>(
     rows: &[Row],
     table: &'static str,
     column: &'static str,
@@ -618,7 +700,7 @@ fn read_history(row: &mut Reader<'_>) -> Result<HistoryEntry, StoreError> {
 
 /// RFC 3339 in UTC. Fails only for years outside 0..=9999, which no clock
 /// produces; such a time is refused rather than stored as something else.
-fn format_time(at: OffsetDateTime) -> Result<String, StoreError> {
+pub(crate) fn format_time(at: OffsetDateTime) -> Result<String, StoreError> {
     at.to_offset(time::UtcOffset::UTC)
         .format(&Rfc3339)
         .map_err(|err| StoreError::Statement(format!("cannot store the time `{at}`: {err}")))

@@ -1,0 +1,216 @@
+//! The change feed as this server serves it.
+//!
+//! The event table is the truth. One task per server (the follower) reads
+//! new events from it when something may have been appended: a write of
+//! this server's (the writer wakes it), another replica's (the change
+//! feed's notification wakes it), or, as a fallback, once a second. Each
+//! event is rendered once, as the JSON every consumer gets and as an SSE
+//! message, and broadcast to every subscriber in id order. A subscriber
+//! resuming from an older id reads the log itself first, having subscribed
+//! before it read, so it sees every event once and in order.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use pinion_core::{EventType, TemplateName};
+use pinion_store::{EventQuery, EventRecord};
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::state::AppState;
+
+/// How many events the broadcast holds for subscribers that are behind;
+/// one that falls further behind is disconnected (and resumes from its
+/// last id).
+pub const BROADCAST_CAPACITY: usize = 4096;
+
+/// How many events one read of the log takes.
+pub const PAGE: usize = 500;
+
+/// One event, rendered once for every consumer.
+#[derive(Debug)]
+pub struct Frame {
+    pub id: i64,
+    pub kind: EventType,
+    pub template: Option<TemplateName>,
+    /// The event as one Server-Sent Events message: its `data` line is the
+    /// event's JSON, exactly as `GET /cp/events` and webhooks carry it.
+    pub sse: Bytes,
+}
+
+impl Frame {
+    pub fn new(event: &EventRecord) -> Frame {
+        let json = event_json(event);
+        let sse = format!("id: {}\nevent: {}\ndata: {json}\n\n", event.id, event.kind);
+        Frame {
+            id: event.id,
+            kind: event.kind,
+            template: event.template.clone(),
+            sse: Bytes::from(sse),
+        }
+    }
+}
+
+/// The event as the contract's JSON object. `data` is the stored JSON text,
+/// embedded as it is (checked, so a hand-edited row cannot break the
+/// document around it).
+pub fn event_json(event: &EventRecord) -> String {
+    let text = |value: Option<&str>| match value {
+        Some(value) => serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()),
+        None => "null".to_owned(),
+    };
+    let data = match serde_json::from_str::<&serde_json::value::RawValue>(&event.data) {
+        Ok(raw) => raw.get(),
+        Err(err) => {
+            tracing::error!(event = event.id, error = %err, "an event's data is not JSON");
+            "null"
+        }
+    };
+    format!(
+        r#"{{"id":{},"type":"{}","at":{},"template_name":{},"region":{},"data":{data}}}"#,
+        event.id,
+        event.kind.as_str(),
+        text(Some(&event.at)),
+        text(event.template.as_ref().map(TemplateName::as_str)),
+        text(event.region.as_ref().map(|region| region.as_str())),
+    )
+}
+
+pub struct Feed {
+    frames: broadcast::Sender<std::sync::Arc<Frame>>,
+    /// The newest event id the follower has read.
+    head: watch::Sender<i64>,
+    wake: Notify,
+    /// Set when the server stops: every stream ends.
+    closing: watch::Sender<bool>,
+    subscribers: AtomicUsize,
+}
+
+impl Feed {
+    /// A feed whose follower starts after `head` (older events are read
+    /// from the log by whoever asks for them).
+    pub fn new(head: i64) -> Feed {
+        Feed {
+            frames: broadcast::Sender::new(BROADCAST_CAPACITY),
+            head: watch::Sender::new(head),
+            wake: Notify::new(),
+            closing: watch::Sender::new(false),
+            subscribers: AtomicUsize::new(0),
+        }
+    }
+
+    /// Something may have been appended: the follower looks.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Frame>> {
+        self.frames.subscribe()
+    }
+
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    /// Counts a stream for as long as the guard lives.
+    pub fn subscriber(&self) -> Subscriber<'_> {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscriber(self)
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+}
+
+/// One open stream, counted in `pinion_event_subscribers`.
+pub struct Subscriber<'a>(&'a Feed);
+
+impl Drop for Subscriber<'_> {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The follower: reads what was appended after the last event it read, and
+/// broadcasts it, whenever woken and at least once a second.
+pub async fn follow(state: AppState) {
+    let feed = state.feed();
+    let mut cursor = feed.head();
+    let mut closing = feed.closing();
+    loop {
+        tokio::select! {
+            () = feed.wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = closing.changed() => return,
+        }
+        loop {
+            let query = EventQuery {
+                after: cursor,
+                limit: PAGE,
+                ..EventQuery::default()
+            };
+            let page = match state.read_feed(query).await {
+                Ok(page) => page,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not read the event log");
+                    break;
+                }
+            };
+            let full = page.events.len() == PAGE;
+            for event in &page.events {
+                cursor = event.id;
+                // No subscriber is not an error.
+                let _ = feed.frames.send(std::sync::Arc::new(Frame::new(event)));
+            }
+            feed.head.send_replace(cursor.max(page.head));
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pinion_core::Region;
+
+    use super::*;
+
+    #[test]
+    fn events_render_as_the_contract_says_and_bad_data_cannot_break_out() {
+        let mut event = EventRecord {
+            id: 7,
+            kind: EventType::PinPromoted,
+            at: "2026-12-02T09:00:00.000000Z".into(),
+            template: Some(TemplateName::parse("codex").unwrap()),
+            region: Some(Region::global()),
+            data: r#"{"to_digest":"sha256:00"}"#.into(),
+        };
+        let frame = Frame::new(&event);
+        let rendered = event_json(&event);
+        let json: serde_json::Value = serde_json::from_str(&rendered).unwrap();
+        assert_eq!(json["id"], 7);
+        assert_eq!(json["type"], "pin.promoted");
+        assert_eq!(json["template_name"], "codex");
+        assert_eq!(json["region"], "global");
+        assert_eq!(json["data"]["to_digest"], "sha256:00");
+        assert_eq!(
+            std::str::from_utf8(&frame.sse).unwrap(),
+            format!("id: 7\nevent: pin.promoted\ndata: {rendered}\n\n")
+        );
+        event.data = r#"{"x":1}, "injected": true"#.into();
+        event.template = None;
+        let json: serde_json::Value = serde_json::from_str(&event_json(&event)).unwrap();
+        assert_eq!(json["data"], serde_json::Value::Null);
+        assert_eq!(json["template_name"], serde_json::Value::Null);
+    }
+}
