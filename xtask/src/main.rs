@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask test [CARGO TEST ARGS]`: installs what a fresh machine
 //!   lacks, starts PostgreSQL, and runs the whole suite on both engines.
-//! - `cargo xtask bench [registry|http|postgres|all]`: builds the release
+//! - `cargo xtask bench [registry|http|events|postgres|all]`: builds the release
 //!   binary, starts what it measures (a real registry, the server, and the
 //!   reference servers) on loopback, and prints the figures that
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
@@ -22,13 +22,31 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {
-        ["bench"] | ["bench", "all"] => bench::run(true, true, true),
-        ["bench", "registry"] => bench::run(true, false, false),
-        ["bench", "http"] => bench::run(false, true, false),
-        ["bench", "postgres"] => bench::run(false, false, true),
+        ["bench"] | ["bench", "all"] => bench::run(bench::Which {
+            registry: true,
+            http: true,
+            postgres: true,
+            events: true,
+        }),
+        ["bench", "registry"] => bench::run(bench::Which {
+            registry: true,
+            ..bench::Which::default()
+        }),
+        ["bench", "http"] => bench::run(bench::Which {
+            http: true,
+            ..bench::Which::default()
+        }),
+        ["bench", "events"] => bench::run(bench::Which {
+            events: true,
+            ..bench::Which::default()
+        }),
+        ["bench", "postgres"] => bench::run(bench::Which {
+            postgres: true,
+            ..bench::Which::default()
+        }),
         ["test", extra @ ..] => test::run(extra),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|postgres|all]"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|postgres|all]"
                 .to_owned(),
         ),
     };

@@ -19,13 +19,20 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::state::AppState;
 
-/// How many events the broadcast holds for subscribers that are behind;
-/// one that falls further behind is disconnected (and resumes from its
-/// last id).
-pub const BROADCAST_CAPACITY: usize = 4096;
+/// How many batches the broadcast holds for streams that are behind (at
+/// least [`FAN_OUT_INTERVAL`] apart under load, so seconds of events); a
+/// stream that falls further behind is disconnected and resumes from its
+/// last id.
+pub const BROADCAST_CAPACITY: usize = 256;
 
 /// How many events one read of the log takes.
 pub const PAGE: usize = 500;
+
+/// The follower reads the log at most this often while events keep coming:
+/// a burst then reaches each stream as one batch (one wake-up, one write per
+/// stream) instead of one per commit. An event waits at most this long for
+/// its batch; after a quiet spell, the next is read at once.
+pub const FAN_OUT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One event, rendered once for every consumer.
 #[derive(Debug)]
@@ -48,6 +55,37 @@ impl Frame {
             template: event.template.clone(),
             sse: Bytes::from(sse),
         }
+    }
+}
+
+/// The events one read of the log found, each rendered once, and all of
+/// them joined: a stream that wants them all writes them in one go, so a
+/// burst of events costs each stream one wake-up and one write.
+#[derive(Debug)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    pub joined: Bytes,
+}
+
+impl Batch {
+    pub fn new(events: &[EventRecord]) -> Batch {
+        let frames: Vec<Frame> = events.iter().map(Frame::new).collect();
+        let mut joined = Vec::with_capacity(frames.iter().map(|frame| frame.sse.len()).sum());
+        for frame in &frames {
+            joined.extend_from_slice(&frame.sse);
+        }
+        Batch {
+            frames,
+            joined: Bytes::from(joined),
+        }
+    }
+
+    pub fn first_id(&self) -> i64 {
+        self.frames.first().map_or(0, |frame| frame.id)
+    }
+
+    pub fn last_id(&self) -> i64 {
+        self.frames.last().map_or(0, |frame| frame.id)
     }
 }
 
@@ -77,7 +115,7 @@ pub fn event_json(event: &EventRecord) -> String {
 }
 
 pub struct Feed {
-    frames: broadcast::Sender<std::sync::Arc<Frame>>,
+    batches: broadcast::Sender<std::sync::Arc<Batch>>,
     /// The newest event id the follower has read.
     head: watch::Sender<i64>,
     wake: Notify,
@@ -91,7 +129,7 @@ impl Feed {
     /// from the log by whoever asks for them).
     pub fn new(head: i64) -> Feed {
         Feed {
-            frames: broadcast::Sender::new(BROADCAST_CAPACITY),
+            batches: broadcast::Sender::new(BROADCAST_CAPACITY),
             head: watch::Sender::new(head),
             wake: Notify::new(),
             closing: watch::Sender::new(false),
@@ -104,8 +142,8 @@ impl Feed {
         self.wake.notify_one();
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Frame>> {
-        self.frames.subscribe()
+    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<Batch>> {
+        self.batches.subscribe()
     }
 
     pub fn closing(&self) -> watch::Receiver<bool> {
@@ -146,12 +184,15 @@ pub async fn follow(state: AppState) {
     let feed = state.feed();
     let mut cursor = feed.head();
     let mut closing = feed.closing();
+    let mut last_read = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = feed.wake.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = closing.changed() => return,
         }
+        tokio::time::sleep_until(last_read + FAN_OUT_INTERVAL).await;
+        last_read = tokio::time::Instant::now();
         loop {
             let query = EventQuery {
                 after: cursor,
@@ -166,10 +207,12 @@ pub async fn follow(state: AppState) {
                 }
             };
             let full = page.events.len() == PAGE;
-            for event in &page.events {
-                cursor = event.id;
+            if let Some(last) = page.events.last() {
+                cursor = last.id;
                 // No subscriber is not an error.
-                let _ = feed.frames.send(std::sync::Arc::new(Frame::new(event)));
+                let _ = feed
+                    .batches
+                    .send(std::sync::Arc::new(Batch::new(&page.events)));
             }
             feed.head.send_replace(cursor.max(page.head));
             if !full {

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use pinion_core::{AttemptOutcome, next_step};
 use pinion_store::{AttemptRecord, DueDelivery};
+use std::sync::Arc;
 use time::OffsetDateTime;
+
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::feed::event_json;
@@ -24,7 +27,13 @@ use crate::state::AppState;
 /// Only a 2xx within this counts as delivered (the contract's figure).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Deliveries claimed at once (and attempted concurrently).
-const CLAIM: usize = 64;
+const CLAIM: usize = 256;
+/// Attempts in flight at once: a receiver gets at most this many
+/// connections from one server.
+const IN_FLIGHT: usize = 16;
+/// While deliveries keep coming, claims are made at most this often, so each
+/// takes up many.
+const CLAIM_INTERVAL: Duration = Duration::from_millis(5);
 /// Most of a receiver's answer that is read, to describe a failure.
 const ERROR_BODY_LIMIT: usize = 1024;
 /// The longest `last_error` kept.
@@ -47,53 +56,64 @@ pub async fn deliver(state: AppState) {
         }
     };
     let mut closing = state.feed().closing();
+    let mut last_claim = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = state.outbox_wake().notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = closing.changed() => return,
         }
-        // Drain what is due, a claim at a time.
+        // Drain what is due: each transaction records the attempts just
+        // made and claims the next deliveries.
+        let mut results = Vec::new();
         loop {
-            match state.any_delivery_due().await {
-                Ok(true) => {}
-                Ok(false) => break,
+            if results.is_empty() {
+                match state.any_delivery_due().await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(err) => {
+                        tracing::warn!(
+                            code = err.code.as_str(),
+                            "could not look for due deliveries"
+                        );
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep_until(last_claim + CLAIM_INTERVAL).await;
+            last_claim = tokio::time::Instant::now();
+            let claimed = match state
+                .record_and_claim(std::mem::take(&mut results), CLAIM)
+                .await
+            {
+                Ok(claimed) => claimed,
                 Err(err) => {
+                    // The claims lapse and the deliveries are made again:
+                    // at least once.
                     tracing::warn!(
                         code = err.code.as_str(),
-                        "could not look for due deliveries"
+                        "could not record or claim deliveries"
                     );
                     break;
                 }
-            }
-            let claimed = match state.claim_deliveries(CLAIM).await {
-                Ok(claimed) if !claimed.is_empty() => claimed,
-                Ok(_) => break,
-                Err(err) => {
-                    tracing::warn!(code = err.code.as_str(), "could not claim deliveries");
-                    break;
-                }
             };
-            let mut attempts = JoinSet::new();
-            for due in claimed {
-                let (client, state) = (client.clone(), state.clone());
-                attempts.spawn(async move { attempt(&client, &state, due).await });
+            if claimed.is_empty() {
+                break;
             }
-            let mut results = Vec::with_capacity(attempts.len());
+            let mut attempts = JoinSet::new();
+            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+            for due in claimed {
+                let (client, state, in_flight) = (client.clone(), state.clone(), in_flight.clone());
+                attempts.spawn(async move {
+                    let _slot = in_flight.acquire_owned().await;
+                    attempt(&client, &state, due).await
+                });
+            }
             while let Some(done) = attempts.join_next().await {
                 match done {
                     Ok(result) => results.push(result),
                     Err(err) => tracing::error!(error = %err, "a delivery attempt failed to run"),
                 }
-            }
-            if let Err(err) = state.record_attempts(results).await {
-                // The claims lapse and the deliveries are made again: at
-                // least once.
-                tracing::warn!(
-                    code = err.code.as_str(),
-                    "could not record delivery attempts"
-                );
-                break;
             }
         }
     }

@@ -235,30 +235,25 @@ impl Write for Redeliver {
     }
 }
 
-/// Claims due deliveries for this server's outbox worker.
-struct ClaimDeliveries(time::OffsetDateTime, usize);
-
-impl Write for ClaimDeliveries {
-    type Output = Vec<DueDelivery>;
-    fn apply(&self, batch: &mut Batch<'_>) -> Result<Vec<DueDelivery>, StoreError> {
-        batch.claim_deliveries(self.0, self.1)
-    }
-    fn announce(&self) -> bool {
-        false
-    }
+/// Records the outbox worker's last attempts and claims its next due
+/// deliveries, in one transaction; announced only when an attempt disabled
+/// a webhook (which appends an event).
+struct RecordAndClaim {
+    attempts: Vec<AttemptRecord>,
+    now: time::OffsetDateTime,
+    limit: usize,
 }
 
-/// Records delivery attempts; announced only when one disabled a webhook
-/// (which appends an event).
-struct RecordAttempts(Vec<AttemptRecord>);
-
-impl Write for RecordAttempts {
-    type Output = bool;
-    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
-        batch.record_attempts(&self.0)
+impl Write for RecordAndClaim {
+    type Output = Vec<DueDelivery>;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<Vec<DueDelivery>, StoreError> {
+        if !self.attempts.is_empty() {
+            batch.record_attempts(&self.attempts)?;
+        }
+        batch.claim_deliveries(self.now, self.limit)
     }
     fn announce(&self) -> bool {
-        self.0
+        self.attempts
             .iter()
             .any(|attempt| attempt.next == pinion_core::NextStep::Disable)
     }
@@ -643,15 +638,19 @@ impl AppState {
         .await
     }
 
-    pub async fn claim_deliveries(&self, limit: usize) -> Result<Vec<DueDelivery>, ApiError> {
+    /// Records attempts made and claims up to `limit` due deliveries.
+    pub async fn record_and_claim(
+        &self,
+        attempts: Vec<AttemptRecord>,
+        limit: usize,
+    ) -> Result<Vec<DueDelivery>, ApiError> {
         let now = time::OffsetDateTime::now_utc();
-        self.write(ClaimDeliveries(now, limit), self.background_deadline())
-            .await
-    }
-
-    pub async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<bool, ApiError> {
-        self.write(RecordAttempts(attempts), self.background_deadline())
-            .await
+        let write = RecordAndClaim {
+            attempts,
+            now,
+            limit,
+        };
+        self.write(write, self.background_deadline()).await
     }
 
     pub async fn prune_events(

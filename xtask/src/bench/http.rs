@@ -12,10 +12,10 @@ use super::{Guard, free_port, hyperfine_table, pinion_cmd, pinion_promote, serve
 pub(super) const TEMPLATES: usize = 50;
 const SECONDS: &str = "10";
 /// Each run of an alternating comparison.
-const ROUND_SECONDS: &str = "5";
+pub(super) const ROUND_SECONDS: &str = "5";
 
 /// Alternating rounds per comparison (`PINION_BENCH_ROUNDS`).
-fn rounds() -> usize {
+pub(super) fn rounds() -> usize {
     std::env::var("PINION_BENCH_ROUNDS")
         .ok()
         .and_then(|value| value.parse().ok())
@@ -27,11 +27,11 @@ fn rounds() -> usize {
 /// the serving processes are known) their CPU time per request.
 pub(super) struct Load {
     pub rps: f64,
-    p50: f64,
-    p99: f64,
+    pub p50: f64,
+    pub p99: f64,
     non_2xx: u64,
     /// Server CPU (user + system) per request, in microseconds.
-    cpu_us: Option<f64>,
+    pub cpu_us: Option<f64>,
 }
 
 pub(super) fn wrk(
@@ -45,7 +45,7 @@ pub(super) fn wrk(
 
 /// A wrk run of `seconds`, charging the CPU time of `pids` (and their
 /// threads) to the requests it made.
-fn wrk_for(
+pub(super) fn wrk_for(
     connections: u32,
     url: &str,
     script: Option<&Path>,
@@ -242,7 +242,7 @@ pub(super) fn compare(title: &str, rounds: usize, pairs: &[(Side, Side)]) -> Res
     Ok(())
 }
 
-fn median(values: &[f64]) -> Option<f64> {
+pub(super) fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let middle = sorted.len() / 2;
@@ -262,7 +262,7 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn rss_kib(pid: u32) -> u64 {
+pub(super) fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {

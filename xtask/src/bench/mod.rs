@@ -8,7 +8,22 @@ use std::time::{Duration, Instant};
 
 use crate::oci::{Auth, TestRegistry};
 
-pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
+/// Which benchmarks to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Which {
+    pub registry: bool,
+    pub http: bool,
+    pub postgres: bool,
+    pub events: bool,
+}
+
+pub fn run(which: Which) -> Result<(), String> {
+    let Which {
+        registry,
+        http,
+        postgres,
+        events,
+    } = which;
     let mut tools = vec![("hyperfine", "hyperfine")];
     if registry {
         tools.extend([
@@ -24,6 +39,9 @@ pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
             ("etcd", "etcd-server"),
             ("etcdctl", "etcd-client"),
         ]);
+    }
+    if events {
+        tools.extend([("wrk", "wrk"), ("curl", "curl")]);
     }
     if postgres {
         tools.extend([
@@ -44,6 +62,9 @@ pub fn run(registry: bool, http: bool, postgres: bool) -> Result<(), String> {
     }
     if http {
         http::run(&pinion)?;
+    }
+    if events {
+        events::run(&pinion)?;
     }
     if postgres {
         postgres::run(&pinion)?;
@@ -373,5 +394,6 @@ fn bench_registry(pinion: &Path) -> Result<(), String> {
     Ok(())
 }
 
+pub mod events;
 pub mod http;
 pub mod postgres;

@@ -1,6 +1,7 @@
 //! `GET /cp/events`: the change feed, as JSON pages or, with `Accept:
 //! text/event-stream`, as a Server-Sent Events stream on the same path.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -13,20 +14,17 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use pinion_core::{EventType, Scope, TemplateName};
 use pinion_store::{EventPage, EventQuery};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::{Query, parse_field};
 use crate::auth::Caller;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
-use crate::feed::{Frame, PAGE};
+use crate::feed::{BROADCAST_CAPACITY, Batch, Frame, PAGE};
 use crate::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
-/// Messages a stream holds for a subscriber that reads slowly; past that it
-/// is disconnected, saying so, and resumes from its last id.
-pub const SUBSCRIBER_BUFFER: usize = 256;
 /// A comment at least this often keeps the connection (and proxies) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -50,6 +48,28 @@ impl Wanted {
             types: self.types.clone(),
             templates: self.templates.clone(),
         }
+    }
+
+    /// Whether this reader takes every event (no filter, no restriction).
+    fn takes_all(&self) -> bool {
+        self.template.is_none() && self.types.is_empty() && self.templates.is_none()
+    }
+
+    /// What of a broadcast batch this reader has not had and asked for, as
+    /// one message (empty when nothing).
+    fn message(&self, batch: &Batch, sent: i64) -> Bytes {
+        if self.takes_all() && batch.first_id() > sent {
+            return batch.joined.clone();
+        }
+        let mut message = Vec::new();
+        for frame in batch
+            .frames
+            .iter()
+            .filter(|frame| frame.id > sent && self.takes(frame))
+        {
+            message.extend_from_slice(&frame.sse);
+        }
+        Bytes::from(message)
     }
 
     /// Whether a broadcast event is one this reader asked for and may see.
@@ -195,32 +215,32 @@ async fn read(
     Ok(page)
 }
 
-/// The stream: the events after the reader's id read from the log at the
+/// The stream: the events after the reader's id, read from the log at the
 /// reader's pace, then the live broadcast, each once and in order, with a
-/// comment every [`KEEP_ALIVE`]. Live, a reader that lets
-/// [`SUBSCRIBER_BUFFER`] messages pile up is disconnected, with a last
-/// comment saying why and where to resume: it never holds anything up. If
-/// the broadcast outruns this stream's task, it goes back to the log.
-/// It ends, saying why, when the token is revoked or the server stops.
+/// comment every [`KEEP_ALIVE`].
+///
+/// The stream's body drives the feeding itself, in the connection's own
+/// task: an event costs each stream one wake-up and one write, and a
+/// reader that does not read stops its stream where it stands, holding
+/// nothing but its place. Nothing waits for it: if it falls more than the
+/// broadcast holds behind, it is disconnected, with a last comment saying
+/// why and where to resume. It also ends, saying why, when its token is
+/// revoked or the server stops.
 fn stream(
     state: AppState,
     caller: Caller,
     wanted: Wanted,
     first: EventPage,
-    live: broadcast::Receiver<Arc<Frame>>,
+    live: broadcast::Receiver<Arc<Batch>>,
 ) -> Response {
-    let (out, messages) = mpsc::channel::<Bytes>(SUBSCRIBER_BUFFER);
-    let ending = Arc::new(Mutex::new(None));
-    let last_words = ending.clone();
-    tokio::spawn(async move {
-        let why = follow(&state, &caller, &wanted, first, live, &out).await;
-        if let Some(why) = why {
-            *last_words.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
-        }
-    });
+    let queue = Arc::new(Queue::default());
+    let feeding = queue.clone();
+    let feeder =
+        Box::pin(async move { follow(&state, &caller, &wanted, first, live, &feeding).await });
     let body = Body::new(Stream {
-        messages,
-        ending: Some(ending),
+        queue,
+        feeder: Some(feeder),
+        ending: None,
     });
     (
         [
@@ -236,104 +256,142 @@ fn stream(
         .into_response()
 }
 
-/// Feeds one stream until it ends; returns its last words (`None` when the
-/// reader went away).
+/// Feeds one stream until it ends; returns its last words.
 async fn follow(
     state: &AppState,
     caller: &Caller,
     wanted: &Wanted,
     first: EventPage,
-    mut live: broadcast::Receiver<Arc<Frame>>,
-    out: &mpsc::Sender<Bytes>,
-) -> Option<String> {
+    mut live: broadcast::Receiver<Arc<Batch>>,
+    out: &Queue,
+) -> String {
     let feed = state.feed();
     let _counted = feed.subscriber();
     let mut closing = feed.closing();
     let stopping = |sent: i64| {
-        Some(format!(
-            ": disconnected: the server is stopping; reconnect with Last-Event-ID: {sent}\n\n"
-        ))
+        format!(": disconnected: the server is stopping; reconnect with Last-Event-ID: {sent}\n\n")
     };
     // The id of the last event sent (or passed over as not wanted).
     let mut sent = wanted.after;
-    out.send(Bytes::from_static(b"retry: 3000\n\n"))
-        .await
-        .ok()?;
-    let mut page = Some(first);
+    out.push(Bytes::from_static(b"retry: 3000\n\n"));
+    let mut page = first;
+    // From the log, a page at a time, each once the reader has taken the
+    // one before.
     loop {
-        // From the log, at the reader's pace.
-        loop {
-            let current = match page.take() {
-                Some(current) => current,
-                None => {
-                    let deadline = Deadline::after(state.settings().request_timeout);
-                    match read(state, wanted, sent, PAGE, deadline).await {
-                        Ok(next) => next,
-                        Err(err) => {
-                            return Some(format!(
-                                ": disconnected: {}; reconnect with Last-Event-ID: {sent}\n\n",
-                                err.message
-                            ));
-                        }
-                    }
-                }
-            };
-            for event in &current.events {
-                tokio::select! {
-                    sending = out.send(Frame::new(event).sse) => sending.ok()?,
-                    _ = closing.changed() => return stopping(sent),
-                }
-                sent = event.id;
-            }
-            if current.events.len() < PAGE {
-                // Everything up to the log's head has been read: the rest
-                // comes through the broadcast, subscribed before that read.
-                sent = sent.max(current.head);
-                break;
-            }
+        // The page is filtered already: all of it goes, in one message.
+        if let Some(last) = page.events.last() {
+            out.push(Batch::new(&page.events).joined);
+            sent = last.id;
+            out.taken().await;
         }
-        // Live.
-        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
-        keep_alive.tick().await;
-        loop {
-            tokio::select! {
-                received = live.recv() => match received {
-                    Ok(frame) if frame.id <= sent => {}
-                    Ok(frame) => {
-                        if wanted.takes(&frame) && out.try_send(frame.sse.clone()).is_err() {
-                            return Some(format!(
-                                ": disconnected: this reader let more than {SUBSCRIBER_BUFFER} \
-                                 messages pile up; reconnect with Last-Event-ID: {sent}\n\n"
-                            ));
-                        }
-                        sent = frame.id;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Back to the log, subscribed anew before reading it.
-                        live = feed.subscribe();
-                        break;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return stopping(sent),
-                },
-                _ = keep_alive.tick() => {
-                    if !caller.is_active(&state.view()) {
-                        return Some(": disconnected: the token was revoked\n\n".to_owned());
-                    }
-                    // A comment that does not fit means a reader that is not
-                    // reading; the next event will say so.
-                    let _ = out.try_send(Bytes::from_static(b": keep-alive\n\n"));
-                }
-                _ = closing.changed() => return stopping(sent),
-                () = out.closed() => return None,
+        if page.events.len() < PAGE {
+            // Everything up to the log's head has been read: the rest comes
+            // through the broadcast, subscribed before that read.
+            sent = sent.max(page.head);
+            break;
+        }
+        let deadline = Deadline::after(state.settings().request_timeout);
+        page = match read(state, wanted, sent, PAGE, deadline).await {
+            Ok(next) => next,
+            Err(err) => {
+                return format!(
+                    ": disconnected: {}; reconnect with Last-Event-ID: {sent}\n\n",
+                    err.message
+                );
             }
+        };
+    }
+    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+    keep_alive.tick().await;
+    loop {
+        tokio::select! {
+            received = live.recv() => match received {
+                Ok(batch) if batch.last_id() <= sent => {}
+                Ok(batch) => {
+                    let message = wanted.message(&batch, sent);
+                    if !message.is_empty() {
+                        out.push(message);
+                    }
+                    sent = batch.last_id();
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return format!(
+                        ": disconnected: this reader fell more than {BROADCAST_CAPACITY} batches \
+                         of events behind; reconnect with Last-Event-ID: {sent}\n\n"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return stopping(sent),
+            },
+            _ = keep_alive.tick() => {
+                if !caller.is_active(&state.view()) {
+                    return ": disconnected: the token was revoked\n\n".to_owned();
+                }
+                if out.is_empty() {
+                    out.push(Bytes::from_static(b": keep-alive\n\n"));
+                }
+            }
+            _ = closing.changed() => return stopping(sent),
         }
     }
 }
 
-/// The stream's body: the messages as they come, then the last words.
+/// What the feeding has produced and the body has not taken yet.
+#[derive(Default)]
+struct Queue {
+    messages: Mutex<VecDeque<Bytes>>,
+}
+
+impl Queue {
+    fn push(&self, message: Bytes) {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(message);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Everything queued, as one message.
+    fn take(&self) -> Option<Bytes> {
+        let mut messages = self.messages.lock().unwrap_or_else(PoisonError::into_inner);
+        match messages.len() {
+            0 => None,
+            1 => messages.pop_front(),
+            _ => {
+                let mut joined = Vec::with_capacity(messages.iter().map(Bytes::len).sum());
+                for message in messages.drain(..) {
+                    joined.extend_from_slice(&message);
+                }
+                Some(Bytes::from(joined))
+            }
+        }
+    }
+
+    /// Ready once the body has taken everything queued. The body polls the
+    /// feeding right after it takes, so waiting needs no waker of its own.
+    fn taken(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |_| {
+            if self.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+type Feeder = Pin<Box<dyn std::future::Future<Output = String> + Send>>;
+
+/// The stream's body: what the feeding queued, then its last words.
 struct Stream {
-    messages: mpsc::Receiver<Bytes>,
-    ending: Option<Arc<Mutex<Option<String>>>>,
+    queue: Arc<Queue>,
+    feeder: Option<Feeder>,
+    ending: Option<String>,
 }
 
 impl http_body::Body for Stream {
@@ -344,34 +402,23 @@ impl http_body::Body for Stream {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        match self.messages.poll_recv(cx) {
-            Poll::Ready(Some(message)) => {
-                // Whatever else is ready goes in the same write.
-                let mut more = Vec::new();
-                while more.len() < 64 {
-                    match self.messages.try_recv() {
-                        Ok(next) => more.push(next),
-                        Err(_) => break,
-                    }
-                }
-                if more.is_empty() {
-                    return Poll::Ready(Some(Ok(http_body::Frame::data(message))));
-                }
-                let mut joined =
-                    Vec::with_capacity(message.len() + more.iter().map(Bytes::len).sum::<usize>());
-                joined.extend_from_slice(&message);
-                for next in &more {
-                    joined.extend_from_slice(next);
-                }
-                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(joined)))))
+        loop {
+            if let Some(message) = self.queue.take() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(message))));
             }
-            Poll::Ready(None) => {
-                let last = self.ending.take().and_then(|ending| {
-                    ending.lock().unwrap_or_else(PoisonError::into_inner).take()
-                });
-                Poll::Ready(last.map(|words| Ok(http_body::Frame::data(Bytes::from(words)))))
+            let Some(feeder) = self.feeder.as_mut() else {
+                let last = self.ending.take().map(Bytes::from);
+                return Poll::Ready(last.map(|words| Ok(http_body::Frame::data(words))));
+            };
+            match feeder.as_mut().poll(cx) {
+                Poll::Ready(words) => {
+                    self.feeder = None;
+                    self.ending = Some(words);
+                }
+                // It may have queued something before it waited.
+                Poll::Pending if !self.queue.is_empty() => {}
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 }
