@@ -331,6 +331,113 @@ pub struct DeliveryList {
     pub deliveries: Vec<Delivery>,
 }
 
+/// `POST /cp/fleet/report`: a heartbeat of up to 10,000 instances.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetReport {
+    pub instances: Vec<InstanceReport>,
+    /// 5..86400; default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<i64>,
+}
+
+/// One instance of a report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceReport {
+    pub instance_id: String,
+    pub template_name: String,
+    pub region: String,
+    pub image_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+}
+
+/// The answer to a report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReportAccepted {
+    pub accepted: usize,
+}
+
+/// `GET /cp/fleet`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FleetList {
+    pub fleet: Vec<FleetEntry>,
+}
+
+/// The fleet one pin governs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FleetEntry {
+    pub template_name: String,
+    /// The governing pin's region.
+    pub region: String,
+    /// The pin's digest.
+    pub image_digest: String,
+    pub current: u64,
+    pub behind: u64,
+    pub unknown: u64,
+    /// True when `behind` is 0 and `current` at least 1.
+    pub converged: bool,
+    /// When the instance behind the longest began to be behind this pin.
+    pub behind_since: Option<String>,
+    /// `converged`, `converging`, `stalled` or `empty`.
+    pub state: String,
+    /// The digests live instances run.
+    pub digests: Vec<RunningDigest>,
+    /// The pin's revision: a moved pin starts its convergence afresh.
+    #[serde(default)]
+    pub revision: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunningDigest {
+    pub image_digest: String,
+    pub instances: u64,
+}
+
+/// `GET /cp/fleet/instances`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceList {
+    pub instances: Vec<Instance>,
+    /// Pass as `after` for the next page; null on the last.
+    pub next_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instance {
+    pub instance_id: String,
+    pub template_name: String,
+    /// The instance's own region.
+    pub region: String,
+    pub image_digest: String,
+    /// `current`, `behind` or `unknown`, against its governing pin.
+    pub state: String,
+    pub healthy: Option<bool>,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// The region of the pin that governs it (its own, or `global`).
+    #[serde(default)]
+    pub governing_region: String,
+    /// When it began to run its digest.
+    #[serde(default)]
+    pub digest_since: Option<String>,
+}
+
+/// `GET /cp/admin/runtime-image/retention`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retention {
+    pub retain: Vec<Retained>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retained {
+    pub repository: String,
+    pub image_digest: String,
+    pub image_ref: String,
+    /// Why: `pinned`, `canary`, `running`, `history`.
+    pub reasons: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

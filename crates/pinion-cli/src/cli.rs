@@ -36,6 +36,9 @@ pub enum Command {
     /// Follow the change feed: print events as they happen, resuming after
     /// the last one printed whenever the connection drops.
     Watch(WatchArgs),
+    /// Print every image reference a registry clean-up must keep, one per
+    /// line: pinned, run by a live instance, or recent in a pin's history.
+    Retention(RetentionArgs),
 }
 
 /// How to reach registries.
@@ -168,6 +171,15 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub event_retention_count: u32,
+    /// A pin whose fleet is still behind this long after the pin moved is
+    /// `stalled` (and a `fleet.stalled` event says so).
+    #[arg(
+        long,
+        env = "PINION_PROGRESS_DEADLINE",
+        default_value = "10m",
+        value_name = "DURATION"
+    )]
+    pub progress_deadline: String,
     /// Threads answering HTTP. Default: one per CPU core but one (at least
     /// one), leaving a core to the writer thread, the kernel's network work
     /// and database checks (see docs/benchmarks.md for the measurements).
@@ -182,7 +194,8 @@ pub enum TokenCommand {
         /// The token's name; it is what `promoted_by` records.
         #[arg(long)]
         name: String,
-        /// `read`, `promote` or `admin` (admin implies promote implies read).
+        /// `read`, `report`, `promote` or `admin` (each implies the ones
+        /// before it; `report` is for provisioners and instances).
         #[arg(long)]
         scope: String,
         /// Restrict the token to this template (repeatable).
@@ -373,6 +386,27 @@ pub struct WatchArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub pin: PinArgs,
+    /// After the pin check, wait until at least this percent of the live
+    /// instances the pin governs run its digest (and one at least does).
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub converged: Option<u8>,
+    /// How long `--converged` waits: `30s`, `10m`, `1h`.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "10m",
+        requires = "converged"
+    )]
+    pub wait: String,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Keep the digests of each pin's newest N history entries too.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub history: u32,
+    #[command(flatten)]
+    pub remote: OneRemote,
 }

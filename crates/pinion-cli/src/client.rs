@@ -410,6 +410,33 @@ impl Client {
         self.get_decoded(target, url, "a history").await
     }
 
+    /// The fleet entries of one pin (`GET /cp/fleet`).
+    pub async fn fleet(
+        &self,
+        target: &Target,
+        template: &TemplateName,
+        region: &Region,
+    ) -> Result<Vec<pinion_api::FleetEntry>, ClientError> {
+        let mut url = endpoint(&target.base, "cp/fleet");
+        url.query_pairs_mut()
+            .append_pair("template_name", template.as_str())
+            .append_pair("region", region.as_str());
+        let list: pinion_api::FleetList = self.get_decoded(target, url, "a fleet list").await?;
+        Ok(list.fleet)
+    }
+
+    /// What a registry clean-up must keep.
+    pub async fn retention(
+        &self,
+        target: &Target,
+        history: u32,
+    ) -> Result<pinion_api::Retention, ClientError> {
+        let mut url = endpoint(&target.base, "cp/admin/runtime-image/retention");
+        url.query_pairs_mut()
+            .append_pair("history", &history.to_string());
+        self.get_decoded(target, url, "a retention list").await
+    }
+
     /// Lists the pins of one template and region (the server filters; the
     /// caller still checks each row).
     pub async fn list_pins(

@@ -41,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Digest(args) => runtime(command::digest::run(args)),
         Command::Drift(args) => runtime(command::drift::run(args)),
         Command::Watch(args) => runtime(command::watch::run(args)),
+        Command::Retention(args) => runtime(command::retention::run(args)),
     };
     std::process::ExitCode::from(code as u8)
 }

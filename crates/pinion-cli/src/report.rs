@@ -47,6 +47,9 @@ pub enum Outcome {
     Mismatch,
     /// verify: there is no pin.
     Missing,
+    /// verify `--converged`: the pin is the digest, but not enough of its
+    /// fleet ran it in time.
+    NotConverged,
     /// The request failed: see `error`.
     Error,
 }
@@ -59,6 +62,7 @@ impl Outcome {
             Outcome::Match => "match",
             Outcome::Mismatch => "mismatch",
             Outcome::Missing => "missing",
+            Outcome::NotConverged => "not_converged",
             Outcome::Error => "error",
         }
     }
@@ -84,6 +88,28 @@ pub struct TargetReport {
     /// How the outcome was learnt when the server's answer did not say.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settled: Option<String>,
+    /// verify `--converged`: the pin's fleet when the wait ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetCounts>,
+}
+
+/// A pin's fleet as `verify --converged` last read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FleetCounts {
+    pub current: u64,
+    pub behind: u64,
+    pub unknown: u64,
+    /// The share of live instances that run the digest, in percent.
+    pub percent: u64,
+}
+
+impl FleetCounts {
+    pub fn describe(&self) -> String {
+        format!(
+            "{}% converged: {} current, {} behind, {} unknown",
+            self.percent, self.current, self.behind, self.unknown
+        )
+    }
 }
 
 impl TargetReport {
@@ -97,6 +123,7 @@ impl TargetReport {
             pin: None,
             error: None,
             settled: None,
+            fleet: None,
         }
     }
 
@@ -210,7 +237,7 @@ pub fn finish(subject: &Subject<'_>, targets: Vec<TargetReport>, format: Format)
             failed.join(", ")
         );
     }
-    actions::write_output(&[
+    let mut outputs = vec![
         ("ok", report.ok.to_string()),
         ("failed_targets", failed.join(",")),
         ("attempted", "true".to_owned()),
@@ -219,7 +246,19 @@ pub fn finish(subject: &Subject<'_>, targets: Vec<TargetReport>, format: Format)
             report.image_digest.clone().unwrap_or_default(),
         ),
         ("json", serde_json::to_string(&report).unwrap_or_default()),
-    ]);
+    ];
+    let fleets: Vec<FleetCounts> = report.targets.iter().filter_map(|t| t.fleet).collect();
+    if !fleets.is_empty() {
+        // Summed over the targets: one number for a pipeline's next step.
+        let sum =
+            |count: fn(&FleetCounts) -> u64| fleets.iter().map(count).sum::<u64>().to_string();
+        outputs.extend([
+            ("fleet_current", sum(|f| f.current)),
+            ("fleet_behind", sum(|f| f.behind)),
+            ("fleet_unknown", sum(|f| f.unknown)),
+        ]);
+    }
+    actions::write_output(&outputs);
     actions::write_summary(&summary(&report));
 
     if any_error {
@@ -273,7 +312,13 @@ fn success_line(report: &Report, target: &TargetReport) -> String {
         }
         (_, Outcome::Moved) => format!("{name}: moved {what} to `{digest}`"),
         (_, Outcome::Unchanged) => format!("{name}: {what} already at `{digest}`"),
-        (_, Outcome::Match) => format!("{name}: {what} is `{digest}` as expected"),
+        (_, Outcome::Match) => match target.fleet {
+            Some(fleet) => format!(
+                "{name}: {what} is `{digest}` as expected, {}",
+                fleet.describe()
+            ),
+            None => format!("{name}: {what} is `{digest}` as expected"),
+        },
         (_, outcome) => format!("{name}: {}", outcome.as_str()),
     }
 }
@@ -290,7 +335,12 @@ fn summary(report: &Report) -> String {
     );
     for target in &report.targets {
         let outcome = target.outcome.as_str();
-        let detail = target.error.as_deref().unwrap_or(target.server.as_str());
+        let fleet = target.fleet.map(|fleet| fleet.describe());
+        let detail = target
+            .error
+            .as_deref()
+            .or(fleet.as_deref())
+            .unwrap_or(target.server.as_str());
         text.push_str(&format!(
             "| {} | {outcome} | {} |\n",
             actions::cell(&target.target),

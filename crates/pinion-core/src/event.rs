@@ -54,6 +54,10 @@ event_types! {
     PinFresh = "pin.fresh",
     /// A webhook was disabled: its receiver answered `410 Gone`.
     WebhookDisabled = "webhook.disabled",
+    /// Every live instance a pin governs runs its digest.
+    FleetConverged = "fleet.converged",
+    /// Instances are still behind a pin past the progress deadline.
+    FleetStalled = "fleet.stalled",
 }
 
 impl std::fmt::Display for EventType {

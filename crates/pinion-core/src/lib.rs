@@ -9,6 +9,7 @@
 
 mod drift;
 mod event;
+mod fleet;
 mod name;
 mod promotion;
 mod reference;
@@ -18,7 +19,8 @@ mod url;
 
 pub use drift::{DriftRow, DriftStatus, PinnedDigest, TagAnswer, template_rows};
 pub use event::{AttemptOutcome, EventType, MAX_RETRY_AFTER, NextStep, next_step};
-pub use name::{Region, TemplateName, TokenName, WebhookName};
+pub use fleet::{Convergence, FleetCounts, converge};
+pub use name::{InstanceId, Region, TemplateName, TokenName, WebhookName};
 pub use promotion::{Ask, Expectation, PinState, PromoteDecision, decide_promotion};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
@@ -49,6 +51,7 @@ pub enum Kind {
     WebhookName,
     WebhookUrl,
     EventType,
+    InstanceId,
 }
 
 impl Kind {
@@ -68,6 +71,7 @@ impl Kind {
             Kind::WebhookName => "webhook_name",
             Kind::WebhookUrl => "webhook_url",
             Kind::EventType => "event_type",
+            Kind::InstanceId => "instance_id",
         }
     }
 }

@@ -111,6 +111,55 @@ label_type!(
     Kind::WebhookName
 );
 
+/// A running instance's id as its reporter names it: 1 to 128 of
+/// `A-Z a-z 0-9 . _ : -` (a pod name, a VM id, a workspace id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(input: &str) -> Result<InstanceId, ParseError> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+        if input.is_empty() || input.len() > Self::MAX_LEN {
+            return Err(ParseError::new(
+                Kind::InstanceId,
+                format!(
+                    "must be 1 to {} characters, not {}",
+                    Self::MAX_LEN,
+                    input.len()
+                ),
+            ));
+        }
+        if let Some(bad) = input.chars().find(|c| !allowed(*c)) {
+            return Err(ParseError::new(
+                Kind::InstanceId,
+                format!(
+                    "{} contains {bad:?}; only A-Z, a-z, 0-9, `.`, `_`, `:` and `-` are allowed",
+                    quote(input)
+                ),
+            ));
+        }
+        Ok(InstanceId(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for InstanceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl Region {
     pub const GLOBAL: &'static str = "global";
 

@@ -1,5 +1,5 @@
 //! What a token may do. Scopes are ordered: `admin` implies `promote`
-//! implies `read`, so a check is one comparison.
+//! implies `report` implies `read`, so a check is one comparison.
 
 use crate::{Kind, ParseError, quote};
 
@@ -7,6 +7,8 @@ use crate::{Kind, ParseError, quote};
 pub enum Scope {
     /// List pins, resolve, read the catalog.
     Read,
+    /// Also report what instances run (provisioners, instances).
+    Report,
     /// Also move pins.
     Promote,
     /// Also change the catalog.
@@ -17,11 +19,15 @@ impl Scope {
     pub fn parse(input: &str) -> Result<Self, ParseError> {
         match input {
             "read" => Ok(Scope::Read),
+            "report" => Ok(Scope::Report),
             "promote" => Ok(Scope::Promote),
             "admin" => Ok(Scope::Admin),
             _ => Err(ParseError::new(
                 Kind::Scope,
-                format!("{} must be `read`, `promote` or `admin`", quote(input)),
+                format!(
+                    "{} must be `read`, `report`, `promote` or `admin`",
+                    quote(input)
+                ),
             )),
         }
     }
@@ -29,6 +35,7 @@ impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Read => "read",
+            Scope::Report => "report",
             Scope::Promote => "promote",
             Scope::Admin => "admin",
         }
@@ -58,17 +65,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_implies_promote_implies_read() {
-        assert!(Scope::Admin.allows(Scope::Promote));
-        assert!(Scope::Admin.allows(Scope::Read));
-        assert!(Scope::Promote.allows(Scope::Read));
-        assert!(!Scope::Promote.allows(Scope::Admin));
-        assert!(!Scope::Read.allows(Scope::Promote));
+    fn each_scope_implies_the_ones_before_it() {
+        let ordered = [Scope::Read, Scope::Report, Scope::Promote, Scope::Admin];
+        for (i, held) in ordered.iter().enumerate() {
+            for (j, needed) in ordered.iter().enumerate() {
+                assert_eq!(held.allows(*needed), i >= j, "{held} for {needed}");
+            }
+        }
     }
 
     #[test]
-    fn parses_only_the_three_names() {
-        for scope in [Scope::Read, Scope::Promote, Scope::Admin] {
+    fn parses_only_the_four_names() {
+        for scope in [Scope::Read, Scope::Report, Scope::Promote, Scope::Admin] {
             assert_eq!(Scope::parse(scope.as_str()).unwrap(), scope);
         }
         for bad in ["", "Admin", "write", " read", "read\n"] {

@@ -55,6 +55,7 @@ codes! {
     Forbidden = "forbidden", FORBIDDEN;
     RuntimePinMissing = "runtime_pin_missing", NOT_FOUND;
     WebhookNotFound = "webhook_not_found", NOT_FOUND;
+    InstanceNotFound = "instance_not_found", NOT_FOUND;
     /// No delivery of that event to that webhook.
     DeliveryNotFound = "delivery_not_found", NOT_FOUND;
     NotFound = "not_found", NOT_FOUND;
@@ -93,6 +94,8 @@ codes! {
     InvalidEventType = "invalid_event_type", UNPROCESSABLE_ENTITY;
     InvalidWebhookName = "invalid_webhook_name", UNPROCESSABLE_ENTITY;
     InvalidWebhookUrl = "invalid_webhook_url", UNPROCESSABLE_ENTITY;
+    InvalidInstanceId = "invalid_instance_id", UNPROCESSABLE_ENTITY;
+    InvalidTtlSeconds = "invalid_ttl_seconds", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
     TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
     ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
@@ -139,6 +142,7 @@ pub enum Field {
     Events,
     /// A webhook's templates.
     Templates,
+    InstanceId,
 }
 
 impl Field {
@@ -161,6 +165,7 @@ impl Field {
             Field::EventType => "type",
             Field::Events => "events",
             Field::Templates => "templates",
+            Field::InstanceId => "instance_id",
         }
     }
 
@@ -181,6 +186,7 @@ impl Field {
             Field::WebhookUrl => Code::InvalidWebhookUrl,
             Field::EventType | Field::Events => Code::InvalidEventType,
             Field::Templates => Code::InvalidTemplateName,
+            Field::InstanceId => Code::InvalidInstanceId,
         }
     }
 }

@@ -11,6 +11,7 @@ mod drift;
 mod error;
 mod failures;
 mod feed;
+mod fleet;
 mod fresh;
 mod handlers;
 mod listen;
@@ -105,6 +106,9 @@ pub struct Settings {
     pub event_retention_age: Duration,
     /// …and at least this many of the newest, whichever keeps more.
     pub event_retention_count: i64,
+    /// A pin whose fleet is still behind this long after it moved is
+    /// `stalled`.
+    pub progress_deadline: Duration,
 }
 
 impl Settings {
@@ -130,6 +134,7 @@ impl Settings {
                 .collect(),
             event_retention_age: Duration::from_secs(7 * 24 * 3600),
             event_retention_count: 100_000,
+            progress_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -170,6 +175,17 @@ fn router(state: AppState) -> Router {
         .route("/cp/admin/audit", get(handlers::audit))
         .route("/readyz", get(handlers::readyz))
         .route("/cp/events", get(handlers::events))
+        .route("/cp/fleet/report", post(handlers::report))
+        .route("/cp/fleet", get(handlers::fleet))
+        .route("/cp/fleet/instances", get(handlers::instances))
+        .route(
+            "/cp/fleet/instances/{instance_id}",
+            axum::routing::delete(handlers::delete_instance),
+        )
+        .route(
+            "/cp/admin/runtime-image/retention",
+            get(handlers::retention),
+        )
         .route("/cp/admin/webhooks", get(handlers::list_webhooks))
         .route(
             "/cp/admin/webhooks/{name}",
@@ -207,6 +223,10 @@ pub async fn run(
     let follower = tokio::spawn(feed::follow(state.clone()));
     let outbox = tokio::spawn(outbox::deliver(state.clone()));
     let pruner = tokio::spawn(prune_events(state.clone()));
+    let summariser = tokio::spawn(fleet::summarise(state.clone()));
+    let flusher = tokio::spawn(fleet::flush(state.clone()));
+    let poller = matches!(state.settings().database, DatabaseUrl::Postgres(_))
+        .then(|| tokio::spawn(fleet::poll(state.clone())));
     let address = listener.local_addr()?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!("answering HTTP on {workers} worker thread(s)");
@@ -222,6 +242,13 @@ pub async fn run(
     follower.abort();
     outbox.abort();
     pruner.abort();
+    summariser.abort();
+    flusher.abort();
+    if let Some(poller) = poller {
+        poller.abort();
+    }
+    // What the last second brought in goes to the database too.
+    fleet::flush_once(&state, &mut 0).await;
     following.store(false, Ordering::SeqCst);
     drift_watcher.abort();
     summaries.abort();

@@ -18,8 +18,9 @@ use pinion_core::WebhookName;
 use pinion_registry::Registry;
 use pinion_store::{
     AttemptRecord, Batch, DeliveryRecord, DriftObservation, DueDelivery, EventPage, EventQuery,
-    Finish, PinRecord, PromoteOutcome, Promotion, Redelivery, Refusal, Rollback, RollbackOutcome,
-    RuntimeRecord, Store, StoreError, WebhookPut, WebhookRecord, WebhookUpdate,
+    Finish, FleetTransition, InstanceRecord, PinRecord, PromoteOutcome, Promotion, Redelivery,
+    Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError, WebhookPut,
+    WebhookRecord, WebhookUpdate,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -30,6 +31,7 @@ use crate::drift::Drift;
 use crate::error::{ApiError, Code};
 use crate::failures::AuthFailures;
 use crate::feed::Feed;
+use crate::fleet::Fleet;
 use crate::fresh::SharedChecks;
 use crate::view::View;
 use crate::{ServeError, Settings};
@@ -259,6 +261,46 @@ impl Write for RecordAndClaim {
     }
 }
 
+/// Writes fleet reports (and, when given, marks the fleet alive): quiet,
+/// soft state.
+struct FlushInstances(Vec<InstanceRecord>, Option<i64>);
+
+impl Write for FlushInstances {
+    type Output = ();
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        batch.flush_instances(&self.0)?;
+        if let Some(now) = self.1 {
+            batch.mark_fleet_alive(now)?;
+        }
+        Ok(())
+    }
+    fn announce(&self) -> bool {
+        false
+    }
+}
+
+struct ForgetInstances(i64);
+
+impl Write for ForgetInstances {
+    type Output = u64;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<u64, StoreError> {
+        batch.forget_instances(self.0)
+    }
+    fn announce(&self) -> bool {
+        false
+    }
+}
+
+/// Pins' fleets entering states; the ones that are events are announced.
+struct RecordFleetTransitions(Vec<FleetTransition>);
+
+impl Write for RecordFleetTransitions {
+    type Output = Vec<i64>;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<Vec<i64>, StoreError> {
+        batch.record_fleet_transitions(&self.0)
+    }
+}
+
 /// Prunes the event log.
 struct PruneEvents(time::OffsetDateTime, i64);
 
@@ -350,6 +392,8 @@ struct Inner {
     outbox_wake: Arc<Notify>,
     /// The follower's own connection to the event log.
     feed_store: DropOffRuntime<Mutex<Store>>,
+    /// What instances run.
+    fleet: Fleet,
 }
 
 /// Drops its value on a thread of its own: a PostgreSQL connection owns a
@@ -418,6 +462,11 @@ impl AppState {
             })?
             .head;
         let feed = Arc::new(Feed::new(head));
+        let fleet = Fleet::new(
+            reader.instances()?,
+            reader.fleet_alive_ms()?,
+            settings.progress_deadline,
+        );
         let outbox_wake = Arc::new(Notify::new());
         let (writer, jobs) = mpsc::channel();
         let wakes = Wakes {
@@ -449,6 +498,7 @@ impl AppState {
                 feed,
                 outbox_wake,
                 feed_store: DropOffRuntime(Some(Mutex::new(feed_store))),
+                fleet,
             }),
         })
     }
@@ -475,6 +525,47 @@ impl AppState {
 
     pub fn outbox_wake(&self) -> &Notify {
         &self.inner.outbox_wake
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.inner.fleet
+    }
+
+    /// Writes fleet reports; with `alive`, marks the fleet alive then.
+    pub async fn flush_instances(
+        &self,
+        rows: Vec<InstanceRecord>,
+        alive: Option<i64>,
+    ) -> Result<(), ApiError> {
+        self.write(FlushInstances(rows, alive), self.background_deadline())
+            .await
+    }
+
+    pub async fn forget_instances(&self, before_ms: i64) -> Result<u64, ApiError> {
+        self.write(ForgetInstances(before_ms), self.background_deadline())
+            .await
+    }
+
+    pub async fn record_fleet_transitions(
+        &self,
+        transitions: Vec<FleetTransition>,
+    ) -> Result<Vec<i64>, ApiError> {
+        self.write(
+            RecordFleetTransitions(transitions),
+            self.background_deadline(),
+        )
+        .await
+    }
+
+    /// Instance rows other replicas wrote since `since_ms`.
+    pub async fn instances_changed_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<InstanceRecord>, ApiError> {
+        self.query(self.background_deadline(), move |store| {
+            store.instances_changed_since(since_ms)
+        })
+        .await
     }
 
     /// A page of the event log, read on the follower's own connection.

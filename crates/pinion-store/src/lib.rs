@@ -18,16 +18,17 @@ mod sql;
 mod sqlite;
 mod url;
 
-use pinion_core::{TokenName, WebhookName};
+use pinion_core::{Digest, InstanceId, Region, TemplateName, TokenName, WebhookName};
 use time::OffsetDateTime;
 
 pub use ops::{CLAIM_LEASE_MS, Redelivery};
 pub use pinion_core::Expectation;
 pub use records::{
     Action, AttemptRecord, AuditEntry, AuditQuery, CiProvenance, DeliveryRecord, DeliveryState,
-    DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, HistoryEntry, HistoryQuery,
-    NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome,
-    RuntimeRecord, Snapshot, TokenRecord, WebhookPut, WebhookRecord, WebhookUpdate,
+    DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, FleetTransition,
+    HistoryEntry, HistoryQuery, InstanceRecord, NewToken, PinRecord, PromoteOutcome, Promotion,
+    Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot, TokenRecord, WebhookPut,
+    WebhookRecord, WebhookUpdate,
 };
 pub use url::DatabaseUrl;
 
@@ -275,6 +276,16 @@ writes! {
     fn prune_events(before: OffsetDateTime, keep: i64) -> u64 = ops::prune_events;
     /// Releases every delivery claim (see `ops::webhooks::release_claims`).
     fn release_claims() -> u64 = ops::release_claims;
+    /// Writes instances' last reports.
+    fn flush_instances(rows: &[InstanceRecord]) -> () = ops::flush_instances;
+    /// Notes that a server is taking reports at `now_ms`.
+    fn mark_fleet_alive(now_ms: i64) -> () = ops::mark_fleet_alive;
+    /// Marks an instance deleted (a tombstone); false if there is none.
+    fn delete_instance(id: &InstanceId, at_ms: i64) -> bool = ops::delete_instance;
+    /// Forgets instances silent since before `before_ms`, and old tombstones.
+    fn forget_instances(before_ms: i64) -> u64 = ops::forget_instances;
+    /// Records pins' fleets entering states; returns the events appended.
+    fn record_fleet_transitions(transitions: &[FleetTransition]) -> Vec<i64> = ops::record_fleet_transitions;
 }
 
 /// One connection to the database, of either engine. Not `Sync`: the
@@ -461,6 +472,37 @@ impl Store {
     /// Whether a delivery is due (a read, before claiming, which writes).
     pub fn any_delivery_due(&mut self, now: OffsetDateTime) -> Result<bool, StoreError> {
         self.read(|db| ops::any_delivery_due(db, now))
+    }
+
+    /// One instance, unless deleted.
+    pub fn find_instance(&mut self, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        self.read(|db| ops::instance(db, id))
+    }
+
+    /// Every instance not deleted.
+    pub fn instances(&mut self) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.read(ops::load_instances)
+    }
+
+    /// When a server last took reports (Unix milliseconds; 0 if never).
+    pub fn fleet_alive_ms(&mut self) -> Result<i64, StoreError> {
+        self.read(ops::fleet_alive_ms)
+    }
+
+    /// Instance rows written at or after `since_ms`, tombstones included.
+    pub fn instances_changed_since(
+        &mut self,
+        since_ms: i64,
+    ) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.read(|db| ops::instances_changed_since(db, since_ms))
+    }
+
+    /// The digests of each pin's newest `per_pin` history entries.
+    pub fn recent_digests(
+        &mut self,
+        per_pin: usize,
+    ) -> Result<Vec<(TemplateName, Region, Digest)>, StoreError> {
+        self.read(|db| ops::recent_digests(db, per_pin))
     }
 
     /// Every token ever created, revoked ones included, oldest first.

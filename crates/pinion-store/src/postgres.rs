@@ -147,6 +147,34 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (template_name, region)
     );
 "#,
+    r#"
+    ALTER TABLE tokens DROP CONSTRAINT tokens_scope_check;
+    ALTER TABLE tokens ADD CONSTRAINT tokens_scope_check
+        CHECK (scope IN ('read', 'report', 'promote', 'admin'));
+    CREATE TABLE instances (
+        instance_id     TEXT PRIMARY KEY,
+        template_name   TEXT NOT NULL,
+        region          TEXT NOT NULL,
+        image_digest    TEXT NOT NULL,
+        healthy         BIGINT,
+        ttl_seconds     BIGINT NOT NULL,
+        first_seen_ms   BIGINT NOT NULL,
+        last_seen_ms    BIGINT NOT NULL,
+        digest_since_ms BIGINT NOT NULL,
+        deleted         BIGINT NOT NULL DEFAULT 0,
+        updated_ms      BIGINT NOT NULL
+    );
+    CREATE INDEX instances_updated ON instances (updated_ms);
+    CREATE TABLE fleet_meta (id INTEGER PRIMARY KEY CHECK (id = 1), alive_ms BIGINT NOT NULL);
+    INSERT INTO fleet_meta (id, alive_ms) VALUES (1, 0);
+    CREATE TABLE fleet_state (
+        template_name TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        revision      BIGINT NOT NULL,
+        state         TEXT NOT NULL,
+        PRIMARY KEY (template_name, region)
+    );
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

@@ -1,8 +1,8 @@
 //! The rows the store reads and writes, as domain values.
 
 use pinion_core::{
-    Digest, EventType, Expectation, GitSha, Label, NextStep, Notes, Region, Repository, RunUrl,
-    Scope, TemplateName, TokenName, WebhookName, WebhookUrl,
+    Convergence, Digest, EventType, Expectation, FleetCounts, GitSha, InstanceId, Label, NextStep,
+    Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName, WebhookName, WebhookUrl,
 };
 use time::OffsetDateTime;
 
@@ -392,5 +392,38 @@ pub struct DriftObservation {
     pub tag_digest: Digest,
     pub stale: bool,
     pub stale_since: Option<OffsetDateTime>,
+    pub at: OffsetDateTime,
+}
+
+/// The last report of one instance, as stored. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: InstanceId,
+    pub template: TemplateName,
+    pub region: Region,
+    pub digest: Digest,
+    pub healthy: Option<bool>,
+    /// How long after `last_seen_ms` the instance counts as live.
+    pub ttl_seconds: i64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// When it began to run `digest` (its first report of it).
+    pub digest_since_ms: i64,
+    /// Deleted: kept as a tombstone so every replica learns of it.
+    pub deleted: bool,
+    /// When this row was last written: replicas read what changed since.
+    pub updated_ms: i64,
+}
+
+/// A pin's fleet entering a state, for the change feed: `fleet.converged`
+/// and `fleet.stalled` are events, once per pin revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetTransition {
+    pub template: TemplateName,
+    pub region: Region,
+    pub digest: Digest,
+    pub revision: i64,
+    pub state: Convergence,
+    pub counts: FleetCounts,
     pub at: OffsetDateTime,
 }

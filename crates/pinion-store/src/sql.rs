@@ -217,7 +217,8 @@ decode_parsed!(
     pinion_core::Scope,
     pinion_core::WebhookName,
     pinion_core::WebhookUrl,
-    pinion_core::EventType
+    pinion_core::EventType,
+    pinion_core::InstanceId
 );
 
 impl Decode for Vec<u8> {

@@ -136,6 +136,48 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (template_name, region)
     ) STRICT;
 "#,
+    // Fleet reports, and the `report` scope (a CHECK constraint SQLite can
+    // only change by making the table again). Fleet times are Unix
+    // milliseconds.
+    r#"
+    CREATE TABLE tokens_new (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        scope       TEXT NOT NULL CHECK (scope IN ('read', 'report', 'promote', 'admin')),
+        templates   TEXT,
+        secret_hash BLOB NOT NULL UNIQUE CHECK (length(secret_hash) = 32),
+        created_at  TEXT NOT NULL,
+        revoked_at  TEXT
+    ) STRICT;
+    INSERT INTO tokens_new (id, name, scope, templates, secret_hash, created_at, revoked_at)
+        SELECT id, name, scope, templates, secret_hash, created_at, revoked_at FROM tokens;
+    DROP TABLE tokens;
+    ALTER TABLE tokens_new RENAME TO tokens;
+    CREATE UNIQUE INDEX tokens_active_name ON tokens (name) WHERE revoked_at IS NULL;
+    CREATE TABLE instances (
+        instance_id     TEXT PRIMARY KEY NOT NULL,
+        template_name   TEXT NOT NULL,
+        region          TEXT NOT NULL,
+        image_digest    TEXT NOT NULL,
+        healthy         INTEGER,
+        ttl_seconds     INTEGER NOT NULL,
+        first_seen_ms   INTEGER NOT NULL,
+        last_seen_ms    INTEGER NOT NULL,
+        digest_since_ms INTEGER NOT NULL,
+        deleted         INTEGER NOT NULL DEFAULT 0,
+        updated_ms      INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX instances_updated ON instances (updated_ms);
+    CREATE TABLE fleet_meta (id INTEGER PRIMARY KEY CHECK (id = 1), alive_ms INTEGER NOT NULL) STRICT;
+    INSERT INTO fleet_meta (id, alive_ms) VALUES (1, 0);
+    CREATE TABLE fleet_state (
+        template_name TEXT NOT NULL,
+        region        TEXT NOT NULL,
+        revision      INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        PRIMARY KEY (template_name, region)
+    ) STRICT;
+"#,
 ];
 
 /// One SQLite connection.

@@ -6,6 +6,7 @@ pub mod digest;
 pub mod drift;
 pub mod history;
 pub mod promote;
+pub mod retention;
 pub mod rollback;
 pub mod serve;
 pub mod template;
@@ -49,4 +50,36 @@ fn connect(remote: &Remote) -> Result<(Vec<Target>, Client), Preflight> {
     let client =
         Client::new(timeout(remote)?).map_err(|err| Preflight::general(err.to_string()))?;
     Ok((targets, client))
+}
+
+/// `300` (seconds), `30s`, `5m`, `1h`, `7d` or `500ms`; at least 100 ms.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        format!(
+            "`{}` must be a number with an optional unit (ms, s, m, h, d)",
+            text.escape_debug()
+        )
+    })?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(number),
+        "ms" => Duration::from_millis(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        "d" => Duration::from_secs(number.saturating_mul(86_400)),
+        _ => {
+            return Err(format!(
+                "unit `{}` must be ms, s, m, h or d",
+                unit.escape_debug()
+            ));
+        }
+    };
+    if duration < Duration::from_millis(100) {
+        return Err("a duration must be at least 100ms".into());
+    }
+    Ok(duration)
 }

@@ -8,6 +8,7 @@ use pinion_server::seal::SecretKey;
 use pinion_server::{RegistryCheck, Settings};
 use pinion_store::DatabaseUrl;
 
+use super::parse_duration;
 use crate::cli::ServeArgs;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -39,6 +40,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.event_retention_age = parse_duration(&args.event_retention_age)
         .map_err(|err| anyhow::anyhow!("--event-retention-age: {err}"))?;
     settings.event_retention_count = i64::from(args.event_retention_count);
+    settings.progress_deadline = parse_duration(&args.progress_deadline)
+        .map_err(|err| anyhow::anyhow!("--progress-deadline: {err}"))?;
     settings.registry_check =
         RegistryCheck::parse(&args.registry_check).map_err(anyhow::Error::msg)?;
     if args.request_timeout == 0 {
@@ -121,38 +124,6 @@ fn secret_key(args: &ServeArgs, database: &DatabaseUrl) -> anyhow::Result<Option
     file.sync_all()?;
     tracing::info!(path = %path.display(), "created the key webhook secrets are sealed with; back it up with the database");
     Ok(Some(key))
-}
-
-/// `300` (seconds), `30s`, `5m`, `1h`, `7d` or `500ms`; at least 100 ms.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| {
-        format!(
-            "`{}` must be a number with an optional unit (ms, s, m, h, d)",
-            text.escape_debug()
-        )
-    })?;
-    let duration = match unit {
-        "" | "s" => Duration::from_secs(number),
-        "ms" => Duration::from_millis(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        "h" => Duration::from_secs(number.saturating_mul(3600)),
-        "d" => Duration::from_secs(number.saturating_mul(86_400)),
-        _ => {
-            return Err(format!(
-                "unit `{}` must be ms, s, m, h or d",
-                unit.escape_debug()
-            ));
-        }
-    };
-    if duration < Duration::from_millis(100) {
-        return Err("a duration must be at least 100ms".into());
-    }
-    Ok(duration)
 }
 
 /// Completes on SIGTERM or ctrl-c (SIGINT). The handlers are installed

@@ -4,12 +4,15 @@
 use pinion_api::Pin;
 use pinion_core::{Digest, Region, TemplateName};
 
-use super::{connect, flag};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use super::{connect, flag, parse_duration};
 use crate::ExitCode;
 use crate::cli::VerifyArgs;
-use crate::client::ClientError;
-use crate::report::{self, GateCommand, Outcome, Subject, TargetReport};
-use crate::target::Preflight;
+use crate::client::{Client, ClientError};
+use crate::report::{self, FleetCounts, GateCommand, Outcome, Subject, TargetReport};
+use crate::target::{Preflight, Target};
 
 pub async fn run(args: VerifyArgs) -> ExitCode {
     let parsed = (|| {
@@ -19,6 +22,16 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
             flag("--digest", Digest::parse(&args.pin.digest))?,
         ))
     })();
+    let wait = match parse_duration(&args.wait) {
+        Ok(wait) => wait,
+        Err(err) => {
+            return report::preflight_failed(
+                "verify",
+                &Preflight::general(format!("--wait: {err}")),
+            );
+        }
+    };
+    let give_up = tokio::time::Instant::now() + wait;
     let prepared = parsed
         .map_err(Preflight::general)
         .and_then(|pin| Ok((pin, connect(&args.remote)?)));
@@ -33,9 +46,35 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
             .await
             .and_then(|pins| the_row(pins, &template, &region));
         reports.push(match checked {
-            Ok(Some(pin)) if pin.image_digest == digest.as_str() => {
-                TargetReport::checked(target, Outcome::Match, Some(pin), None)
-            }
+            Ok(Some(pin)) if pin.image_digest == digest.as_str() => match args.converged {
+                None => TargetReport::checked(target, Outcome::Match, Some(pin), None),
+                Some(percent) => {
+                    match converged(&client, target, &template, &region, percent, give_up).await {
+                        Ok((true, fleet)) => {
+                            let mut report =
+                                TargetReport::checked(target, Outcome::Match, Some(pin), None);
+                            report.fleet = Some(fleet);
+                            report
+                        }
+                        Ok((false, fleet)) => {
+                            let error = format!(
+                                "the fleet of `{template}`/`{region}` did not reach {percent}% within {}: {}",
+                                args.wait,
+                                fleet.describe()
+                            );
+                            let mut report = TargetReport::checked(
+                                target,
+                                Outcome::NotConverged,
+                                Some(pin),
+                                Some(error),
+                            );
+                            report.fleet = Some(fleet);
+                            report
+                        }
+                        Err(err) => TargetReport::failed(target, &err),
+                    }
+                }
+            },
             Ok(Some(pin)) => {
                 let error = format!(
                     "pin for `{template}`/`{region}` is `{}`, expected `{digest}`",
@@ -57,6 +96,66 @@ pub async fn run(args: VerifyArgs) -> ExitCode {
         digest: Some(&digest),
     };
     report::finish(&subject, reports, args.remote.access.format)
+}
+
+/// Waits, polling with backoff, until at least `percent` of the live
+/// instances the pin governs run its digest (one at least), or until
+/// `give_up`. Progress goes to stderr: one line rewritten in a terminal,
+/// a line per change elsewhere (CI logs). Returns whether it got there, and
+/// the last counts.
+async fn converged(
+    client: &Client,
+    target: &Target,
+    template: &TemplateName,
+    region: &Region,
+    percent: u8,
+    give_up: tokio::time::Instant,
+) -> Result<(bool, FleetCounts), ClientError> {
+    let terminal = std::io::stderr().is_terminal();
+    let mut pause = Duration::from_millis(250);
+    let mut last_shown = None;
+    loop {
+        let entries = client.fleet(target, template, region).await?;
+        let entry = entries.iter().find(|entry| {
+            entry.template_name == template.as_str() && entry.region == region.as_str()
+        });
+        let (current, behind, unknown) = entry.map_or((0, 0, 0), |entry| {
+            (entry.current, entry.behind, entry.unknown)
+        });
+        let live = current + behind;
+        let fleet = FleetCounts {
+            current,
+            behind,
+            unknown,
+            percent: (current * 100).checked_div(live).unwrap_or(0),
+        };
+        let reached = pinion_core::FleetCounts {
+            current,
+            behind,
+            unknown,
+        }
+        .reached(percent);
+        let line = format!(
+            "{}: waiting for {percent}% of `{template}`/`{region}`: {}",
+            target.name,
+            fleet.describe()
+        );
+        if terminal {
+            eprint!("\r{line}\x1b[K");
+        } else if last_shown.as_ref() != Some(&line) {
+            eprintln!("{line}");
+        }
+        last_shown = Some(line);
+        let now = tokio::time::Instant::now();
+        if reached || now >= give_up {
+            if terminal {
+                eprintln!();
+            }
+            return Ok((reached, fleet));
+        }
+        tokio::time::sleep(pause.min(give_up - now)).await;
+        pause = (pause * 3 / 2).min(Duration::from_secs(2));
+    }
 }
 
 /// The one row of (template, region) in a list answer. Two rows for the same

@@ -10,6 +10,7 @@ mod api;
 mod durability;
 mod events;
 mod faults;
+mod fleet;
 mod gate;
 mod gate_failures;
 mod history;

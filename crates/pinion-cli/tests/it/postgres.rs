@@ -587,3 +587,59 @@ fn replicas_stream_each_others_events_and_deliver_each_attempt_once() {
         "the failed first attempt was retried once: {per_event:?}"
     );
 }
+
+/// Reports sent to one replica are counted by the other within seconds,
+/// and a deletion on one is a deletion on both.
+#[test]
+fn replicas_count_each_others_fleet_reports() {
+    let env = Env::postgres();
+    env.add_template("codex", "localhost:5000/codex");
+    let admin = env.token("platform", "admin", &[]);
+    let reporter = env.token("provisioner", "report", &[]);
+    let one = Server::start(&env.database(), &[]);
+    let two = Server::start(&env.database(), &[]);
+    assert_eq!(promote(&one, &admin, 1).status, 201);
+    let report = |server: &Server, id: &str, n: u32| {
+        let body = format!(
+            r#"{{"instances":[{{"instance_id":"{id}","template_name":"codex","region":"us","image_digest":"{}"}}]}}"#,
+            digest(n)
+        );
+        assert_eq!(
+            http(
+                server.addr,
+                "POST",
+                "/cp/fleet/report",
+                Some(&reporter),
+                Some(body.as_bytes())
+            )
+            .status,
+            200
+        );
+    };
+    let counts = |server: &Server| {
+        let entry = server.get("/cp/fleet?template_name=codex", &admin).json()["fleet"][0].clone();
+        (entry["current"].as_u64(), entry["behind"].as_u64())
+    };
+    report(&one, "a", 1);
+    report(&two, "b", 2);
+    for server in [&one, &two] {
+        eventually(
+            "both replicas count both reports",
+            Duration::from_secs(10),
+            || counts(server) == (Some(1), Some(1)),
+        );
+    }
+    let deleted = http(
+        two.addr,
+        "DELETE",
+        "/cp/fleet/instances/a",
+        Some(&reporter),
+        None,
+    );
+    assert_eq!(deleted.status, 204, "{deleted:?}");
+    eventually(
+        "the deletion reaches the other replica",
+        Duration::from_secs(10),
+        || counts(&one) == (Some(0), Some(1)),
+    );
+}

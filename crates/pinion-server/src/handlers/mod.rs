@@ -4,6 +4,7 @@
 
 mod catalog;
 mod events;
+mod fleet;
 mod health;
 mod history;
 mod pins;
@@ -12,6 +13,7 @@ mod webhooks;
 
 pub use catalog::{list_runtimes, put_runtime};
 pub use events::events;
+pub use fleet::{delete_instance, fleet, instances, report, retention};
 pub use health::{healthz, not_found, readyz};
 pub use history::{audit, history};
 pub use pins::{list_pins, promote, resolve, rollback};

@@ -122,6 +122,29 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
         "# HELP pinion_auth_failures_total Requests refused for want of a valid token, by reason (`throttled`: answered 429 without a look)"
     );
     let _ = writeln!(text, "# TYPE pinion_auth_failures_total counter");
+    let _ = writeln!(
+        text,
+        "# HELP pinion_fleet_instances Instances each pin governs, by state against it (`unknown`: silent past their time to live)"
+    );
+    let _ = writeln!(text, "# TYPE pinion_fleet_instances gauge");
+    let summary = state.fleet().summary();
+    for entry in summary
+        .pins
+        .values()
+        .filter(|entry| visible(entry.template.as_str()))
+    {
+        for (name, count) in [
+            ("current", entry.counts.current),
+            ("behind", entry.counts.behind),
+            ("unknown", entry.counts.unknown),
+        ] {
+            let _ = writeln!(
+                text,
+                "pinion_fleet_instances{{template=\"{}\",region=\"{}\",state=\"{name}\"}} {count}",
+                entry.template, entry.region
+            );
+        }
+    }
     let feed = state.feed();
     let _ = writeln!(
         text,

@@ -5,9 +5,16 @@
 //! inside a write transaction the engine opened (and serialised).
 
 mod events;
+mod fleet;
 mod webhooks;
 
 pub(crate) use events::{page as events_page, prune as prune_events, record_drift};
+pub(crate) use fleet::{
+    alive_ms as fleet_alive_ms, changed_since as instances_changed_since,
+    delete as delete_instance, flush as flush_instances, forget as forget_instances,
+    get as instance, load as load_instances, mark_alive as mark_fleet_alive, recent_digests,
+    record_transitions as record_fleet_transitions,
+};
 pub use webhooks::{CLAIM_LEASE_MS, Redelivery};
 pub(crate) use webhooks::{
     any_due as any_delivery_due, claim_due as claim_deliveries, delete as delete_webhook,

@@ -4,14 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 use pinion_core::{
-    Digest, EventType, NextStep, Region, Repository, Scope, TemplateName, TokenName, WebhookName,
-    WebhookUrl,
+    Convergence, Digest, EventType, FleetCounts, InstanceId, NextStep, Region, Repository, Scope,
+    TemplateName, TokenName, WebhookName, WebhookUrl,
 };
 use pinion_store::{
     Action, AttemptRecord, AuditEntry, AuditQuery, CiProvenance, DatabaseUrl, DeliveryState,
     DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, Expectation, Finish,
-    HistoryQuery, NewToken, PromoteOutcome, Promotion, Redelivery, Refusal, Rollback,
-    RollbackOutcome, RuntimeRecord, Store, StoreError, WebhookPut, WebhookUpdate,
+    FleetTransition, HistoryQuery, InstanceRecord, NewToken, PromoteOutcome, Promotion, Redelivery,
+    Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError, WebhookPut,
+    WebhookUpdate,
 };
 use time::OffsetDateTime;
 
@@ -1126,5 +1127,144 @@ fn the_outbox_queues_claims_and_records_deliveries() {
         assert!(store.delete_webhook(&name("all")).unwrap());
         assert!(store.deliveries(&name("all"), 10).unwrap().is_empty());
         assert!(!store.delete_webhook(&name("all")).unwrap());
+    }
+}
+
+fn instance(id: &str, template: &str, region: &str, digest_n: u8, seen_ms: i64) -> InstanceRecord {
+    InstanceRecord {
+        id: InstanceId::parse(id).unwrap(),
+        template: TemplateName::parse(template).unwrap(),
+        region: Region::parse(region).unwrap(),
+        digest: digest(digest_n),
+        healthy: Some(true),
+        ttl_seconds: 60,
+        first_seen_ms: seen_ms,
+        last_seen_ms: seen_ms,
+        digest_since_ms: seen_ms,
+        deleted: false,
+        updated_ms: seen_ms,
+    }
+}
+
+/// Instances' last reports are written in batches, read back whole or by
+/// what changed, deleted as tombstones, and forgotten when long silent.
+#[test]
+fn instance_reports_flush_reload_delete_and_are_forgotten() {
+    for db in databases() {
+        let mut store = open(&db);
+        let rows: Vec<InstanceRecord> = (0..250)
+            .map(|n| instance(&format!("pod-{n}"), "codex", "eu", 1, 1_000 + n))
+            .collect();
+        store.flush_instances(&rows).unwrap();
+        assert_eq!(store.instances().unwrap().len(), 250);
+        let mut moved = rows[7].clone();
+        moved.digest = digest(2);
+        moved.last_seen_ms = 5_000;
+        moved.updated_ms = 5_000;
+        store.flush_instances(&[moved.clone()]).unwrap();
+        let changed = store.instances_changed_since(5_000).unwrap();
+        assert_eq!(changed, [moved.clone()]);
+        assert!(store.delete_instance(&moved.id, 6_000).unwrap());
+        assert!(
+            !store.delete_instance(&moved.id, 6_001).unwrap(),
+            "deleted once"
+        );
+        assert_eq!(store.instances().unwrap().len(), 249);
+        let tombstone = store.instances_changed_since(6_000).unwrap();
+        assert!(tombstone[0].deleted, "replicas learn of deletions");
+        // Silent past their TTL since before 70 s: forgotten, tombstone too.
+        assert_eq!(store.forget_instances(70_000).unwrap(), 250);
+        assert!(store.instances().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn convergence_transitions_are_events_once_per_revision() {
+    for db in databases() {
+        let mut one = open(&db);
+        let mut two = open(&db);
+        let transition = |revision: i64, state: Convergence| FleetTransition {
+            template: TemplateName::parse("codex").unwrap(),
+            region: Region::global(),
+            digest: digest(1),
+            revision,
+            state,
+            counts: FleetCounts {
+                current: 3,
+                behind: 0,
+                unknown: 1,
+            },
+            at: OffsetDateTime::now_utc(),
+        };
+        assert!(
+            one.record_fleet_transitions(&[transition(1, Convergence::Converging)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            one.record_fleet_transitions(&[transition(1, Convergence::Converged)])
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            two.record_fleet_transitions(&[transition(1, Convergence::Converged)])
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            two.record_fleet_transitions(&[transition(2, Convergence::Stalled)])
+                .unwrap()
+                .len(),
+            1
+        );
+        let kinds: Vec<EventType> = events(&mut one, 0).events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventType::FleetConverged, EventType::FleetStalled]);
+        assert_eq!(data(&events(&mut one, 0).events[0])["current"], 3);
+    }
+}
+
+#[test]
+fn recent_digests_are_the_newest_per_pin() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        for n in 1..=5 {
+            store
+                .promote(&promotion("codex", "global", digest(n)))
+                .unwrap();
+        }
+        store.promote(&promotion("codex", "eu", digest(9))).unwrap();
+        let mut recent = store.recent_digests(2).unwrap();
+        recent.sort_by(|a, b| (a.1.as_str(), a.2.as_str()).cmp(&(b.1.as_str(), b.2.as_str())));
+        let found: Vec<(&str, Digest)> = recent
+            .iter()
+            .map(|(_, r, d)| (r.as_str(), d.clone()))
+            .collect();
+        let mut expected = vec![
+            ("eu", digest(9)),
+            ("global", digest(4)),
+            ("global", digest(5)),
+        ];
+        expected.sort_by(|a, b| (a.0, a.1.as_str()).cmp(&(b.0, b.1.as_str())));
+        assert_eq!(found, expected);
+    }
+}
+
+#[test]
+fn report_tokens_exist_after_the_scope_migration() {
+    for db in databases() {
+        let mut store = open(&db);
+        store
+            .create_token(&NewToken {
+                name: TokenName::parse("provisioner").unwrap(),
+                scope: Scope::Report,
+                templates: None,
+                secret_hash: [5; 32],
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .unwrap();
+        let tokens = store.tokens().unwrap();
+        assert_eq!(tokens[0].scope, Scope::Report);
     }
 }

@@ -1,0 +1,359 @@
+//! The fleet: reports of what instances run (scope `report`), the
+//! convergence of each pin, the instances, and what a registry clean-up
+//! must keep.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use pinion_api::{
+    FleetEntry, FleetList, FleetReport, Instance, InstanceList, ReportAccepted, Retained,
+    Retention, RunningDigest,
+};
+use pinion_core::{
+    Digest, ImageRef, InstanceId, ParseError, Region, Repository, Scope, TemplateName,
+};
+use time::OffsetDateTime;
+
+use super::{Attempt, Query, audited, format_time, parse_field, read_json};
+use crate::auth::{Caller, Source};
+use crate::deadline::Deadline;
+use crate::error::{ApiError, Code, Field};
+use crate::fleet::{InstanceState, Report, now_ms};
+use crate::state::AppState;
+
+/// A report of 10,000 instances is about 2 MB of JSON.
+const REPORT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+const MAX_INSTANCES: usize = 10_000;
+const DEFAULT_TTL: i64 = 300;
+const TTL_RANGE: std::ops::RangeInclusive<i64> = 5..=86_400;
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_LIMIT: i64 = 1000;
+
+fn at(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(format_time)
+        .unwrap_or_default()
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    source: Source,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let mut attempt = Attempt::new("report", source);
+    let result = report_inner(&state, &mut attempt, caller, &headers, body).await;
+    audited(&state, attempt, result).await
+}
+
+/// All or nothing: every entry is checked before any is taken, and the
+/// first that fails is named by its index.
+async fn report_inner(
+    state: &AppState,
+    attempt: &mut Attempt,
+    caller: Result<Caller, ApiError>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let caller = attempt.caller(caller)?;
+    caller.require(Scope::Report)?;
+    let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
+    let request: FleetReport = read_json(body, REPORT_BODY_LIMIT, &deadline).await?;
+    let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TTL);
+    if !TTL_RANGE.contains(&ttl) {
+        return Err(ApiError::new(
+            Code::InvalidTtlSeconds,
+            format!("`ttl_seconds` must be from 5 to 86400, not {ttl}"),
+        ));
+    }
+    if request.instances.is_empty() || request.instances.len() > MAX_INSTANCES {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!(
+                "`instances` must list 1 to {MAX_INSTANCES} instances, not {}",
+                request.instances.len()
+            ),
+        ));
+    }
+    let view = state.view();
+    let mut seen = std::collections::HashSet::with_capacity(request.instances.len());
+    let mut reports = Vec::with_capacity(request.instances.len());
+    for (index, entry) in request.instances.iter().enumerate() {
+        let id = entry_field(
+            index,
+            Field::InstanceId,
+            InstanceId::parse(&entry.instance_id),
+        )?;
+        let template = entry_field(
+            index,
+            Field::TemplateName,
+            TemplateName::parse(&entry.template_name),
+        )?;
+        let region = entry_field(index, Field::Region, Region::parse(&entry.region))?;
+        let digest = entry_field(
+            index,
+            Field::ImageDigest,
+            Digest::parse(&entry.image_digest),
+        )?;
+        if !caller.may_use(&template) {
+            return Err(ApiError::forbidden(format!(
+                "`instances[{index}]`: token `{}` may not report for template `{template}`",
+                caller.name()
+            )));
+        }
+        if !view.runtimes.contains_key(&template) {
+            return Err(ApiError::new(
+                Code::UnknownTemplate,
+                format!("`instances[{index}]`: template `{template}` is not in the catalog"),
+            ));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(ApiError::new(
+                Code::InvalidInstanceId,
+                format!("`instances[{index}].instance_id`: `{id}` is reported twice in one report"),
+            ));
+        }
+        reports.push(Report {
+            id,
+            template,
+            region,
+            digest,
+            healthy: entry.healthy,
+        });
+    }
+    let accepted = reports.len();
+    state.fleet().report(reports, ttl);
+    Ok(Json(ReportAccepted { accepted }).into_response())
+}
+
+/// A field of the `index`-th instance of a report, parsed; the error names
+/// the entry.
+fn entry_field<T>(
+    index: usize,
+    field: Field,
+    parsed: Result<T, ParseError>,
+) -> Result<T, ApiError> {
+    parsed.map_err(|err| {
+        ApiError::new(
+            field.code(),
+            format!("`instances[{index}].{}`: {}", field.name(), err.reason()),
+        )
+    })
+}
+
+pub async fn delete_instance(
+    State(state): State<AppState>,
+    caller: Result<Caller, ApiError>,
+    source: Source,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let mut attempt = Attempt::new("delete_instance", source);
+    let result = async {
+        let caller = attempt.caller(caller)?;
+        caller.require(Scope::Report)?;
+        let id = parse_field(Field::InstanceId, InstanceId::parse(&id))?;
+        let missing = || ApiError::new(Code::InstanceNotFound, format!("no instance `{id}`"));
+        // Known here, or (reported to another replica, not read yet) in
+        // the database.
+        let known = match state.fleet().get(&id) {
+            Some(record) => Some(record),
+            None => {
+                let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
+                let looked_up = id.clone();
+                state
+                    .query(deadline, move |store| store.find_instance(&looked_up))
+                    .await?
+            }
+        };
+        let Some(known) = known.filter(|record| caller.may_use(&record.template)) else {
+            return Err(missing());
+        };
+        attempt.template = Some(known.template.clone());
+        if !state.fleet().delete(&id, Some(known)) {
+            return Err(missing());
+        }
+        Ok(StatusCode::NO_CONTENT.into_response())
+    }
+    .await;
+    audited(&state, attempt, result).await
+}
+
+/// `GET /cp/fleet`: each pin's fleet, from the summary (made from this
+/// server's reports at most a quarter of a second ago; other replicas'
+/// within a few seconds).
+pub async fn fleet(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<FleetList>, ApiError> {
+    caller.require(Scope::Read)?;
+    let query = Query::parse(raw.as_deref());
+    let template = query.template()?;
+    let region = query.region()?;
+    let summary = state.fleet().summary();
+    let fleet = summary
+        .pins
+        .values()
+        .filter(|entry| template.as_ref().is_none_or(|t| *t == entry.template))
+        .filter(|entry| region.as_ref().is_none_or(|r| *r == entry.region))
+        .filter(|entry| caller.may_use(&entry.template))
+        .map(|entry| FleetEntry {
+            template_name: entry.template.to_string(),
+            region: entry.region.to_string(),
+            image_digest: entry.digest.to_string(),
+            current: entry.counts.current,
+            behind: entry.counts.behind,
+            unknown: entry.counts.unknown,
+            converged: entry.counts.converged(),
+            behind_since: entry.behind_since_ms.map(at),
+            state: entry.state.as_str().to_owned(),
+            digests: entry
+                .digests
+                .iter()
+                .map(|(digest, instances)| RunningDigest {
+                    image_digest: digest.to_string(),
+                    instances: *instances,
+                })
+                .collect(),
+            revision: entry.revision,
+        })
+        .collect();
+    Ok(Json(FleetList { fleet }))
+}
+
+/// `GET /cp/fleet/instances`: who runs what, by state; `region` is the
+/// governing pin's (the fleet entry's), so `?template_name=codex&region=
+/// global&state=behind` lists everyone behind the `codex`/`global` pin.
+pub async fn instances(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<InstanceList>, ApiError> {
+    caller.require(Scope::Read)?;
+    let query = Query::parse(raw.as_deref());
+    let template = query.template()?;
+    let region = query.region()?;
+    let wanted_state = match query.non_empty("state") {
+        None => None,
+        Some(text) => Some(InstanceState::parse(&text).ok_or_else(|| {
+            ApiError::new(
+                Code::InvalidRequest,
+                "`state` must be `current`, `behind` or `unknown`",
+            )
+        })?),
+    };
+    let after = match query.non_empty("after") {
+        None => None,
+        Some(text) => Some(parse_field(Field::InstanceId, InstanceId::parse(&text))?),
+    };
+    let limit = query.number("limit", MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as usize;
+    let view = state.view();
+    let found = state.fleet().instances(&view, |record, state, governing| {
+        caller.may_use(&record.template)
+            && template.as_ref().is_none_or(|t| *t == record.template)
+            && region.as_ref().is_none_or(|r| r == governing)
+            && wanted_state.is_none_or(|wanted| wanted == state)
+            && after.as_ref().is_none_or(|after| record.id > *after)
+    });
+    let more = found.len() > limit;
+    let now = now_ms();
+    let page: Vec<Instance> = found
+        .iter()
+        .take(limit)
+        .map(|(record, instance_state)| {
+            let governing = state
+                .fleet()
+                .state_of(record, &view, now)
+                .map_or_else(String::new, |(_, region)| region.to_string());
+            Instance {
+                instance_id: record.id.to_string(),
+                template_name: record.template.to_string(),
+                region: record.region.to_string(),
+                image_digest: record.digest.to_string(),
+                state: instance_state.as_str().to_owned(),
+                healthy: record.healthy,
+                first_seen: at(record.first_seen_ms),
+                last_seen: at(record.last_seen_ms),
+                governing_region: governing,
+                digest_since: Some(at(record.digest_since_ms)),
+            }
+        })
+        .collect();
+    let next_after = more
+        .then(|| page.last().map(|instance| instance.instance_id.clone()))
+        .flatten();
+    Ok(Json(InstanceList {
+        instances: page,
+        next_after,
+    }))
+}
+
+/// `GET /cp/admin/runtime-image/retention?history=N`: every digest a
+/// registry clean-up must keep, with why: pinned, run by a live instance,
+/// or one of the newest `N` (default 5) history entries of a pin (where a
+/// rollback may go).
+pub async fn retention(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Retention>, ApiError> {
+    caller.require(Scope::Read)?;
+    let query = Query::parse(raw.as_deref());
+    let history = query.number("history", 100)?.unwrap_or(5) as usize;
+    let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
+    let recent = state
+        .query(deadline, move |store| store.recent_digests(history))
+        .await?;
+    let view = state.view();
+    let repository = |template: &TemplateName| -> Option<Repository> {
+        view.runtimes.get(template)?.repository.clone()
+    };
+    let mut retain: BTreeMap<(String, String), (Repository, Digest, Vec<&'static str>)> =
+        BTreeMap::new();
+    let mut keep = |template: &TemplateName, digest: &Digest, reason: &'static str| {
+        if !caller.may_use(template) {
+            return;
+        }
+        let Some(repository) = repository(template) else {
+            return;
+        };
+        let entry = retain
+            .entry((repository.to_string(), digest.to_string()))
+            .or_insert_with(|| (repository.clone(), digest.clone(), Vec::new()));
+        if !entry.2.contains(&reason) {
+            entry.2.push(reason);
+        }
+    };
+    for pin in view.pins() {
+        keep(&pin.template, &pin.digest, "pinned");
+    }
+    for (record, instance_state) in state.fleet().instances(&view, |_, _, _| true) {
+        if instance_state != InstanceState::Unknown {
+            keep(&record.template, &record.digest, "running");
+        }
+    }
+    for (template, _region, digest) in &recent {
+        keep(template, digest, "history");
+    }
+    const ORDER: [&str; 4] = ["pinned", "canary", "running", "history"];
+    let retain = retain
+        .into_values()
+        .map(|(repository, digest, mut reasons)| {
+            reasons.sort_by_key(|reason| ORDER.iter().position(|known| known == reason));
+            Retained {
+                repository: repository.to_string(),
+                image_digest: digest.to_string(),
+                image_ref: ImageRef::new(repository, digest).to_string(),
+                reasons: reasons.into_iter().map(str::to_owned).collect(),
+            }
+        })
+        .collect();
+    Ok(Json(Retention { retain }))
+}
