@@ -382,6 +382,12 @@ pub struct FleetEntry {
     pub behind_since: Option<String>,
     /// `converged`, `converging`, `stalled` or `empty`.
     pub state: String,
+    /// Live instances that said whether they are healthy.
+    #[serde(default)]
+    pub reported_health: u64,
+    /// Live instances that said they are not healthy.
+    #[serde(default)]
+    pub unhealthy: u64,
     /// The digests live instances run.
     pub digests: Vec<RunningDigest>,
     /// The pin's revision: a moved pin starts its convergence afresh.

@@ -11,20 +11,25 @@
 //! the digests they run) is made from memory a few times a second and
 //! served from there: answering never walks the fleet.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
+use pinion_api::{FleetEntry, RunningDigest};
 use pinion_core::{Convergence, Digest, FleetCounts, InstanceId, Region, TemplateName, converge};
-use pinion_store::{FleetTransition, InstanceRecord};
+use pinion_store::{FleetTransition, InstanceRecord, PinRecord};
 use time::OffsetDateTime;
 
 use crate::state::AppState;
 use crate::view::View;
 
-/// How often the summary is made while reports come in (and at least once
-/// a second, as instances go silent).
+/// How often the summary is made while reports come in or pins move (and
+/// when an instance's time to live or a pin's progress deadline runs out).
 const SUMMARY_EVERY: Duration = Duration::from_millis(250);
+/// The longest a summary stands with nothing seen to change.
+const SUMMARY_AT_LEAST: Duration = Duration::from_secs(10);
 /// How often what changed is written to the database: the most reports a
 /// crash can lose.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -87,9 +92,11 @@ pub struct PinFleet {
     pub state: Convergence,
     /// The digests live instances run, with how many run each.
     pub digests: Vec<(Digest, u64)>,
-    /// Live instances that said whether they are healthy, by ring: the
-    /// pin's digest and the others. `(reported, unhealthy)`.
+    /// Live instances that said whether they are healthy:
+    /// `(reported, unhealthy)`.
     pub health: (u64, u64),
+    /// The entry as `GET /cp/fleet` words it, rendered once per summary.
+    pub json: String,
 }
 
 /// The fleet per pin.
@@ -99,17 +106,129 @@ pub struct Summary {
     pub pins: BTreeMap<(TemplateName, Region), PinFleet>,
 }
 
-struct Memory {
-    instances: HashMap<InstanceId, InstanceRecord>,
+/// Instances live in shards, each behind its own lock, so that walking the
+/// fleet (the summary, the instance list) holds any one lock for a
+/// sixty-fourth of the walk and a report never waits for a whole walk.
+const SHARDS: usize = 64;
+/// How long a deleted instance's tombstone is kept after it is written, so
+/// that a poll reading the row from before the delete cannot bring the
+/// instance back.
+const TOMBSTONE_KEEP_MS: i64 = 60_000;
+
+/// Where an instance runs: shared by every instance of the place, so that a
+/// walk reads one copy and resolves each place once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Place {
+    pub template: TemplateName,
+    pub region: Region,
+}
+
+/// One live instance as memory holds it. The place and the digest are
+/// shared with the other instances that have them.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub place: Arc<Place>,
+    pub digest: Arc<Digest>,
+    pub healthy: Option<bool>,
+    pub ttl_seconds: i64,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub digest_since_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl Live {
+    fn record(&self, id: &InstanceId) -> InstanceRecord {
+        InstanceRecord {
+            id: id.clone(),
+            template: self.place.template.clone(),
+            region: self.place.region.clone(),
+            digest: Digest::clone(&self.digest),
+            healthy: self.healthy,
+            ttl_seconds: self.ttl_seconds,
+            first_seen_ms: self.first_seen_ms,
+            last_seen_ms: self.last_seen_ms,
+            digest_since_ms: self.digest_since_ms,
+            deleted: false,
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    instances: HashMap<InstanceId, Live>,
     /// Changed since the last flush (deleted ones as tombstones).
     dirty: HashSet<InstanceId>,
     tombstones: HashMap<InstanceId, InstanceRecord>,
-    /// Bumped by every change: the summary is made again when it moved.
-    generation: u64,
+}
+
+/// The places and digests instances share.
+#[derive(Default)]
+struct Interned {
+    places: HashMap<TemplateName, HashMap<Region, Arc<Place>>>,
+    digests: HashMap<Digest, Arc<Digest>>,
+}
+
+impl Interned {
+    fn place(&mut self, template: &TemplateName, region: &Region) -> Arc<Place> {
+        if let Some(place) = self
+            .places
+            .get(template)
+            .and_then(|regions| regions.get(region))
+        {
+            return place.clone();
+        }
+        let place = Arc::new(Place {
+            template: template.clone(),
+            region: region.clone(),
+        });
+        self.places
+            .entry(template.clone())
+            .or_default()
+            .insert(region.clone(), place.clone());
+        place
+    }
+
+    fn digest(&mut self, digest: &Digest) -> Arc<Digest> {
+        if let Some(shared) = self.digests.get(digest) {
+            return shared.clone();
+        }
+        let shared = Arc::new(digest.clone());
+        self.digests.insert(digest.clone(), shared.clone());
+        shared
+    }
+
+    /// Drops what no instance shares any more.
+    fn prune(&mut self) {
+        for regions in self.places.values_mut() {
+            regions.retain(|_, place| Arc::strong_count(place) > 1);
+        }
+        self.places.retain(|_, regions| !regions.is_empty());
+        self.digests
+            .retain(|_, digest| Arc::strong_count(digest) > 1);
+    }
+
+    fn live(&mut self, record: &InstanceRecord) -> Live {
+        Live {
+            place: self.place(&record.template, &record.region),
+            digest: self.digest(&record.digest),
+            healthy: record.healthy,
+            ttl_seconds: record.ttl_seconds,
+            first_seen_ms: record.first_seen_ms,
+            last_seen_ms: record.last_seen_ms,
+            digest_since_ms: record.digest_since_ms,
+            updated_ms: record.updated_ms,
+        }
+    }
 }
 
 pub struct Fleet {
-    memory: Mutex<Memory>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    interned: Mutex<Interned>,
+    /// Bumped by every change: the summary is made again when it moved.
+    generation: AtomicU64,
     summary: RwLock<Arc<Summary>>,
     /// When this server started, Unix ms.
     started_ms: i64,
@@ -128,6 +247,20 @@ fn unix_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts for one pin while the summary is made.
+#[derive(Default)]
+struct Tally {
+    counts: FleetCounts,
+    behind_since_ms: Option<i64>,
+    /// The digests of the instances behind (those current run the pin's).
+    digests: HashMap<Arc<Digest>, u64>,
+    health: (u64, u64),
+}
+
 impl Fleet {
     /// The fleet as the database holds it, at start-up.
     pub fn new(
@@ -135,35 +268,52 @@ impl Fleet {
         alive_before_ms: i64,
         progress_deadline: Duration,
     ) -> Fleet {
-        let instances = stored
-            .into_iter()
-            .map(|record| (record.id.clone(), record))
-            .collect();
-        Fleet {
-            memory: Mutex::new(Memory {
-                instances,
-                dirty: HashSet::new(),
-                tombstones: HashMap::new(),
-                generation: 1,
-            }),
+        let fleet = Fleet {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            interned: Mutex::default(),
+            generation: AtomicU64::new(1),
             summary: RwLock::new(Arc::new(Summary::default())),
             started_ms: now_ms(),
             alive_before_ms,
             progress_deadline,
+        };
+        let mut interned = lock(&fleet.interned);
+        for record in stored {
+            let live = interned.live(&record);
+            lock(fleet.shard_of(&record.id))
+                .instances
+                .insert(record.id, live);
         }
+        drop(interned);
+        fleet
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    fn index_of(&self, id: &InstanceId) -> usize {
+        // The remainder is below SHARDS, so the cast loses nothing.
+        (self.hasher.hash_one(id) % SHARDS as u64) as usize
     }
 
-    /// Until when an instance counts as live. After a restart, an instance
-    /// that was live when reports last came in keeps a time to live from
-    /// the start: missed heartbeats are not silence.
-    fn expires_ms(&self, record: &InstanceRecord) -> i64 {
-        let ttl = record.ttl_seconds.saturating_mul(1000);
-        let expires = record.last_seen_ms.saturating_add(ttl);
-        if record.last_seen_ms < self.started_ms && expires >= self.alive_before_ms {
+    fn shard_of(&self, id: &InstanceId) -> &Mutex<Shard> {
+        &self.shards[self.index_of(id)]
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Until when an instance last seen at `last_seen_ms` counts as live.
+    /// After a restart, an instance that was live when reports last came in
+    /// keeps a time to live from the start: missed heartbeats are not
+    /// silence.
+    fn expires_ms(&self, last_seen_ms: i64, ttl_seconds: i64) -> i64 {
+        let ttl = ttl_seconds.saturating_mul(1000);
+        let expires = last_seen_ms.saturating_add(ttl);
+        if last_seen_ms < self.started_ms && expires >= self.alive_before_ms {
             expires.max(self.started_ms.saturating_add(ttl))
         } else {
             expires
@@ -173,117 +323,165 @@ impl Fleet {
     /// Takes a batch of reports, all of them already valid.
     pub fn report(&self, reports: Vec<Report>, ttl_seconds: i64) {
         let now = now_ms();
-        let mut memory = self.memory();
-        for report in reports {
-            let record = match memory.instances.get(&report.id) {
-                Some(before) => InstanceRecord {
-                    digest_since_ms: if before.digest == report.digest {
-                        before.digest_since_ms
-                    } else {
-                        now
-                    },
-                    first_seen_ms: before.first_seen_ms,
-                    ..new_record(&report, ttl_seconds, now)
-                },
-                None => new_record(&report, ttl_seconds, now),
+        let mut sorted: Vec<(usize, Live, Report)> = {
+            let mut interned = lock(&self.interned);
+            reports
+                .into_iter()
+                .map(|report| {
+                    let live = Live {
+                        place: interned.place(&report.template, &report.region),
+                        digest: interned.digest(&report.digest),
+                        healthy: report.healthy,
+                        ttl_seconds,
+                        first_seen_ms: now,
+                        last_seen_ms: now,
+                        digest_since_ms: now,
+                        updated_ms: now,
+                    };
+                    (self.index_of(&report.id), live, report)
+                })
+                .collect()
+        };
+        sorted.sort_unstable_by_key(|(index, _, _)| *index);
+        let mut held: Option<(usize, MutexGuard<'_, Shard>)> = None;
+        for (index, mut live, report) in sorted {
+            let shard = match &mut held {
+                Some((at, shard)) if *at == index => shard,
+                _ => &mut held.insert((index, lock(&self.shards[index]))).1,
             };
-            memory.tombstones.remove(&record.id);
-            memory.dirty.insert(record.id.clone());
-            memory.instances.insert(record.id.clone(), record);
+            if let Some(before) = shard.instances.get(&report.id) {
+                live.first_seen_ms = before.first_seen_ms;
+                if before.digest == live.digest {
+                    live.digest_since_ms = before.digest_since_ms;
+                }
+            }
+            shard.tombstones.remove(&report.id);
+            shard.dirty.insert(report.id.clone());
+            shard.instances.insert(report.id, live);
         }
-        memory.generation += 1;
+        drop(held);
+        self.changed();
     }
 
     /// The instance, if this server knows it (for a restricted token's
     /// check before a delete).
     pub fn get(&self, id: &InstanceId) -> Option<InstanceRecord> {
-        self.memory().instances.get(id).cloned()
+        lock(self.shard_of(id))
+            .instances
+            .get(id)
+            .map(|live| live.record(id))
     }
 
     /// Removes an instance; it goes to the database as a tombstone with the
     /// next flush, so every replica learns of it. False if unknown here.
     pub fn delete(&self, id: &InstanceId, known: Option<InstanceRecord>) -> bool {
         let now = now_ms();
-        let mut memory = self.memory();
-        if memory.tombstones.contains_key(id) {
-            // Deleted here already; the tombstone is on its way.
+        let mut shard = lock(self.shard_of(id));
+        if shard.tombstones.contains_key(id) {
+            // Deleted here already.
             return false;
         }
-        let Some(mut record) = memory.instances.remove(id).or(known) else {
+        let Some(mut record) = shard
+            .instances
+            .remove(id)
+            .map(|live| live.record(id))
+            .or(known)
+        else {
             return false;
         };
         record.deleted = true;
         record.updated_ms = now;
-        memory.dirty.insert(id.clone());
-        memory.tombstones.insert(id.clone(), record);
-        memory.generation += 1;
+        shard.dirty.insert(id.clone());
+        shard.tombstones.insert(id.clone(), record);
+        drop(shard);
+        self.changed();
         true
     }
 
     /// What changed since the last flush, taken for writing.
     pub fn take_dirty(&self) -> Vec<InstanceRecord> {
-        let mut memory = self.memory();
-        let dirty: Vec<InstanceId> = memory.dirty.drain().collect();
-        dirty
-            .into_iter()
-            .filter_map(|id| {
-                memory
-                    .instances
-                    .get(&id)
-                    .cloned()
-                    .or_else(|| memory.tombstones.remove(&id))
-            })
-            .collect()
+        let mut taken = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let dirty: Vec<InstanceId> = shard.dirty.drain().collect();
+            for id in dirty {
+                if let Some(live) = shard.instances.get(&id) {
+                    taken.push(live.record(&id));
+                } else if let Some(tombstone) = shard.tombstones.get(&id) {
+                    taken.push(tombstone.clone());
+                }
+            }
+        }
+        taken
     }
 
-    /// Puts rows a failed flush did not write back, to be written next time.
+    /// Marks rows a failed flush did not write as changed again, to be
+    /// written next time (what memory holds now is what gets written).
     pub fn restore_dirty(&self, rows: Vec<InstanceRecord>) {
-        let mut memory = self.memory();
         for row in rows {
-            memory.dirty.insert(row.id.clone());
-            if row.deleted {
-                memory.tombstones.insert(row.id.clone(), row);
-            }
+            lock(self.shard_of(&row.id)).dirty.insert(row.id);
         }
     }
 
     /// Merges rows another replica wrote: a newer report replaces this
     /// server's, a newer tombstone removes it.
     pub fn merge(&self, rows: Vec<InstanceRecord>) {
-        let mut memory = self.memory();
         let mut changed = false;
         for row in rows {
-            let newer = memory
+            let mut shard = lock(self.shard_of(&row.id));
+            let known = shard
                 .instances
                 .get(&row.id)
-                .is_none_or(|known| row.updated_ms > known.updated_ms);
-            if !newer || memory.dirty.contains(&row.id) {
+                .map(|live| live.updated_ms)
+                .or_else(|| shard.tombstones.get(&row.id).map(|dead| dead.updated_ms));
+            if known.is_some_and(|known| row.updated_ms <= known) || shard.dirty.contains(&row.id) {
                 continue;
             }
             changed = true;
             if row.deleted {
-                memory.instances.remove(&row.id);
+                shard.instances.remove(&row.id);
+                shard.tombstones.insert(row.id.clone(), row);
             } else {
-                memory.instances.insert(row.id.clone(), row);
+                let live = lock(&self.interned).live(&row);
+                shard.tombstones.remove(&row.id);
+                shard.instances.insert(row.id, live);
             }
         }
         if changed {
-            memory.generation += 1;
+            self.changed();
+        }
+    }
+
+    /// Drops tombstones written long enough ago that no poll can bring
+    /// their instance back.
+    pub fn drop_tombstones(&self, now: i64) {
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let Shard {
+                tombstones, dirty, ..
+            } = &mut *shard;
+            tombstones.retain(|id, dead| {
+                dirty.contains(id) || dead.updated_ms.saturating_add(TOMBSTONE_KEEP_MS) >= now
+            });
         }
     }
 
     /// Forgets instances silent for [`FORGET_AFTER`] past their time to live.
     pub fn forget(&self, before_ms: i64) {
-        let mut memory = self.memory();
-        let before = memory.instances.len();
-        memory.instances.retain(|_, record| {
-            record
-                .last_seen_ms
-                .saturating_add(record.ttl_seconds.saturating_mul(1000))
-                >= before_ms
-        });
-        if memory.instances.len() != before {
-            memory.generation += 1;
+        let mut changed = false;
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let before = shard.instances.len();
+            shard.instances.retain(|_, live| {
+                live.last_seen_ms
+                    .saturating_add(live.ttl_seconds.saturating_mul(1000))
+                    >= before_ms
+            });
+            changed |= shard.instances.len() != before;
+        }
+        lock(&self.interned).prune();
+        if changed {
+            self.changed();
         }
     }
 
@@ -294,121 +492,164 @@ impl Fleet {
             .clone()
     }
 
-    /// The state of one instance against the pin that governs it (`None`:
-    /// no pin governs it).
-    pub fn state_of(
-        &self,
-        record: &InstanceRecord,
-        view: &View,
-        now: i64,
-    ) -> Option<(InstanceState, Region)> {
-        let pin = view.resolve_pin(record.template.as_str(), record.region.as_str())?;
-        let state = if now > self.expires_ms(record) {
+    fn state_against(&self, live: &Live, pin: &PinRecord, now: i64) -> InstanceState {
+        if now > self.expires_ms(live.last_seen_ms, live.ttl_seconds) {
             InstanceState::Unknown
-        } else if record.digest == pin.digest {
+        } else if *live.digest == pin.digest {
             InstanceState::Current
         } else {
             InstanceState::Behind
-        };
-        Some((state, pin.region.clone()))
+        }
     }
 
-    /// Every instance a token may see, with its state, for the instance
-    /// list; sorted by id.
+    /// Calls `visit` with every instance a pin governs, its state and the
+    /// governing pin (with its position in [`View::pins`]), one shard at a
+    /// time.
+    pub fn visit<'v>(
+        &self,
+        view: &'v View,
+        mut visit: impl FnMut(&InstanceId, &Live, InstanceState, Governing<'v>),
+    ) {
+        let now = now_ms();
+        let mut resolver = Resolver::new(view);
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (id, live) in &shard.instances {
+                if let Some(governing) = resolver.resolve(&live.place) {
+                    visit(
+                        id,
+                        live,
+                        self.state_against(live, governing.pin, now),
+                        governing,
+                    );
+                }
+            }
+        }
+    }
+
+    /// One page of the instances `wanted` keeps: the first `limit` by id
+    /// after `after`, with their states and governing regions, and whether
+    /// more follow. Only the page's candidates are copied.
     pub fn instances(
         &self,
         view: &View,
-        wanted: impl Fn(&InstanceRecord, InstanceState, &Region) -> bool,
-    ) -> Vec<(InstanceRecord, InstanceState)> {
-        let now = now_ms();
-        let memory = self.memory();
-        let mut found: Vec<(InstanceRecord, InstanceState)> = memory
-            .instances
-            .values()
-            .filter_map(|record| {
-                let (state, governing) = self.state_of(record, view, now)?;
-                wanted(record, state, &governing).then(|| (record.clone(), state))
-            })
+        after: Option<&InstanceId>,
+        limit: usize,
+        wanted: impl Fn(&Live, InstanceState, &Region) -> bool,
+    ) -> (Vec<(InstanceRecord, InstanceState, Region)>, bool) {
+        // The `limit + 1` smallest ids seen so far, largest on top.
+        let mut page: BinaryHeap<ById> = BinaryHeap::with_capacity(limit + 2);
+        self.visit(view, |id, live, state, governing| {
+            if after.is_some_and(|after| id <= after)
+                || page.len() > limit && page.peek().is_some_and(|top| *id >= top.id)
+                || !wanted(live, state, &governing.pin.region)
+            {
+                return;
+            }
+            page.push(ById {
+                id: id.clone(),
+                live: live.clone(),
+                state,
+                governing: governing.pin.region.clone(),
+            });
+            if page.len() > limit + 1 {
+                page.pop();
+            }
+        });
+        let mut page: Vec<(InstanceRecord, InstanceState, Region)> = page
+            .into_sorted_vec()
+            .into_iter()
+            .map(|found| (found.live.record(&found.id), found.state, found.governing))
             .collect();
-        found.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        found
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
     }
 
     /// Makes the summary afresh from memory and the view; returns the pins
-    /// whose state changed since the last summary.
-    fn summarise(&self, view: &View) -> Vec<PinFleet> {
+    /// whose state changed since the last summary, and when (Unix ms) the
+    /// summary would next change with no report and no pin moved: the first
+    /// live instance's time to live running out, or a converging pin's
+    /// progress deadline passing.
+    fn summarise(&self, view: &View) -> (Vec<PinFleet>, i64) {
         let now = now_ms();
-        let mut pins: BTreeMap<(TemplateName, Region), PinFleet> = BTreeMap::new();
-        let mut digests: HashMap<(TemplateName, Region), HashMap<Digest, u64>> = HashMap::new();
-        for pin in view.pins() {
-            pins.insert(
-                (pin.template.clone(), pin.region.clone()),
-                PinFleet {
+        let deadline_ms = i64::try_from(self.progress_deadline.as_millis()).unwrap_or(i64::MAX);
+        let pins: Vec<&PinRecord> = view.pins().collect();
+        let mut tallies: Vec<Tally> = pins.iter().map(|_| Tally::default()).collect();
+        let mut next_change = i64::MAX;
+        self.visit(view, |_, live, state, governing| {
+            let Some(tally) = tallies.get_mut(governing.at) else {
+                return;
+            };
+            match state {
+                InstanceState::Unknown => {
+                    tally.counts.unknown += 1;
+                    return;
+                }
+                InstanceState::Current => tally.counts.current += 1,
+                InstanceState::Behind => {
+                    tally.counts.behind += 1;
+                    let since = live.digest_since_ms.max(unix_ms(governing.pin.promoted_at));
+                    tally.behind_since_ms = Some(
+                        tally
+                            .behind_since_ms
+                            .map_or(since, |known| known.min(since)),
+                    );
+                    match tally.digests.get_mut(&live.digest) {
+                        Some(count) => *count += 1,
+                        None => {
+                            tally.digests.insert(live.digest.clone(), 1);
+                        }
+                    }
+                }
+            }
+            let expires = self.expires_ms(live.last_seen_ms, live.ttl_seconds);
+            next_change = next_change.min(expires.saturating_add(1));
+            if let Some(healthy) = live.healthy {
+                tally.health.0 += 1;
+                tally.health.1 += u64::from(!healthy);
+            }
+        });
+        let summary: BTreeMap<(TemplateName, Region), PinFleet> = pins
+            .into_iter()
+            .zip(tallies)
+            .map(|(pin, tally)| {
+                let promoted_ms = unix_ms(pin.promoted_at);
+                let since_moved = Duration::from_millis(
+                    u64::try_from(now.saturating_sub(promoted_ms)).unwrap_or(0),
+                );
+                let state = converge(tally.counts, since_moved, self.progress_deadline);
+                if state == Convergence::Converging {
+                    next_change =
+                        next_change.min(promoted_ms.saturating_add(deadline_ms).saturating_add(1));
+                }
+                let mut running: Vec<(Digest, u64)> = tally
+                    .digests
+                    .into_iter()
+                    .map(|(digest, count)| (Digest::clone(&digest), count))
+                    .collect();
+                if tally.counts.current > 0 {
+                    running.push((pin.digest.clone(), tally.counts.current));
+                }
+                running.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                let mut entry = PinFleet {
                     template: pin.template.clone(),
                     region: pin.region.clone(),
                     digest: pin.digest.clone(),
                     revision: pin.revision,
-                    counts: FleetCounts::default(),
-                    behind_since_ms: None,
-                    state: Convergence::Empty,
-                    digests: Vec::new(),
-                    health: (0, 0),
-                },
-            );
-        }
-        {
-            let memory = self.memory();
-            for record in memory.instances.values() {
-                let Some(pin) = view.resolve_pin(record.template.as_str(), record.region.as_str())
-                else {
-                    continue;
+                    counts: tally.counts,
+                    behind_since_ms: tally.behind_since_ms,
+                    state,
+                    digests: running,
+                    health: tally.health,
+                    json: String::new(),
                 };
-                let key = (pin.template.clone(), pin.region.clone());
-                let Some(entry) = pins.get_mut(&key) else {
-                    continue;
-                };
-                if now > self.expires_ms(record) {
-                    entry.counts.unknown += 1;
-                    continue;
-                }
-                *digests
-                    .entry(key)
-                    .or_default()
-                    .entry(record.digest.clone())
-                    .or_default() += 1;
-                if record.digest == pin.digest {
-                    entry.counts.current += 1;
-                } else {
-                    entry.counts.behind += 1;
-                    let promoted = unix_ms(pin.promoted_at);
-                    let since = record.digest_since_ms.max(promoted);
-                    entry.behind_since_ms = Some(
-                        entry
-                            .behind_since_ms
-                            .map_or(since, |known| known.min(since)),
-                    );
-                }
-                if let Some(healthy) = record.healthy {
-                    entry.health.0 += 1;
-                    entry.health.1 += u64::from(!healthy);
-                }
-            }
-        }
-        for ((template, region), entry) in pins.iter_mut() {
-            let promoted_ms = view
-                .resolve_pin(template.as_str(), region.as_str())
-                .map_or(now, |pin| unix_ms(pin.promoted_at));
-            let since_moved =
-                Duration::from_millis(u64::try_from(now.saturating_sub(promoted_ms)).unwrap_or(0));
-            entry.state = converge(entry.counts, since_moved, self.progress_deadline);
-            if let Some(running) = digests.remove(&(template.clone(), region.clone())) {
-                let mut running: Vec<(Digest, u64)> = running.into_iter().collect();
-                running.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-                entry.digests = running;
-            }
-        }
+                entry.json = serde_json::to_string(&entry.to_wire()).unwrap_or_default();
+                ((pin.template.clone(), pin.region.clone()), entry)
+            })
+            .collect();
         let previous = self.summary();
-        let changed = pins
+        let changed = summary
             .values()
             .filter(|entry| {
                 previous
@@ -420,25 +661,158 @@ impl Fleet {
             })
             .cloned()
             .collect();
-        *self.summary.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Summary { pins });
-        changed
+        *self.summary.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(Summary { pins: summary });
+        (changed, next_change)
     }
 }
 
-fn new_record(report: &Report, ttl_seconds: i64, now: i64) -> InstanceRecord {
-    InstanceRecord {
-        id: report.id.clone(),
-        template: report.template.clone(),
-        region: report.region.clone(),
-        digest: report.digest.clone(),
-        healthy: report.healthy,
-        ttl_seconds,
-        first_seen_ms: now,
-        last_seen_ms: now,
-        digest_since_ms: now,
-        deleted: false,
-        updated_ms: now,
+/// An instance of a page, ordered by its id.
+struct ById {
+    id: InstanceId,
+    live: Live,
+    state: InstanceState,
+    governing: Region,
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
     }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
+/// The pin that governs an instance, and its position in [`View::pins`].
+#[derive(Clone, Copy)]
+pub struct Governing<'v> {
+    pub pin: &'v PinRecord,
+    pub at: usize,
+}
+
+/// Finds the pin governing each place met in a walk, once per place: a
+/// walk meets few places, and many instances of each. Places are known by
+/// address; holding each one met keeps its address from being reused
+/// while the walk lasts.
+struct Resolver<'v> {
+    view: &'v View,
+    /// Pin positions, filled on the first place met.
+    positions: HashMap<(&'v str, &'v str), usize>,
+    known: HashMap<usize, (Arc<Place>, Option<Governing<'v>>), ByAddress>,
+}
+
+impl<'v> Resolver<'v> {
+    fn new(view: &'v View) -> Resolver<'v> {
+        Resolver {
+            view,
+            positions: HashMap::new(),
+            known: HashMap::default(),
+        }
+    }
+
+    fn resolve(&mut self, place: &Arc<Place>) -> Option<Governing<'v>> {
+        let address = Arc::as_ptr(place) as usize;
+        if let Some((_, governing)) = self.known.get(&address) {
+            return *governing;
+        }
+        if self.positions.is_empty() {
+            self.positions = self
+                .view
+                .pins()
+                .enumerate()
+                .map(|(at, pin)| ((pin.template.as_str(), pin.region.as_str()), at))
+                .collect();
+        }
+        let governing = self
+            .view
+            .resolve_pin(place.template.as_str(), place.region.as_str())
+            .and_then(|pin| {
+                let at = *self
+                    .positions
+                    .get(&(pin.template.as_str(), pin.region.as_str()))?;
+                Some(Governing { pin, at })
+            });
+        self.known.insert(address, (place.clone(), governing));
+        governing
+    }
+}
+
+/// Hashes an address by one multiplication (addresses are unique already;
+/// the multiplication spreads their aligned low bits).
+#[derive(Default, Clone, Copy)]
+struct ByAddress;
+
+impl BuildHasher for ByAddress {
+    type Hasher = AddressHasher;
+
+    fn build_hasher(&self) -> AddressHasher {
+        AddressHasher(0)
+    }
+}
+
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.0 = (value as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+impl PinFleet {
+    /// The pin's fleet as the contract words it.
+    pub fn to_wire(&self) -> FleetEntry {
+        FleetEntry {
+            template_name: self.template.to_string(),
+            region: self.region.to_string(),
+            image_digest: self.digest.to_string(),
+            current: self.counts.current,
+            behind: self.counts.behind,
+            unknown: self.counts.unknown,
+            converged: self.counts.converged(),
+            behind_since: self.behind_since_ms.map(format_ms),
+            state: self.state.as_str().to_owned(),
+            reported_health: self.health.0,
+            unhealthy: self.health.1,
+            digests: self
+                .digests
+                .iter()
+                .map(|(digest, instances)| RunningDigest {
+                    image_digest: digest.to_string(),
+                    instances: *instances,
+                })
+                .collect(),
+            revision: self.revision,
+        }
+    }
+}
+
+/// A time in Unix ms as the contract writes times.
+pub fn format_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(crate::handlers::format_time)
+        .unwrap_or_default()
 }
 
 /// Makes the summary whenever reports changed (at most every
@@ -446,20 +820,36 @@ fn new_record(report: &Report, ttl_seconds: i64, now: i64) -> InstanceRecord {
 /// `converged` or `stalled` in the change feed.
 pub async fn summarise(state: AppState) {
     let mut seen_generation = 0;
+    let mut seen_view: Option<Arc<View>> = None;
+    let mut next_change = i64::MIN;
     let mut last = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(SUMMARY_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let fleet = state.fleet();
-        let generation = fleet.memory().generation;
-        if generation == seen_generation && last.elapsed() < Duration::from_secs(1) {
+        let generation = state.fleet().generation();
+        let view = state.view();
+        let view_moved = seen_view
+            .as_ref()
+            .is_none_or(|seen| !Arc::ptr_eq(seen, &view));
+        if generation == seen_generation
+            && !view_moved
+            && now_ms() < next_change
+            && last.elapsed() < SUMMARY_AT_LEAST
+        {
             continue;
         }
         seen_generation = generation;
+        seen_view = Some(view.clone());
         last = tokio::time::Instant::now();
-        let view = state.view();
-        let changed = fleet.summarise(&view);
+        // Walking the fleet takes milliseconds: off the HTTP workers.
+        let walker = state.clone();
+        let Ok((changed, next)) =
+            tokio::task::spawn_blocking(move || walker.fleet().summarise(&view)).await
+        else {
+            continue;
+        };
+        next_change = next;
         let at = OffsetDateTime::now_utc();
         let transitions: Vec<FleetTransition> = changed
             .into_iter()
@@ -525,6 +915,7 @@ pub async fn flush_once(state: &AppState, marked: &mut i64) {
             if mark {
                 *marked = now;
             }
+            state.fleet().drop_tombstones(now);
         }
         Err(err) => {
             tracing::warn!(
@@ -597,6 +988,97 @@ mod tests {
     }
 
     #[test]
+    fn a_poll_that_read_a_row_from_before_a_delete_does_not_bring_it_back() {
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600));
+        let id = InstanceId::parse("a").unwrap();
+        fleet.report(vec![report("a", 1)], 60);
+        let written = fleet.take_dirty();
+        assert_eq!(written.len(), 1);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(fleet.delete(&id, None));
+        // The poll read the row as written before the delete: before the
+        // tombstone is flushed, and after.
+        fleet.merge(written.clone());
+        assert!(fleet.get(&id).is_none());
+        let tombstones = fleet.take_dirty();
+        assert!(tombstones[0].deleted);
+        fleet.merge(written.clone());
+        assert!(fleet.get(&id).is_none(), "the tombstone outlives the poll");
+        assert!(!fleet.delete(&id, None), "deleted already");
+        // Kept a minute after it was written, then dropped.
+        fleet.drop_tombstones(now_ms());
+        fleet.merge(written.clone());
+        assert!(fleet.get(&id).is_none());
+        fleet.drop_tombstones(now_ms() + TOMBSTONE_KEEP_MS + 1);
+        // A newer report from another replica brings it back.
+        let mut newer = written[0].clone();
+        newer.updated_ms = now_ms() + 1;
+        fleet.merge(vec![newer]);
+        assert!(fleet.get(&id).is_some());
+    }
+
+    #[test]
+    fn pages_of_instances_walk_every_shard_in_id_order() {
+        let view = View::from_snapshot(pinion_store::Snapshot {
+            pins: vec![PinRecord {
+                template: TemplateName::parse("codex").unwrap(),
+                region: Region::global(),
+                digest: Digest::from_sha256(&[1; 32]),
+                git_sha: None,
+                notes: None,
+                promoted_at: OffsetDateTime::UNIX_EPOCH,
+                promoted_by: pinion_core::TokenName::parse("ci").unwrap(),
+                revision: 1,
+                build_sequence: None,
+            }],
+            runtimes: Vec::new(),
+            tokens: Vec::new(),
+        });
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600));
+        // Ids spread over every shard, reported out of order; one in three
+        // runs another digest.
+        let ids: Vec<String> = (0..500)
+            .map(|n| format!("w-{:04}", (n * 7919) % 500))
+            .collect();
+        fleet.report(
+            ids.iter()
+                .enumerate()
+                .map(|(n, id)| report(id, if n % 3 == 0 { 2 } else { 1 }))
+                .collect(),
+            60,
+        );
+        let walk = |wanted: Option<InstanceState>| {
+            let keep = |_: &Live, state: InstanceState, _: &Region| {
+                wanted.is_none_or(|wanted| wanted == state)
+            };
+            let total = fleet.instances(&view, None, 1000, keep).0.len();
+            let mut seen: Vec<String> = Vec::new();
+            let mut after: Option<InstanceId> = None;
+            loop {
+                let (page, more) = fleet.instances(&view, after.as_ref(), 7, keep);
+                assert!(page.len() <= 7);
+                assert_eq!(more, seen.len() + page.len() < total);
+                seen.extend(page.iter().map(|(record, _, _)| record.id.to_string()));
+                after = page.last().map(|(record, _, _)| record.id.clone());
+                if !more {
+                    return seen;
+                }
+            }
+        };
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(walk(None), sorted);
+        let behind = walk(Some(InstanceState::Behind));
+        assert_eq!(behind.len(), 167);
+        assert!(behind.windows(2).all(|pair| pair[0] < pair[1]));
+        // The region a filter sees is the governing pin's.
+        let (page, _) = fleet.instances(&view, None, 1000, |_, _, governing| {
+            governing.as_str() == "global"
+        });
+        assert_eq!(page.len(), 500);
+    }
+
+    #[test]
     fn after_a_restart_the_live_get_a_time_to_live_of_grace_and_the_silent_do_not() {
         let now = now_ms();
         let stored = |id: &str, last_seen_ms: i64| InstanceRecord {
@@ -618,9 +1100,12 @@ mod tests {
         let was_live = stored("live", alive_before - 10_000);
         let long_silent = stored("silent", alive_before - 3_600_000);
         assert!(
-            fleet.expires_ms(&was_live) >= now + 59_000,
+            fleet.expires_ms(was_live.last_seen_ms, was_live.ttl_seconds) >= now + 59_000,
             "a TTL from the start"
         );
-        assert!(fleet.expires_ms(&long_silent) < now, "already unknown");
+        assert!(
+            fleet.expires_ms(long_silent.last_seen_ms, long_silent.ttl_seconds) < now,
+            "already unknown"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub struct Which {
     pub http: bool,
     pub postgres: bool,
     pub events: bool,
+    pub fleet: bool,
 }
 
 pub fn run(which: Which) -> Result<(), String> {
@@ -23,6 +24,7 @@ pub fn run(which: Which) -> Result<(), String> {
         http,
         postgres,
         events,
+        fleet,
     } = which;
     let mut tools = vec![("hyperfine", "hyperfine")];
     if registry {
@@ -42,6 +44,13 @@ pub fn run(which: Which) -> Result<(), String> {
     }
     if events {
         tools.extend([("wrk", "wrk"), ("curl", "curl")]);
+    }
+    if fleet {
+        tools.extend([
+            ("wrk", "wrk"),
+            ("curl", "curl"),
+            ("psql", "postgresql-client"),
+        ]);
     }
     if postgres {
         tools.extend([
@@ -65,6 +74,9 @@ pub fn run(which: Which) -> Result<(), String> {
     }
     if events {
         events::run(&pinion)?;
+    }
+    if fleet {
+        fleet::run(&pinion)?;
     }
     if postgres {
         postgres::run(&pinion)?;
@@ -395,5 +407,6 @@ fn bench_registry(pinion: &Path) -> Result<(), String> {
 }
 
 pub mod events;
+pub mod fleet;
 pub mod http;
 pub mod postgres;

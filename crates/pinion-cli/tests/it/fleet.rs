@@ -592,3 +592,22 @@ fn hostile_reports_are_4xx_naming_the_index_and_record_nothing() {
     std::thread::sleep(Duration::from_millis(600));
     assert!(fleet.instances("").is_empty(), "nothing recorded");
 }
+
+#[test]
+fn health_is_counted_from_those_that_said() {
+    let fleet = Fleet::new(&[]);
+    fleet.pin("hermes", "global", 1);
+    let body = format!(
+        r#"{{"instances":[
+            {{"instance_id":"h-1","template_name":"hermes","region":"eu","image_digest":"{d}","healthy":true}},
+            {{"instance_id":"h-2","template_name":"hermes","region":"eu","image_digest":"{d}","healthy":false}},
+            {{"instance_id":"h-3","template_name":"hermes","region":"eu","image_digest":"{d}"}}
+        ]}}"#,
+        d = digest(1)
+    );
+    let answer = fleet.server.post(REPORT, &fleet.reporter, &body);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let entry = fleet.wait_for("hermes", "global", (3, 0, 0));
+    assert_eq!(entry["reported_health"], 2, "{entry}");
+    assert_eq!(entry["unhealthy"], 1, "{entry}");
+}

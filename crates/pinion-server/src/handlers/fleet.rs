@@ -2,27 +2,23 @@
 //! convergence of each pin, the instances, and what a registry clean-up
 //! must keep.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pinion_api::{
-    FleetEntry, FleetList, FleetReport, Instance, InstanceList, ReportAccepted, Retained,
-    Retention, RunningDigest,
-};
+use pinion_api::{FleetReport, Instance, InstanceList, ReportAccepted, Retained, Retention};
 use pinion_core::{
     Digest, ImageRef, InstanceId, ParseError, Region, Repository, Scope, TemplateName,
 };
-use time::OffsetDateTime;
 
-use super::{Attempt, Query, audited, format_time, parse_field, read_json};
+use super::{Attempt, Query, audited, parse_field, read_json};
 use crate::auth::{Caller, Source};
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
-use crate::fleet::{InstanceState, Report, now_ms};
+use crate::fleet::{InstanceState, Report, format_ms};
 use crate::state::AppState;
 
 /// A report of 10,000 instances is about 2 MB of JSON.
@@ -34,9 +30,7 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
 fn at(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map(format_time)
-        .unwrap_or_default()
+    format_ms(ms)
 }
 
 pub async fn report(
@@ -186,45 +180,32 @@ pub async fn delete_instance(
 
 /// `GET /cp/fleet`: each pin's fleet, from the summary (made from this
 /// server's reports at most a quarter of a second ago; other replicas'
-/// within a few seconds).
+/// within a few seconds), whose entries are rendered once per summary.
 pub async fn fleet(
     State(state): State<AppState>,
     caller: Caller,
     RawQuery(raw): RawQuery,
-) -> Result<Json<FleetList>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(Scope::Read)?;
     let query = Query::parse(raw.as_deref());
     let template = query.template()?;
     let region = query.region()?;
     let summary = state.fleet().summary();
-    let fleet = summary
+    let mut body = String::from(r#"{"fleet":["#);
+    let entries = summary
         .pins
         .values()
         .filter(|entry| template.as_ref().is_none_or(|t| *t == entry.template))
         .filter(|entry| region.as_ref().is_none_or(|r| *r == entry.region))
-        .filter(|entry| caller.may_use(&entry.template))
-        .map(|entry| FleetEntry {
-            template_name: entry.template.to_string(),
-            region: entry.region.to_string(),
-            image_digest: entry.digest.to_string(),
-            current: entry.counts.current,
-            behind: entry.counts.behind,
-            unknown: entry.counts.unknown,
-            converged: entry.counts.converged(),
-            behind_since: entry.behind_since_ms.map(at),
-            state: entry.state.as_str().to_owned(),
-            digests: entry
-                .digests
-                .iter()
-                .map(|(digest, instances)| RunningDigest {
-                    image_digest: digest.to_string(),
-                    instances: *instances,
-                })
-                .collect(),
-            revision: entry.revision,
-        })
-        .collect();
-    Ok(Json(FleetList { fleet }))
+        .filter(|entry| caller.may_use(&entry.template));
+    for (n, entry) in entries.enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(&entry.json);
+    }
+    body.push_str("]}");
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// `GET /cp/fleet/instances`: who runs what, by state; `region` is the
@@ -254,35 +235,28 @@ pub async fn instances(
     };
     let limit = query.number("limit", MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT) as usize;
     let view = state.view();
-    let found = state.fleet().instances(&view, |record, state, governing| {
-        caller.may_use(&record.template)
-            && template.as_ref().is_none_or(|t| *t == record.template)
-            && region.as_ref().is_none_or(|r| r == governing)
-            && wanted_state.is_none_or(|wanted| wanted == state)
-            && after.as_ref().is_none_or(|after| record.id > *after)
-    });
-    let more = found.len() > limit;
-    let now = now_ms();
+    let (found, more) =
+        state
+            .fleet()
+            .instances(&view, after.as_ref(), limit, |live, state, governing| {
+                caller.may_use(&live.place.template)
+                    && template.as_ref().is_none_or(|t| *t == live.place.template)
+                    && region.as_ref().is_none_or(|r| r == governing)
+                    && wanted_state.is_none_or(|wanted| wanted == state)
+            });
     let page: Vec<Instance> = found
-        .iter()
-        .take(limit)
-        .map(|(record, instance_state)| {
-            let governing = state
-                .fleet()
-                .state_of(record, &view, now)
-                .map_or_else(String::new, |(_, region)| region.to_string());
-            Instance {
-                instance_id: record.id.to_string(),
-                template_name: record.template.to_string(),
-                region: record.region.to_string(),
-                image_digest: record.digest.to_string(),
-                state: instance_state.as_str().to_owned(),
-                healthy: record.healthy,
-                first_seen: at(record.first_seen_ms),
-                last_seen: at(record.last_seen_ms),
-                governing_region: governing,
-                digest_since: Some(at(record.digest_since_ms)),
-            }
+        .into_iter()
+        .map(|(record, instance_state, governing)| Instance {
+            instance_id: record.id.to_string(),
+            template_name: record.template.to_string(),
+            region: record.region.to_string(),
+            image_digest: record.digest.to_string(),
+            state: instance_state.as_str().to_owned(),
+            healthy: record.healthy,
+            first_seen: at(record.first_seen_ms),
+            last_seen: at(record.last_seen_ms),
+            governing_region: governing.to_string(),
+            digest_since: Some(at(record.digest_since_ms)),
         })
         .collect();
     let next_after = more
@@ -334,10 +308,15 @@ pub async fn retention(
     for pin in view.pins() {
         keep(&pin.template, &pin.digest, "pinned");
     }
-    for (record, instance_state) in state.fleet().instances(&view, |_, _, _| true) {
+    let mut running: HashSet<(TemplateName, Digest)> = HashSet::new();
+    state.fleet().visit(&view, |_, live, instance_state, _| {
         if instance_state != InstanceState::Unknown {
-            keep(&record.template, &record.digest, "running");
+            let key = (live.place.template.clone(), Digest::clone(&live.digest));
+            running.insert(key);
         }
+    });
+    for (template, digest) in &running {
+        keep(template, digest, "running");
     }
     for (template, _region, digest) in &recent {
         keep(template, digest, "history");

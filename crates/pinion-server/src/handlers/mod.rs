@@ -199,7 +199,7 @@ fn now() -> OffsetDateTime {
 
 /// RFC 3339. A stored time always formats (the store parsed it from RFC
 /// 3339); should one ever not, it is shown as is rather than as nothing.
-fn format_time(at: OffsetDateTime) -> String {
+pub(crate) fn format_time(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
 }
 
