@@ -51,6 +51,41 @@ pub struct RollbackRequest {
     pub to_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// Hold the pin in the same transaction: CI cannot promote the build
+    /// just rolled back away from until the hold is released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
+    /// Why it is held (with `hold`); default: the notes, else a line naming
+    /// the rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /cp/admin/runtime-image/hold`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    pub template_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub reason: String,
+}
+
+/// A pin's hold: promotions to it are refused until it is released.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hold {
+    pub template_name: String,
+    pub region: String,
+    pub reason: String,
+    /// The name of the token that held it.
+    pub held_by: String,
+    pub held_at: String,
+}
+
+/// The answer of a hold or a release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HoldResponse {
+    pub hold: Hold,
 }
 
 /// One entry of `GET /cp/admin/runtime-image/history`.
@@ -71,6 +106,10 @@ pub struct HistoryEntry {
     pub repository: Option<String>,
     pub workflow: Option<String>,
     pub build_sequence: Option<i64>,
+    /// A guard (a hold, the build order) would have refused this change,
+    /// and `force` overrode it.
+    #[serde(default)]
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -132,6 +171,9 @@ pub struct Pin {
     /// The newest build sequence that promoted this pin.
     #[serde(default)]
     pub build_sequence: Option<i64>,
+    /// Set while the pin is held.
+    #[serde(default)]
+    pub hold: Option<Hold>,
 }
 
 /// The body of a promote response (`201` moved, `200` already there).
@@ -427,6 +469,11 @@ pub struct Instance {
     /// When it began to run its digest.
     #[serde(default)]
     pub digest_since: Option<String>,
+    /// Since when the instance has been in its `state`: for `current` and
+    /// `behind`, since it began to run its digest or its pin moved, the
+    /// later; for `unknown`, since its time to live ran out.
+    #[serde(default)]
+    pub state_since: Option<String>,
 }
 
 /// `GET /cp/admin/runtime-image/retention`.

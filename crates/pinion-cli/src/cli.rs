@@ -27,6 +27,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Move a pin back to a digest it had before.
     Rollback(RollbackArgs),
+    /// Hold a pin: promotions to it are refused until it is released.
+    Hold(HoldArgs),
+    /// Release a pin's hold.
+    Release(ReleaseArgs),
     /// Show who moved which pin, when, from what, newest first.
     History(HistoryArgs),
     /// Print the manifest digest an image reference points at, alone on stdout.
@@ -326,6 +330,36 @@ pub struct RollbackArgs {
     pub to: Option<String>,
     #[arg(long)]
     pub notes: Option<String>,
+    /// Hold the pin in the same step, so no pipeline moves it off again
+    /// until it is released.
+    #[arg(long)]
+    pub hold: bool,
+    /// Why it is held (with `--hold`; default: the notes).
+    #[arg(long, requires = "hold")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[arg(long)]
+    pub template: String,
+    #[arg(long, default_value = "global")]
+    pub region: String,
+    /// Why: shown on the pin and in every refused promotion.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[arg(long)]
+    pub template: String,
+    #[arg(long, default_value = "global")]
+    pub region: String,
     #[command(flatten)]
     pub remote: Remote,
 }

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use pinion_api::{
-    ErrorBody, HistoryList, Pin, PinList, PinResponse, PromoteRequest, RollbackRequest,
+    ErrorBody, HistoryList, Hold, HoldRequest, HoldResponse, Pin, PinList, PinResponse,
+    PromoteRequest, RollbackRequest,
 };
 use pinion_core::{EventType, Region, TemplateName};
 use reqwest::{StatusCode, Url};
@@ -107,6 +108,40 @@ pub struct Promoted {
     /// How the outcome was learnt when the answer did not say: the write's
     /// outcome was unknown and the pin was read back.
     pub settled: Option<String>,
+}
+
+/// What a hold or a release got back.
+pub struct Held {
+    pub status: StatusCode,
+    pub hold: Hold,
+}
+
+/// A `{"hold"}` answer, for the pin asked about.
+fn held(
+    status: StatusCode,
+    body: &[u8],
+    template: &str,
+    region: &str,
+) -> Result<Held, ClientError> {
+    let response: HoldResponse = serde_json::from_slice(body).map_err(|err| {
+        ClientError::Protocol(format!(
+            "server answered {} but the body is not a hold ({err}): {}",
+            status.as_u16(),
+            preview(body)
+        ))
+    })?;
+    if response.hold.template_name != template || response.hold.region != region {
+        return Err(ClientError::Protocol(format!(
+            "server answered {} about `{}`/`{}`, which is not the pin asked about",
+            status.as_u16(),
+            response.hold.template_name,
+            response.hold.region
+        )));
+    }
+    Ok(Held {
+        status,
+        hold: response.hold,
+    })
 }
 
 /// Whether a request may be sent again after a failure that leaves its
@@ -312,6 +347,41 @@ impl Client {
                     .is_none_or(|to| *to == pin.image_digest)
         })
         .await
+    }
+
+    /// Holds a pin: `201` held now, `200` held already.
+    pub async fn hold(&self, target: &Target, request: &HoldRequest) -> Result<Held, ClientError> {
+        let url = endpoint(&target.base, "cp/admin/runtime-image/hold");
+        let (status, body) = self
+            .send(target, Kind::Write, || {
+                self.http.post(url.clone()).json(request)
+            })
+            .await?;
+        if status != StatusCode::OK && status != StatusCode::CREATED {
+            return Err(refused(status, &body));
+        }
+        let region = request.region.as_deref().unwrap_or("global");
+        held(status, &body, &request.template_name, region)
+    }
+
+    /// Releases a pin's hold: `200` with the hold released.
+    pub async fn release(
+        &self,
+        target: &Target,
+        template: &TemplateName,
+        region: &Region,
+    ) -> Result<Held, ClientError> {
+        let mut url = endpoint(&target.base, "cp/admin/runtime-image/hold");
+        url.query_pairs_mut()
+            .append_pair("template_name", template.as_str())
+            .append_pair("region", region.as_str());
+        let (status, body) = self
+            .send(target, Kind::Write, || self.http.delete(url.clone()))
+            .await?;
+        if status != StatusCode::OK {
+            return Err(refused(status, &body));
+        }
+        held(status, &body, template.as_str(), region.as_str())
     }
 
     /// POSTs and accepts only a 200/201 `{"pin"}` answer that `expected` holds for.

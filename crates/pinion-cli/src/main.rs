@@ -37,6 +37,8 @@ fn main() -> std::process::ExitCode {
         Command::Promote(args) => runtime(command::promote::run(args)),
         Command::Verify(args) => runtime(command::verify::run(args)),
         Command::Rollback(args) => runtime(command::rollback::run(args)),
+        Command::Hold(args) => runtime(command::hold::hold(args)),
+        Command::Release(args) => runtime(command::hold::release(args)),
         Command::History(args) => runtime(command::history::run(args)),
         Command::Digest(args) => runtime(command::digest::run(args)),
         Command::Drift(args) => runtime(command::drift::run(args)),

@@ -3,14 +3,14 @@
 //! as human lines (successes on stdout, each failure once on stderr), as
 //! one JSON document (`--format json`), and for Actions runners.
 
-use pinion_api::Pin;
+use pinion_api::{Hold, Pin};
 use pinion_core::{Digest, Region, TemplateName};
 use serde::Serialize;
 
 use crate::ExitCode;
 use crate::actions;
 use crate::cli::Format;
-use crate::client::{ClientError, Promoted};
+use crate::client::{ClientError, Held, Promoted};
 use crate::output;
 use crate::target::{Preflight, Target};
 
@@ -21,6 +21,8 @@ pub enum GateCommand {
     Promote,
     Verify,
     Rollback,
+    Hold,
+    Release,
 }
 
 impl GateCommand {
@@ -29,6 +31,8 @@ impl GateCommand {
             GateCommand::Promote => "promote",
             GateCommand::Verify => "verify",
             GateCommand::Rollback => "rollback",
+            GateCommand::Hold => "hold",
+            GateCommand::Release => "release",
         }
     }
 }
@@ -91,6 +95,9 @@ pub struct TargetReport {
     /// verify `--converged`: the pin's fleet when the wait ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetCounts>,
+    /// hold, release: the hold taken, found, or released.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
 /// A pin's fleet as `verify --converged` last read it.
@@ -124,6 +131,21 @@ impl TargetReport {
             error: None,
             settled: None,
             fleet: None,
+            hold: None,
+        }
+    }
+
+    /// A hold answered 201 (held now) or 200 (held already); a release 200.
+    pub fn held(target: &Target, held: Held) -> TargetReport {
+        let outcome = if held.status == reqwest::StatusCode::CREATED {
+            Outcome::Moved
+        } else {
+            Outcome::Unchanged
+        };
+        TargetReport {
+            status: Some(held.status.as_u16()),
+            hold: Some(held.hold),
+            ..TargetReport::new(target, outcome)
         }
     }
 
@@ -308,7 +330,27 @@ fn success_line(report: &Report, target: &TargetReport) -> String {
     let name = &target.target;
     match (report.command, target.outcome) {
         (GateCommand::Rollback, Outcome::Moved) => {
-            format!("{name}: rolled {what} back to `{digest}`")
+            match target.pin.as_ref().and_then(|pin| pin.hold.as_ref()) {
+                Some(hold) => format!(
+                    "{name}: rolled {what} back to `{digest}` and held it: {}",
+                    hold.reason
+                ),
+                None => format!("{name}: rolled {what} back to `{digest}`"),
+            }
+        }
+        (GateCommand::Hold | GateCommand::Release, outcome) => {
+            let reason = target.hold.as_ref().map_or("", |hold| hold.reason.as_str());
+            let by = target
+                .hold
+                .as_ref()
+                .map_or("", |hold| hold.held_by.as_str());
+            match (report.command, outcome) {
+                (GateCommand::Hold, Outcome::Moved) => format!("{name}: held {what}: {reason}"),
+                (GateCommand::Hold, _) => {
+                    format!("{name}: {what} was already held by `{by}`: {reason}")
+                }
+                _ => format!("{name}: released {what} (held by `{by}`: {reason})"),
+            }
         }
         (_, Outcome::Moved) => format!("{name}: moved {what} to `{digest}`"),
         (_, Outcome::Unchanged) => format!("{name}: {what} already at `{digest}`"),
@@ -330,7 +372,14 @@ fn summary(report: &Report) -> String {
         report.command.as_str(),
         report.template_name,
         report.region,
-        report.image_digest.as_deref().unwrap_or("(previous)"),
+        report
+            .image_digest
+            .as_deref()
+            .unwrap_or(match report.command {
+                GateCommand::Hold => "(held)",
+                GateCommand::Release => "(released)",
+                _ => "(previous)",
+            }),
         if report.ok { "ok" } else { "FAILED" }
     );
     for target in &report.targets {

@@ -58,6 +58,10 @@ event_types! {
     FleetConverged = "fleet.converged",
     /// Instances are still behind a pin past the progress deadline.
     FleetStalled = "fleet.stalled",
+    /// A pin was held: promotions to it are refused until it is released.
+    PinHeld = "pin.held",
+    /// A pin's hold was released.
+    PinReleased = "pin.released",
 }
 
 impl std::fmt::Display for EventType {

@@ -24,7 +24,7 @@ pub use name::{InstanceId, Region, TemplateName, TokenName, WebhookName};
 pub use promotion::{Ask, Expectation, PinState, PromoteDecision, decide_promotion};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
-pub use text::{GitSha, Label, Notes, RunUrl, WebhookUrl};
+pub use text::{GitSha, HoldReason, Label, Notes, RunUrl, WebhookUrl};
 
 /// Why a value was refused. `kind` says which field it was for, so the edge
 /// can name it (for example as the error code `invalid_digest`).
@@ -52,6 +52,7 @@ pub enum Kind {
     WebhookUrl,
     EventType,
     InstanceId,
+    Reason,
 }
 
 impl Kind {
@@ -72,6 +73,7 @@ impl Kind {
             Kind::WebhookUrl => "webhook_url",
             Kind::EventType => "event_type",
             Kind::InstanceId => "instance_id",
+            Kind::Reason => "reason",
         }
     }
 }

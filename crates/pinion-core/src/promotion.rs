@@ -23,6 +23,8 @@ pub struct PinState<'a> {
     pub revision: i64,
     /// The newest build sequence that has promoted this pin, if any sent one.
     pub build_sequence: Option<i64>,
+    /// Whether the pin is held.
+    pub held: bool,
 }
 
 /// What was asked.
@@ -31,8 +33,11 @@ pub struct Ask<'a> {
     pub digest: &'a Digest,
     pub expect: &'a Expectation,
     pub build_sequence: Option<i64>,
-    /// Overrides the build-sequence guard (never the expectation).
+    /// Overrides the build-sequence guard, and the hold when
+    /// `may_override_hold` (never the expectation).
     pub force: bool,
+    /// Whether the caller may force past a hold (scope `admin`).
+    pub may_override_hold: bool,
 }
 
 /// The rule's answer.
@@ -43,10 +48,17 @@ pub enum PromoteDecision {
     Unchanged,
     /// The pin is not where the caller expected it.
     Conflict,
+    /// The pin is held; forcing past it needs scope `admin`.
+    Held,
     /// The pin was last moved by a newer build.
     StaleBuild { newest: i64 },
     /// Move the pin; it keeps this build sequence (the newest it has seen).
-    Move { build_sequence: Option<i64> },
+    /// `forced`: a guard (the hold, the build order) would have refused it
+    /// and `force` overrode it; history records that.
+    Move {
+        build_sequence: Option<i64>,
+        forced: bool,
+    },
 }
 
 /// Decides a promotion of `ask` onto `current` (`None`: no pin yet).
@@ -63,17 +75,22 @@ pub fn decide_promotion(current: Option<PinState<'_>>, ask: Ask<'_>) -> PromoteD
     if !expectation_met {
         return PromoteDecision::Conflict;
     }
+    let held = current.is_some_and(|pin| pin.held);
+    if held && !(ask.force && ask.may_override_hold) {
+        return PromoteDecision::Held;
+    }
     let newest = current.and_then(|pin| pin.build_sequence);
-    if let (Some(newest), Some(sequence)) = (newest, ask.build_sequence) {
-        if sequence < newest && !ask.force {
-            return PromoteDecision::StaleBuild { newest };
-        }
+    let older =
+        matches!((newest, ask.build_sequence), (Some(newest), Some(sequence)) if sequence < newest);
+    if let (true, Some(newest), false) = (older, newest, ask.force) {
+        return PromoteDecision::StaleBuild { newest };
     }
     PromoteDecision::Move {
         build_sequence: match (newest, ask.build_sequence) {
             (Some(old), Some(new)) => Some(old.max(new)),
             (old, new) => new.or(old),
         },
+        forced: held || older,
     }
 }
 
@@ -91,6 +108,7 @@ mod tests {
             expect,
             build_sequence: sequence,
             force: false,
+            may_override_hold: false,
         }
     }
 
@@ -101,6 +119,7 @@ mod tests {
             digest: &a,
             revision: 7,
             build_sequence: Some(10),
+            held: false,
         };
         let wrong = Expectation::Digest(digest(9));
         assert_eq!(
@@ -116,6 +135,7 @@ mod tests {
             digest: &a,
             revision: 7,
             build_sequence: None,
+            held: false,
         };
         let cases = [
             (Expectation::Any, Some(pin), true),
@@ -132,6 +152,7 @@ mod tests {
             let expected = if moves {
                 PromoteDecision::Move {
                     build_sequence: None,
+                    forced: false,
                 }
             } else {
                 PromoteDecision::Conflict
@@ -147,6 +168,7 @@ mod tests {
             digest: &a,
             revision: 1,
             build_sequence: Some(10),
+            held: false,
         };
         let any = Expectation::Any;
         assert_eq!(
@@ -160,26 +182,84 @@ mod tests {
         assert_eq!(
             decide_promotion(Some(pin), forced),
             PromoteDecision::Move {
-                build_sequence: Some(10)
+                build_sequence: Some(10),
+                forced: true,
             }
         );
         assert_eq!(
             decide_promotion(Some(pin), ask(&b, &any, Some(11))),
             PromoteDecision::Move {
-                build_sequence: Some(11)
+                build_sequence: Some(11),
+                forced: false,
             }
         );
         assert_eq!(
             decide_promotion(Some(pin), ask(&b, &any, None)),
             PromoteDecision::Move {
-                build_sequence: Some(10)
+                build_sequence: Some(10),
+                forced: false,
             }
         );
         assert_eq!(
             decide_promotion(None, ask(&b, &any, Some(3))),
             PromoteDecision::Move {
-                build_sequence: Some(3)
+                build_sequence: Some(3),
+                forced: false,
             }
+        );
+    }
+
+    #[test]
+    fn a_hold_refuses_unless_an_admin_forces_and_then_history_says_forced() {
+        let (a, b) = (digest(1), digest(2));
+        let pin = PinState {
+            digest: &a,
+            revision: 1,
+            build_sequence: None,
+            held: true,
+        };
+        let any = Expectation::Any;
+        let plain = ask(&b, &any, None);
+        assert_eq!(decide_promotion(Some(pin), plain), PromoteDecision::Held);
+        let forced_without_admin = Ask {
+            force: true,
+            ..plain
+        };
+        assert_eq!(
+            decide_promotion(Some(pin), forced_without_admin),
+            PromoteDecision::Held
+        );
+        let admin_without_force = Ask {
+            may_override_hold: true,
+            ..plain
+        };
+        assert_eq!(
+            decide_promotion(Some(pin), admin_without_force),
+            PromoteDecision::Held
+        );
+        let forced = Ask {
+            force: true,
+            may_override_hold: true,
+            ..plain
+        };
+        assert_eq!(
+            decide_promotion(Some(pin), forced),
+            PromoteDecision::Move {
+                build_sequence: None,
+                forced: true,
+            }
+        );
+        // The digest it already has: nothing moves, so nothing is refused.
+        assert_eq!(
+            decide_promotion(Some(pin), ask(&a, &any, None)),
+            PromoteDecision::Unchanged
+        );
+        // A stale expectation is a conflict first: the caller's belief is
+        // wrong whatever the hold says.
+        let wrong = Expectation::Digest(digest(9));
+        assert_eq!(
+            decide_promotion(Some(pin), ask(&b, &wrong, None)),
+            PromoteDecision::Conflict
         );
     }
 }

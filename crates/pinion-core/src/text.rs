@@ -61,6 +61,45 @@ impl Notes {
     }
 }
 
+/// Why a pin is held: one line of 1 to 500 bytes, no control characters
+/// (it is shown on the pin, in refusals and on pages).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HoldReason(String);
+
+impl HoldReason {
+    pub const MAX_LEN: usize = 500;
+
+    pub fn parse(input: &str) -> Result<Self, ParseError> {
+        if input.trim().is_empty() {
+            return Err(ParseError::new(
+                Kind::Reason,
+                "is empty; say why the pin is held",
+            ));
+        }
+        if input.len() > Self::MAX_LEN {
+            return Err(ParseError::new(
+                Kind::Reason,
+                format!(
+                    "is {} bytes long, at most {} are allowed",
+                    input.len(),
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        if let Some(bad) = input.chars().find(|c| c.is_control()) {
+            return Err(ParseError::new(
+                Kind::Reason,
+                format!("contains the control character {bad:?} in {}", quote(input)),
+            ));
+        }
+        Ok(HoldReason(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A link to the CI run that built or promoted an image: an `http(s)://`
 /// URL of at most 2048 bytes with no whitespace or control characters, and
 /// no credentials (`user:password@`): it is shown to every reader of the

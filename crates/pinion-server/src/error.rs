@@ -56,6 +56,8 @@ codes! {
     RuntimePinMissing = "runtime_pin_missing", NOT_FOUND;
     WebhookNotFound = "webhook_not_found", NOT_FOUND;
     InstanceNotFound = "instance_not_found", NOT_FOUND;
+    /// A release of a pin that is not held.
+    HoldNotFound = "hold_not_found", NOT_FOUND;
     /// No delivery of that event to that webhook.
     DeliveryNotFound = "delivery_not_found", NOT_FOUND;
     NotFound = "not_found", NOT_FOUND;
@@ -66,6 +68,9 @@ codes! {
     PinConflict = "pin_conflict", CONFLICT;
     StaleBuild = "stale_build", CONFLICT;
     NothingToRollBack = "nothing_to_roll_back", CONFLICT;
+    /// The pin is held: promotions are refused until it is released (an
+    /// `admin` token with `force` overrides).
+    PinHeld = "pin_held", LOCKED;
     /// A receiver's `410` disabled the webhook; PUT it again to enable it.
     WebhookDisabled = "webhook_disabled", CONFLICT;
     /// Events after `after` have been pruned: reading on would skip some.
@@ -96,6 +101,8 @@ codes! {
     InvalidWebhookUrl = "invalid_webhook_url", UNPROCESSABLE_ENTITY;
     InvalidInstanceId = "invalid_instance_id", UNPROCESSABLE_ENTITY;
     InvalidTtlSeconds = "invalid_ttl_seconds", UNPROCESSABLE_ENTITY;
+    /// A hold's reason: empty, over 500 bytes, or with control characters.
+    InvalidReason = "invalid_reason", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
     TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
     ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
@@ -143,6 +150,7 @@ pub enum Field {
     /// A webhook's templates.
     Templates,
     InstanceId,
+    Reason,
 }
 
 impl Field {
@@ -166,6 +174,7 @@ impl Field {
             Field::Events => "events",
             Field::Templates => "templates",
             Field::InstanceId => "instance_id",
+            Field::Reason => "reason",
         }
     }
 
@@ -187,6 +196,7 @@ impl Field {
             Field::EventType | Field::Events => Code::InvalidEventType,
             Field::Templates => Code::InvalidTemplateName,
             Field::InstanceId => Code::InvalidInstanceId,
+            Field::Reason => Code::InvalidReason,
         }
     }
 }

@@ -536,7 +536,7 @@ impl Fleet {
         after: Option<&InstanceId>,
         limit: usize,
         wanted: impl Fn(&Live, InstanceState, &Region) -> bool,
-    ) -> (Vec<(InstanceRecord, InstanceState, Region)>, bool) {
+    ) -> (Vec<Found>, bool) {
         // The `limit + 1` smallest ids seen so far, largest on top.
         let mut page: BinaryHeap<ById> = BinaryHeap::with_capacity(limit + 2);
         self.visit(view, |id, live, state, governing| {
@@ -546,20 +546,32 @@ impl Fleet {
             {
                 return;
             }
+            let since = match state {
+                InstanceState::Unknown => self.expires_ms(live.last_seen_ms, live.ttl_seconds),
+                InstanceState::Current | InstanceState::Behind => {
+                    live.digest_since_ms.max(unix_ms(governing.pin.promoted_at))
+                }
+            };
             page.push(ById {
                 id: id.clone(),
                 live: live.clone(),
                 state,
                 governing: governing.pin.region.clone(),
+                since,
             });
             if page.len() > limit + 1 {
                 page.pop();
             }
         });
-        let mut page: Vec<(InstanceRecord, InstanceState, Region)> = page
+        let mut page: Vec<Found> = page
             .into_sorted_vec()
             .into_iter()
-            .map(|found| (found.live.record(&found.id), found.state, found.governing))
+            .map(|found| Found {
+                record: found.live.record(&found.id),
+                state: found.state,
+                governing: found.governing,
+                since_ms: found.since,
+            })
             .collect();
         let more = page.len() > limit;
         page.truncate(limit);
@@ -667,12 +679,25 @@ impl Fleet {
     }
 }
 
+/// An instance of a page of [`Fleet::instances`].
+#[derive(Debug)]
+pub struct Found {
+    pub record: InstanceRecord,
+    pub state: InstanceState,
+    /// The governing pin's region.
+    pub governing: Region,
+    /// Since when (Unix ms) it has been in its state.
+    pub since_ms: i64,
+}
+
 /// An instance of a page, ordered by its id.
 struct ById {
     id: InstanceId,
     live: Live,
     state: InstanceState,
     governing: Region,
+    /// Since when (Unix ms) it has been in its state.
+    since: i64,
 }
 
 impl PartialEq for ById {
@@ -1030,6 +1055,7 @@ mod tests {
                 promoted_by: pinion_core::TokenName::parse("ci").unwrap(),
                 revision: 1,
                 build_sequence: None,
+                hold: None,
             }],
             runtimes: Vec::new(),
             tokens: Vec::new(),
@@ -1058,8 +1084,8 @@ mod tests {
                 let (page, more) = fleet.instances(&view, after.as_ref(), 7, keep);
                 assert!(page.len() <= 7);
                 assert_eq!(more, seen.len() + page.len() < total);
-                seen.extend(page.iter().map(|(record, _, _)| record.id.to_string()));
-                after = page.last().map(|(record, _, _)| record.id.clone());
+                seen.extend(page.iter().map(|found| found.record.id.to_string()));
+                after = page.last().map(|found| found.record.id.clone());
                 if !more {
                     return seen;
                 }

@@ -170,6 +170,10 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/cp/admin/runtime-image/promote", post(handlers::promote))
         .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
+        .route(
+            "/cp/admin/runtime-image/hold",
+            post(handlers::hold).delete(handlers::release),
+        )
         .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
         .route("/cp/admin/runtime-image/history", get(handlers::history))
         .route("/cp/admin/audit", get(handlers::audit))

@@ -18,9 +18,9 @@ use pinion_core::WebhookName;
 use pinion_registry::Registry;
 use pinion_store::{
     AttemptRecord, Batch, DeliveryRecord, DriftObservation, DueDelivery, EventPage, EventQuery,
-    Finish, FleetTransition, InstanceRecord, PinRecord, PromoteOutcome, Promotion, Redelivery,
-    Refusal, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError, WebhookPut,
-    WebhookRecord, WebhookUpdate,
+    Finish, FleetTransition, HoldOutcome, HoldRequest, InstanceRecord, PinRecord, PromoteOutcome,
+    Promotion, Redelivery, Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome,
+    RuntimeRecord, Store, StoreError, WebhookPut, WebhookRecord, WebhookUpdate,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -172,7 +172,31 @@ impl Write for Rollback {
         batch.rollback(self)
     }
     fn changes(&self, output: &RollbackOutcome, changes: &mut Changes) {
-        if let RollbackOutcome::Moved { pin, .. } = output {
+        if let RollbackOutcome::Moved { pin, .. } | RollbackOutcome::Unchanged { pin } = output {
+            changes.pins.push(pin.clone());
+        }
+    }
+}
+
+impl Write for HoldRequest {
+    type Output = HoldOutcome;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<HoldOutcome, StoreError> {
+        batch.hold(self)
+    }
+    fn changes(&self, output: &HoldOutcome, changes: &mut Changes) {
+        if let HoldOutcome::Held { pin } = output {
+            changes.pins.push(pin.clone());
+        }
+    }
+}
+
+impl Write for Release {
+    type Output = ReleaseOutcome;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<ReleaseOutcome, StoreError> {
+        batch.release(self)
+    }
+    fn changes(&self, output: &ReleaseOutcome, changes: &mut Changes) {
+        if let ReleaseOutcome::Released { pin, .. } = output {
             changes.pins.push(pin.clone());
         }
     }
@@ -661,6 +685,22 @@ impl AppState {
         deadline: Deadline,
     ) -> Result<RollbackOutcome, ApiError> {
         self.write(rollback, deadline).await
+    }
+
+    pub async fn hold(
+        &self,
+        hold: HoldRequest,
+        deadline: Deadline,
+    ) -> Result<HoldOutcome, ApiError> {
+        self.write(hold, deadline).await
+    }
+
+    pub async fn release(
+        &self,
+        release: Release,
+        deadline: Deadline,
+    ) -> Result<ReleaseOutcome, ApiError> {
+        self.write(release, deadline).await
     }
 
     /// Returns true when the entry was new.

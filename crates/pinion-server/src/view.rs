@@ -69,12 +69,17 @@ struct PinSlot {
 
 impl PinSlot {
     fn new(pin: PinRecord) -> PinSlot {
+        let held_at = pin
+            .hold
+            .as_ref()
+            .map(|hold| hold.held_at.unix_timestamp_nanos().to_string());
         let hash = hash128(&[
             "p",
             pin.template.as_str(),
             pin.region.as_str(),
             &pin.revision.to_string(),
             pin.digest.as_str(),
+            held_at.as_deref().unwrap_or(""),
         ]);
         PinSlot {
             pin,
@@ -332,6 +337,7 @@ mod tests {
             promoted_by: TokenName::parse("ci").expect("name"),
             revision: i64::try_from(n).expect("small"),
             build_sequence: None,
+            hold: None,
         }
     }
 

@@ -26,9 +26,10 @@ pub use pinion_core::Expectation;
 pub use records::{
     Action, AttemptRecord, AuditEntry, AuditQuery, CiProvenance, DeliveryRecord, DeliveryState,
     DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, FleetTransition,
-    HistoryEntry, HistoryQuery, InstanceRecord, NewToken, PinRecord, PromoteOutcome, Promotion,
-    Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot, TokenRecord, WebhookPut,
-    WebhookRecord, WebhookUpdate,
+    HistoryEntry, HistoryQuery, Hold, HoldOutcome, HoldRequest, InstanceRecord, NewToken,
+    PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome, Rollback,
+    RollbackOutcome, RuntimeRecord, Snapshot, TokenRecord, WebhookPut, WebhookRecord,
+    WebhookUpdate,
 };
 pub use url::DatabaseUrl;
 
@@ -247,8 +248,13 @@ writes! {
     /// the read of the current pin, the guards, the pin write, its history
     /// entry and its event all see and leave one consistent state.
     fn promote(promotion: &Promotion) -> PromoteOutcome = ops::promote;
-    /// Moves a pin back to a digest it had before.
+    /// Moves a pin back to a digest it had before (and holds it, if asked,
+    /// in the same transaction).
     fn rollback(rollback: &Rollback) -> RollbackOutcome = ops::rollback;
+    /// Holds a pin: promotions to it are refused until it is released.
+    fn hold(hold: &HoldRequest) -> HoldOutcome = ops::hold;
+    /// Releases a pin's hold.
+    fn release(release: &Release) -> ReleaseOutcome = ops::release;
     /// Adds or changes a catalog entry. Returns true when it was new.
     fn put_runtime(runtime: &RuntimeRecord, at: OffsetDateTime) -> bool = ops::put_runtime;
     /// Records a refused write, keeping at most `retain` entries of its

@@ -175,6 +175,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (template_name, region)
     );
 "#,
+    r#"
+    ALTER TABLE pins ADD COLUMN held_reason TEXT;
+    ALTER TABLE pins ADD COLUMN held_by TEXT;
+    ALTER TABLE pins ADD COLUMN held_at TEXT;
+    ALTER TABLE history ADD COLUMN forced BIGINT NOT NULL DEFAULT 0 CHECK (forced IN (0, 1));
+    ALTER TABLE history DROP CONSTRAINT history_action_check;
+    ALTER TABLE history ADD CONSTRAINT history_action_check
+        CHECK (action IN ('promote', 'rollback', 'hold', 'release'));
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

@@ -1,8 +1,9 @@
 //! The rows the store reads and writes, as domain values.
 
 use pinion_core::{
-    Convergence, Digest, EventType, Expectation, FleetCounts, GitSha, InstanceId, Label, NextStep,
-    Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName, WebhookName, WebhookUrl,
+    Convergence, Digest, EventType, Expectation, FleetCounts, GitSha, HoldReason, InstanceId,
+    Label, NextStep, Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName,
+    WebhookName, WebhookUrl,
 };
 use time::OffsetDateTime;
 
@@ -22,6 +23,17 @@ pub struct PinRecord {
     pub revision: i64,
     /// The highest build sequence that has promoted this pin, if any sent one.
     pub build_sequence: Option<i64>,
+    /// The pin's hold: promotions to it are refused until it is released.
+    /// Boxed: most pins have none.
+    pub hold: Option<Box<Hold>>,
+}
+
+/// Why and by whom a pin is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: HoldReason,
+    pub held_by: TokenName,
+    pub held_at: OffsetDateTime,
 }
 
 /// A catalog entry: where a template's images live, and whether it takes pins.
@@ -76,8 +88,11 @@ pub struct Promotion {
     pub expect: Expectation,
     /// A CI run number or similar; lower than the pin's is refused.
     pub build_sequence: Option<i64>,
-    /// Overrides the build-sequence guard (not the expectation).
+    /// Overrides the build-sequence guard, and the hold when
+    /// `may_override_hold` (never the expectation).
     pub force: bool,
+    /// The caller has scope `admin`: `force` may override a hold.
+    pub may_override_hold: bool,
 }
 
 /// What a promotion did. Refusals are values: they are expected answers.
@@ -98,6 +113,8 @@ pub enum PromoteOutcome {
     Conflict { current: Option<PinRecord> },
     /// The pin was last moved by a newer build; nothing was written.
     StaleBuild { current: PinRecord },
+    /// The pin is held; nothing was written.
+    Held { current: PinRecord },
 }
 
 /// A request to move a pin back.
@@ -110,6 +127,8 @@ pub struct Rollback {
     pub actor: TokenName,
     pub at: OffsetDateTime,
     pub notes: Option<Notes>,
+    /// Hold the pin, in the same transaction, for this reason.
+    pub hold: Option<HoldReason>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +149,53 @@ pub enum RollbackOutcome {
     NotInHistory,
 }
 
-/// `promote` or `rollback`.
+/// A request to hold a pin.
+#[derive(Debug, Clone)]
+pub struct HoldRequest {
+    pub template: TemplateName,
+    pub region: Region,
+    pub reason: HoldReason,
+    pub actor: TokenName,
+    pub at: OffsetDateTime,
+}
+
+/// What a hold did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// The pin is held now.
+    Held { pin: PinRecord },
+    /// It was held already; the hold it has is kept.
+    AlreadyHeld { pin: PinRecord },
+    /// There is no pin to hold.
+    NoPin,
+}
+
+/// A request to release a pin's hold.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub template: TemplateName,
+    pub region: Region,
+    pub actor: TokenName,
+    pub at: OffsetDateTime,
+}
+
+/// What a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// The hold is gone; `hold` is what it was.
+    Released { pin: PinRecord, hold: Box<Hold> },
+    /// The pin is not held (or there is no pin).
+    NotHeld,
+}
+
+/// What a history entry records: a move (`promote`, `rollback`), or a
+/// hold taken or released (the pin stays where it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Promote,
     Rollback,
+    Hold,
+    Release,
 }
 
 impl Action {
@@ -142,6 +203,8 @@ impl Action {
         match self {
             Action::Promote => "promote",
             Action::Rollback => "rollback",
+            Action::Hold => "hold",
+            Action::Release => "release",
         }
     }
 }
@@ -151,6 +214,8 @@ impl Decode for Action {
         match String::decode(value)?.as_str() {
             "promote" => Ok(Action::Promote),
             "rollback" => Ok(Action::Rollback),
+            "hold" => Ok(Action::Hold),
+            "release" => Ok(Action::Release),
             other => Err(format!("unknown action `{other}`")),
         }
     }
@@ -172,6 +237,9 @@ pub struct HistoryEntry {
     pub at: OffsetDateTime,
     pub ci: CiProvenance,
     pub build_sequence: Option<i64>,
+    /// A guard (a hold, the build order) would have refused this change and
+    /// `force` overrode it.
+    pub forced: bool,
 }
 
 /// Which history to read, newest first.

@@ -218,7 +218,8 @@ decode_parsed!(
     pinion_core::WebhookName,
     pinion_core::WebhookUrl,
     pinion_core::EventType,
-    pinion_core::InstanceId
+    pinion_core::InstanceId,
+    pinion_core::HoldReason
 );
 
 impl Decode for Vec<u8> {

@@ -14,6 +14,10 @@ use crate::{Finish, StoreError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` holds how many
 /// have run. Never edit one that has shipped: append a new one.
+/// How many prepared statements a connection keeps: more than the store
+/// has distinct statements.
+const STATEMENT_CACHE: usize = 256;
+
 const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE runtimes (
@@ -178,6 +182,48 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (template_name, region)
     ) STRICT;
 "#,
+    // Holds on pins; history records holds and releases, and whether an
+    // entry overrode a guard (the action's CHECK changes: SQLite makes the
+    // table again, revisions and their sequence kept).
+    r#"
+    ALTER TABLE pins ADD COLUMN held_reason TEXT;
+    ALTER TABLE pins ADD COLUMN held_by TEXT;
+    ALTER TABLE pins ADD COLUMN held_at TEXT;
+    DROP TRIGGER history_append_only_update;
+    DROP TRIGGER history_append_only_delete;
+    CREATE TABLE history_new (
+        revision       INTEGER PRIMARY KEY AUTOINCREMENT,
+        template_name  TEXT NOT NULL,
+        region         TEXT NOT NULL,
+        from_digest    TEXT,
+        to_digest      TEXT NOT NULL,
+        git_sha        TEXT,
+        notes          TEXT,
+        actor          TEXT NOT NULL,
+        action         TEXT NOT NULL CHECK (action IN ('promote', 'rollback', 'hold', 'release')),
+        at             TEXT NOT NULL,
+        ci_run_url     TEXT,
+        repository     TEXT,
+        workflow       TEXT,
+        build_sequence INTEGER,
+        forced         INTEGER NOT NULL DEFAULT 0 CHECK (forced IN (0, 1))
+    ) STRICT;
+    INSERT INTO history_new (revision, template_name, region, from_digest, to_digest, git_sha,
+                             notes, actor, action, at, ci_run_url, repository, workflow,
+                             build_sequence)
+        SELECT revision, template_name, region, from_digest, to_digest, git_sha, notes, actor,
+               action, at, ci_run_url, repository, workflow, build_sequence
+        FROM history;
+    DELETE FROM sqlite_sequence WHERE name = 'history_new';
+    UPDATE sqlite_sequence SET name = 'history_new' WHERE name = 'history';
+    DROP TABLE history;
+    ALTER TABLE history_new RENAME TO history;
+    CREATE INDEX history_pin ON history (template_name, region, revision);
+    CREATE TRIGGER history_append_only_update BEFORE UPDATE ON history
+        BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+    CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
+        BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+"#,
 ];
 
 /// One SQLite connection.
@@ -220,6 +266,11 @@ impl Sqlite {
             );
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // Every statement the store runs stays prepared: rusqlite keeps 16 by
+        // default, fewer than one promotion's group commit uses (the pin,
+        // its history, its event, the outbox, the savepoints), and a cache
+        // that thrashes parses every statement of every write again.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let identity = file_identity(path)?;
         let mut store = Sqlite {
             conn,
@@ -381,5 +432,82 @@ impl rusqlite::ToSql for Value {
             Value::Text(text) => ToSqlOutput::Borrowed(ValueRef::Text(text.as_bytes())),
             Value::Blob(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made by migrations 1 to 4 (before holds), with history,
+    /// taken through migration 5, which makes the history table again.
+    #[test]
+    fn the_history_rebuild_keeps_every_revision_its_sequence_and_its_guards() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for migration in &MIGRATIONS[..4] {
+                tx.execute_batch(migration).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            for n in 1..=3 {
+                tx.execute(
+                    "INSERT INTO history (template_name, region, to_digest, actor, action, at)
+                     VALUES ('codex', 'global', ?1, 'ci', 'promote', '2026-12-01T00:00:00Z')",
+                    [format!("sha256:{n:064x}")],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Sqlite::open(&path, true).unwrap();
+        let conn = &store.conn;
+        let revisions: Vec<i64> = conn
+            .prepare("SELECT revision FROM history ORDER BY revision")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(revisions, [1, 2, 3]);
+        let sequence: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'history'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(sequence, 3);
+        conn.execute(
+            "INSERT INTO history (template_name, region, to_digest, actor, action, at)
+             VALUES ('codex', 'global', 'sha256:00', 'ci', 'hold', '2026-12-01T00:00:00Z')",
+            [],
+        )
+        .unwrap();
+        assert_eq!(conn.last_insert_rowid(), 4, "no revision is reused");
+        assert!(
+            conn.execute("UPDATE history SET actor = 'x'", []).is_err(),
+            "still append-only"
+        );
+        assert!(conn.execute("DELETE FROM history", []).is_err());
+        assert!(
+            conn.execute(
+                "INSERT INTO history (template_name, region, to_digest, actor, action, at)
+                 VALUES ('codex', 'global', 'sha256:00', 'ci', 'other', 'x')",
+                [],
+            )
+            .is_err(),
+            "actions are still checked"
+        );
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'history_pin'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexed, 1);
     }
 }

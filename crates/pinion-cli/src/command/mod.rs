@@ -5,6 +5,7 @@
 pub mod digest;
 pub mod drift;
 pub mod history;
+pub mod hold;
 pub mod promote;
 pub mod retention;
 pub mod rollback;

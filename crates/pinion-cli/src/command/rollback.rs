@@ -1,11 +1,12 @@
 //! `pinion rollback`: move a pin back, by default to the digest before.
 
 use pinion_api::RollbackRequest;
-use pinion_core::{Digest, Notes, Region, TemplateName};
+use pinion_core::{Digest, HoldReason, Notes, Region, TemplateName};
 
 use super::{connect, flag, optional_flag};
 use crate::ExitCode;
 use crate::cli::RollbackArgs;
+use crate::client::ClientError;
 use crate::report::{self, GateCommand, Subject, TargetReport};
 use crate::target::Preflight;
 
@@ -14,6 +15,8 @@ struct Rollback {
     region: Region,
     to: Option<Digest>,
     notes: Option<Notes>,
+    hold: bool,
+    reason: Option<HoldReason>,
 }
 
 impl Rollback {
@@ -23,6 +26,8 @@ impl Rollback {
             region: flag("--region", Region::parse(&args.region))?,
             to: optional_flag("--to", args.to.as_deref(), Digest::parse)?,
             notes: optional_flag("--notes", args.notes.as_deref(), Notes::parse)?,
+            hold: args.hold,
+            reason: optional_flag("--reason", args.reason.as_deref(), HoldReason::parse)?,
         })
     }
 
@@ -32,6 +37,11 @@ impl Rollback {
             region: Some(self.region.to_string()),
             to_digest: self.to.as_ref().map(ToString::to_string),
             notes: self.notes.as_ref().map(|notes| notes.as_str().to_owned()),
+            hold: self.hold,
+            reason: self
+                .reason
+                .as_ref()
+                .map(|reason| reason.as_str().to_owned()),
         }
     }
 }
@@ -48,6 +58,12 @@ pub async fn run(args: RollbackArgs) -> ExitCode {
     let mut reports = Vec::new();
     for target in &targets {
         reports.push(match client.rollback(target, &request).await {
+            Ok(moved) if rollback.hold && moved.pin.hold.is_none() => TargetReport::failed(
+                target,
+                &ClientError::Protocol(
+                    "the server moved the pin but did not hold it (does it know holds?)".into(),
+                ),
+            ),
             Ok(moved) => TargetReport::written(target, moved),
             Err(err) => TargetReport::failed(target, &err),
         });

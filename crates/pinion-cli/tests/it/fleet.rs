@@ -172,6 +172,23 @@ fn silent_instances_turn_unknown_deleted_ones_go_and_reports_are_all_or_nothing(
     let entry = fleet.wait_for("codex", "global", (1, 0, 1));
     assert_eq!(entry["converged"], true, "live instances decide");
     assert_eq!(fleet.instances("?state=unknown"), ["short"]);
+    let listed = fleet
+        .server
+        .get("/cp/fleet/instances?state=unknown", &fleet.read)
+        .json();
+    let short = &listed["instances"][0];
+    // Unknown since its TTL ran out: five seconds after it was last seen.
+    let seen = time::OffsetDateTime::parse(
+        short["last_seen"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let since = time::OffsetDateTime::parse(
+        short["state_since"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!((since - seen).whole_seconds(), 5, "{short}");
     let gone = http(
         fleet.server.addr,
         "DELETE",

@@ -14,6 +14,7 @@ mod fleet;
 mod gate;
 mod gate_failures;
 mod history;
+mod holds;
 mod hostile;
 mod oci;
 mod offline;

@@ -643,3 +643,43 @@ fn replicas_count_each_others_fleet_reports() {
         || counts(&one) == (Some(0), Some(1)),
     );
 }
+
+#[test]
+fn a_hold_taken_on_one_replica_refuses_promotions_on_the_other_at_once() {
+    let env = Env::postgres();
+    env.add_template("codex", "localhost:5000/codex");
+    let admin = env.token("platform", "admin", &[]);
+    let ci = env.token("ci", "promote", &[]);
+    let one = Server::start(&env.database(), &[]);
+    let two = Server::start(&env.database(), &[]);
+    assert_eq!(promote(&one, &ci, 1).status, 201);
+    let held = one.post(
+        "/cp/admin/runtime-image/hold",
+        &ci,
+        r#"{"template_name":"codex","reason":"incident 9"}"#,
+    );
+    assert_eq!(held.status, 201, "{held:?}");
+    // The hold is checked in the write's transaction, so the other replica
+    // refuses at once, whatever its view says yet.
+    let refused = promote(&two, &ci, 2);
+    assert_eq!(refused.status, 423, "{refused:?}");
+    assert_eq!(refused.error_code(), "pin_held");
+    eventually(
+        "the other replica shows the hold",
+        Duration::from_secs(10),
+        || {
+            two.get("/cp/admin/runtime-image?template_name=codex", &admin)
+                .json()["pins"][0]["hold"]["reason"]
+                == "incident 9"
+        },
+    );
+    let released = http(
+        two.addr,
+        "DELETE",
+        "/cp/admin/runtime-image/hold?template_name=codex",
+        Some(&ci),
+        None,
+    );
+    assert_eq!(released.status, 200, "{released:?}");
+    assert_eq!(promote(&one, &ci, 2).status, 201);
+}

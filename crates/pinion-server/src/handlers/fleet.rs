@@ -246,17 +246,18 @@ pub async fn instances(
             });
     let page: Vec<Instance> = found
         .into_iter()
-        .map(|(record, instance_state, governing)| Instance {
-            instance_id: record.id.to_string(),
-            template_name: record.template.to_string(),
-            region: record.region.to_string(),
-            image_digest: record.digest.to_string(),
-            state: instance_state.as_str().to_owned(),
-            healthy: record.healthy,
-            first_seen: at(record.first_seen_ms),
-            last_seen: at(record.last_seen_ms),
-            governing_region: governing.to_string(),
-            digest_since: Some(at(record.digest_since_ms)),
+        .map(|found| Instance {
+            instance_id: found.record.id.to_string(),
+            template_name: found.record.template.to_string(),
+            region: found.record.region.to_string(),
+            image_digest: found.record.digest.to_string(),
+            state: found.state.as_str().to_owned(),
+            healthy: found.record.healthy,
+            first_seen: at(found.record.first_seen_ms),
+            last_seen: at(found.record.last_seen_ms),
+            governing_region: found.governing.to_string(),
+            digest_since: Some(at(found.record.digest_since_ms)),
+            state_since: Some(at(found.since_ms)),
         })
         .collect();
     let next_after = more

@@ -71,6 +71,7 @@ pub async fn history(
                 .as_ref()
                 .map(|label| label.as_str().to_owned()),
             build_sequence: entry.build_sequence,
+            forced: entry.forced,
         })
         .collect();
     let next_before = more

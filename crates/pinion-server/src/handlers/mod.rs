@@ -7,6 +7,7 @@ mod events;
 mod fleet;
 mod health;
 mod history;
+mod holds;
 mod pins;
 mod watch;
 mod webhooks;
@@ -16,6 +17,7 @@ pub use events::events;
 pub use fleet::{delete_instance, fleet, instances, report, retention};
 pub use health::{healthz, not_found, readyz};
 pub use history::{audit, history};
+pub use holds::{hold, release};
 pub use pins::{list_pins, promote, resolve, rollback};
 pub use watch::{drift, metrics};
 pub use webhooks::{delete_webhook, deliveries, list_webhooks, put_webhook, redeliver};
@@ -105,7 +107,7 @@ async fn audited(
         );
         return result;
     }
-    let audited_status = matches!(error.status().as_u16(), 403 | 409 | 422);
+    let audited_status = matches!(error.status().as_u16(), 403 | 409 | 422 | 423);
     if audited_status {
         let refusal = Refusal {
             at: now(),
@@ -222,6 +224,17 @@ fn pin_body(view: &View, pin: &PinRecord) -> Pin {
         promoted_by: pin.promoted_by.to_string(),
         revision: pin.revision,
         build_sequence: pin.build_sequence,
+        hold: pin.hold.as_ref().map(|hold| hold_body(pin, hold)),
+    }
+}
+
+fn hold_body(pin: &PinRecord, hold: &pinion_store::Hold) -> pinion_api::Hold {
+    pinion_api::Hold {
+        template_name: pin.template.to_string(),
+        region: pin.region.to_string(),
+        reason: hold.reason.as_str().to_owned(),
+        held_by: hold.held_by.to_string(),
+        held_at: format_time(hold.held_at),
     }
 }
 

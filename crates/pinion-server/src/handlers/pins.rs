@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{PinList, PinResponse, PromoteRequest, RollbackRequest};
-use pinion_core::{Digest, GitSha, Label, Notes, Region, RunUrl, Scope, TemplateName};
+use pinion_core::{Digest, GitSha, HoldReason, Label, Notes, Region, RunUrl, Scope, TemplateName};
 use pinion_store::{
     CiProvenance, Expectation, PinRecord, PromoteOutcome, Promotion, Rollback, RollbackOutcome,
 };
@@ -114,6 +114,7 @@ async fn promote_inner(
         expect,
         build_sequence: request.build_sequence,
         force: request.force,
+        may_override_hold: caller.require(Scope::Admin).is_ok(),
     };
     let requested = promotion.clone();
     let outcome = state.promote(promotion, deadline).await?;
@@ -159,6 +160,8 @@ async fn promote_inner(
             )
             .with_pin(current.as_ref().map(|pin| pin_body(&view, pin))))
         }
+        PromoteOutcome::Held { current } => Err(held(&requested, &current)
+            .with_pin(Some(pin_body(&view, &current)))),
         PromoteOutcome::StaleBuild { current } => Err(ApiError::new(Code::StaleBuild,
             format!(
                 "pin for `{}`/`{}` was promoted by build {}; build {} is older (send `force` to override)",
@@ -170,6 +173,32 @@ async fn promote_inner(
         )
         .with_pin(Some(pin_body(&view, &current)))),
     }
+}
+
+/// `423 pin_held`, saying who held the pin, when and why.
+fn held(requested: &Promotion, current: &PinRecord) -> ApiError {
+    let (by, since, reason) = current.hold.as_ref().map_or_else(
+        || (String::new(), String::new(), String::new()),
+        |hold| {
+            (
+                hold.held_by.to_string(),
+                super::format_time(hold.held_at),
+                hold.reason.as_str().to_owned(),
+            )
+        },
+    );
+    let forcing = if requested.force {
+        "`force` needs a token of scope `admin`"
+    } else {
+        "an `admin` token with `force` overrides"
+    };
+    ApiError::new(
+        Code::PinHeld,
+        format!(
+            "the pin for `{}`/`{}` is held by `{by}` since {since}: {reason}; promotions are refused until it is released ({forcing}); nothing was changed",
+            requested.template, requested.region
+        ),
+    )
 }
 
 /// Confirms the digest exists in the template's repository before anything
@@ -291,6 +320,28 @@ async fn rollback_inner(
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let to = optional_field(Field::ToDigest, request.to_digest.as_deref(), Digest::parse)?;
     let notes = optional_field(Field::Notes, request.notes.as_deref(), Notes::parse)?;
+    let hold = match (request.hold, request.reason.as_deref()) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                "`reason` is the reason of a hold; send it with `\"hold\": true`",
+            ));
+        }
+        (true, Some(reason)) => Some(parse_field(Field::Reason, HoldReason::parse(reason))?),
+        (true, None) => Some(
+            notes
+                .as_ref()
+                .and_then(|notes| {
+                    HoldReason::parse(&notes.as_str().replace(['\n', '\t'], " ")).ok()
+                })
+                .map_or_else(
+                    || HoldReason::parse(&format!("held by a rollback of `{}`", caller.name())),
+                    Ok,
+                )
+                .map_err(|err| ApiError::internal(format!("a default hold reason: {err}")))?,
+        ),
+    };
     caller.require_template(&template)?;
     let rollback = Rollback {
         template: template.clone(),
@@ -299,6 +350,7 @@ async fn rollback_inner(
         actor: caller.name().clone(),
         at: now(),
         notes,
+        hold,
     };
     let outcome = state.rollback(rollback, deadline).await?;
     let view = state.view();

@@ -236,7 +236,7 @@ pub(crate) fn recent_digests(
         "SELECT template_name, region, to_digest FROM (
              SELECT template_name, region, to_digest,
                     ROW_NUMBER() OVER (PARTITION BY template_name, region ORDER BY revision DESC) AS n
-             FROM history) recent
+             FROM history WHERE action IN ('promote', 'rollback')) recent
          WHERE n <= ?1",
         &[i64::try_from(per_pin).unwrap_or(i64::MAX).into()],
     )?

@@ -26,17 +26,17 @@ use events::NewEvent;
 use serde_json::json;
 
 use pinion_core::{
-    Ask, Digest, EventType, GitSha, ImageRef, Label, Notes, PinState, PromoteDecision, Region,
-    Repository, RunUrl, TemplateName, TokenName, decide_promotion,
+    Ask, Digest, EventType, GitSha, HoldReason, ImageRef, Label, Notes, PinState, PromoteDecision,
+    Region, Repository, RunUrl, TemplateName, TokenName, decide_promotion,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::sql::{Columns, Reader, Row, Sql, Value};
 use crate::{
-    Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, NewToken, PinRecord,
-    PromoteOutcome, Promotion, Refusal, Rollback, RollbackOutcome, RuntimeRecord, Snapshot,
-    StoreError, TokenRecord,
+    Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, Hold, HoldOutcome,
+    HoldRequest, NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome,
+    Rollback, RollbackOutcome, RuntimeRecord, Snapshot, StoreError, TokenRecord,
 };
 
 const PINS: Columns = Columns {
@@ -51,6 +51,9 @@ const PINS: Columns = Columns {
         "promoted_by",
         "revision",
         "build_sequence",
+        "held_reason",
+        "held_by",
+        "held_at",
     ],
 };
 
@@ -71,6 +74,7 @@ const HISTORY: Columns = Columns {
         "repository",
         "workflow",
         "build_sequence",
+        "forced",
     ],
 };
 
@@ -141,30 +145,43 @@ pub(crate) fn promote(
         digest: &pin.digest,
         revision: pin.revision,
         build_sequence: pin.build_sequence,
+        held: pin.hold.is_some(),
     });
     let ask = Ask {
         digest: &promotion.digest,
         expect: &promotion.expect,
         build_sequence: promotion.build_sequence,
         force: promotion.force,
+        may_override_hold: promotion.may_override_hold,
     };
     let decision = decide_promotion(state, ask);
-    let (build_sequence, current) = match (decision, current) {
-        (PromoteDecision::Move { build_sequence }, current) => (build_sequence, current),
+    let (build_sequence, forced, current) = match (decision, current) {
+        (
+            PromoteDecision::Move {
+                build_sequence,
+                forced,
+            },
+            current,
+        ) => (build_sequence, forced, current),
         (PromoteDecision::Unchanged, Some(pin)) => return Ok(PromoteOutcome::Unchanged { pin }),
         (PromoteDecision::StaleBuild { .. }, Some(pin)) => {
             return Ok(PromoteOutcome::StaleBuild { current: pin });
         }
+        (PromoteDecision::Held, Some(pin)) => return Ok(PromoteOutcome::Held { current: pin }),
         (PromoteDecision::Conflict, current) => {
             return Ok(PromoteOutcome::Conflict { current });
         }
         // The rule answers these only about an existing pin.
-        (PromoteDecision::Unchanged | PromoteDecision::StaleBuild { .. }, None) => {
+        (
+            PromoteDecision::Unchanged | PromoteDecision::StaleBuild { .. } | PromoteDecision::Held,
+            None,
+        ) => {
             return Err(StoreError::Statement(
                 "the promote rule judged a pin that does not exist".into(),
             ));
         }
     };
+    let hold = current.as_ref().and_then(|pin| pin.hold.clone());
     let previous = current.map(|pin| pin.digest);
     let change = Change {
         template: &promotion.template,
@@ -174,12 +191,14 @@ pub(crate) fn promote(
         git_sha: promotion.git_sha.as_ref(),
         notes: promotion.notes.as_ref(),
         actor: &promotion.actor,
-        action: Action::Promote,
+        action: Move::Promote,
         at: promotion.at,
         ci: &promotion.ci,
         build_sequence: promotion.build_sequence,
         pin_build_sequence: build_sequence,
         repository: repository.as_ref(),
+        forced,
+        hold,
     };
     let pin = write_change(db, &change)?;
     Ok(PromoteOutcome::Moved { pin, previous })
@@ -210,6 +229,7 @@ pub(crate) fn rollback(
         None => {
             let newest = db.query(
                 "SELECT from_digest FROM history WHERE template_name = ?1 AND region = ?2
+                   AND action IN ('promote', 'rollback')
                  ORDER BY revision DESC LIMIT 1",
                 &key,
             )?;
@@ -223,8 +243,19 @@ pub(crate) fn rollback(
             }
         }
     };
+    let hold = rollback.hold.as_ref().map(|reason| Hold {
+        reason: reason.clone(),
+        held_by: rollback.actor.clone(),
+        held_at: rollback.at,
+    });
     if target == current.digest {
-        return Ok(RollbackOutcome::Unchanged { pin: current });
+        // Already there; a hold asked for is still taken.
+        return Ok(RollbackOutcome::Unchanged {
+            pin: match (hold, &current.hold) {
+                (Some(hold), None) => set_hold(db, current, hold)?,
+                _ => current,
+            },
+        });
     }
     let repository: Option<Repository> = match db
         .query(
@@ -244,7 +275,7 @@ pub(crate) fn rollback(
         git_sha: None,
         notes: rollback.notes.as_ref(),
         actor: &rollback.actor,
-        action: Action::Rollback,
+        action: Move::Rollback,
         at: rollback.at,
         ci: &CiProvenance::default(),
         build_sequence: None,
@@ -252,12 +283,140 @@ pub(crate) fn rollback(
         // rollback still must not move the pin.
         pin_build_sequence: current.build_sequence,
         repository: repository.as_ref(),
+        forced: false,
+        hold: current.hold.clone(),
     };
-    let pin = write_change(db, &change)?;
+    let mut pin = write_change(db, &change)?;
+    // Held in the same transaction; a hold it has already stands.
+    if let (Some(hold), None) = (hold, &current.hold) {
+        pin = set_hold(db, pin, hold)?;
+    }
     Ok(RollbackOutcome::Moved {
         pin,
         previous: current.digest,
     })
+}
+
+pub(crate) fn hold(db: &mut dyn Sql, request: &HoldRequest) -> Result<HoldOutcome, StoreError> {
+    let Some(pin) = current_pin(db, &request.template, &request.region)? else {
+        return Ok(HoldOutcome::NoPin);
+    };
+    if pin.hold.is_some() {
+        return Ok(HoldOutcome::AlreadyHeld { pin });
+    }
+    let hold = Hold {
+        reason: request.reason.clone(),
+        held_by: request.actor.clone(),
+        held_at: request.at,
+    };
+    Ok(HoldOutcome::Held {
+        pin: set_hold(db, pin, hold)?,
+    })
+}
+
+pub(crate) fn release(db: &mut dyn Sql, release: &Release) -> Result<ReleaseOutcome, StoreError> {
+    let Some(mut pin) = current_pin(db, &release.template, &release.region)? else {
+        return Ok(ReleaseOutcome::NotHeld);
+    };
+    let Some(hold) = pin.hold.take() else {
+        return Ok(ReleaseOutcome::NotHeld);
+    };
+    db.execute(
+        "UPDATE pins SET held_reason = NULL, held_by = NULL, held_at = NULL
+         WHERE template_name = ?1 AND region = ?2",
+        &[pin.template.as_str().into(), pin.region.as_str().into()],
+    )?;
+    record_hold_change(
+        db,
+        &pin,
+        Action::Release,
+        &hold.reason,
+        &release.actor,
+        release.at,
+    )?;
+    events::append(
+        db,
+        NewEvent {
+            kind: EventType::PinReleased,
+            at: release.at,
+            template: Some(&pin.template),
+            region: Some(&pin.region),
+            data: json!({
+                "image_digest": pin.digest.as_str(),
+                "revision": pin.revision,
+                "actor": release.actor.as_str(),
+                "reason": hold.reason.as_str(),
+                "held_by": hold.held_by.as_str(),
+            }),
+        },
+    )?;
+    Ok(ReleaseOutcome::Released { pin, hold })
+}
+
+/// A hold or a release in the pin's history: the pin stays where it is
+/// (`from_digest` and `to_digest` are its digest), the reason is the note.
+fn record_hold_change(
+    db: &mut dyn Sql,
+    pin: &PinRecord,
+    action: Action,
+    reason: &HoldReason,
+    actor: &TokenName,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO history (template_name, region, from_digest, to_digest, notes, actor, action, at)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            pin.template.as_str().into(),
+            pin.region.as_str().into(),
+            pin.digest.as_str().into(),
+            reason.as_str().into(),
+            actor.as_str().into(),
+            action.as_str().into(),
+            format_time(at)?.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Holds `pin` (not held), records it in history and appends `pin.held`.
+fn set_hold(db: &mut dyn Sql, mut pin: PinRecord, hold: Hold) -> Result<PinRecord, StoreError> {
+    record_hold_change(
+        db,
+        &pin,
+        Action::Hold,
+        &hold.reason,
+        &hold.held_by,
+        hold.held_at,
+    )?;
+    db.execute(
+        "UPDATE pins SET held_reason = ?3, held_by = ?4, held_at = ?5
+         WHERE template_name = ?1 AND region = ?2",
+        &[
+            pin.template.as_str().into(),
+            pin.region.as_str().into(),
+            hold.reason.as_str().into(),
+            hold.held_by.as_str().into(),
+            format_time(hold.held_at)?.into(),
+        ],
+    )?;
+    events::append(
+        db,
+        NewEvent {
+            kind: EventType::PinHeld,
+            at: hold.held_at,
+            template: Some(&pin.template),
+            region: Some(&pin.region),
+            data: json!({
+                "image_digest": pin.digest.as_str(),
+                "revision": pin.revision,
+                "actor": hold.held_by.as_str(),
+                "reason": hold.reason.as_str(),
+            }),
+        },
+    )?;
+    pin.hold = Some(Box::new(hold));
+    Ok(pin)
 }
 
 pub(crate) fn record_refusal(
@@ -476,6 +635,22 @@ pub(crate) fn tokens(db: &mut dyn Sql) -> Result<Vec<TokenRecord>, StoreError> {
     query_tokens(db, false)
 }
 
+/// How a pin moves.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Promote,
+    Rollback,
+}
+
+impl Move {
+    fn action(self) -> Action {
+        match self {
+            Move::Promote => Action::Promote,
+            Move::Rollback => Action::Rollback,
+        }
+    }
+}
+
 /// One change of one pin, as `write_change` applies it.
 struct Change<'a> {
     template: &'a TemplateName,
@@ -485,7 +660,7 @@ struct Change<'a> {
     git_sha: Option<&'a GitSha>,
     notes: Option<&'a Notes>,
     actor: &'a TokenName,
-    action: Action,
+    action: Move,
     at: OffsetDateTime,
     ci: &'a CiProvenance,
     /// The sequence this change was sent with (kept in history).
@@ -494,6 +669,10 @@ struct Change<'a> {
     pin_build_sequence: Option<i64>,
     /// The template's repository, for the event's `image_ref`.
     repository: Option<&'a Repository>,
+    /// A guard would have refused the change; `force` overrode it.
+    forced: bool,
+    /// The pin's hold, which a change keeps.
+    hold: Option<Box<Hold>>,
 }
 
 /// Appends the history entry, then points the pin at it. The caller owns the
@@ -501,8 +680,8 @@ struct Change<'a> {
 fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, StoreError> {
     let inserted = db.query(
         "INSERT INTO history (template_name, region, from_digest, to_digest, git_sha, notes, actor,
-                              action, at, ci_run_url, repository, workflow, build_sequence)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING revision",
+                              action, at, ci_run_url, repository, workflow, build_sequence, forced)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING revision",
         &[
             change.template.as_str().into(),
             change.region.as_str().into(),
@@ -511,12 +690,13 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             change.git_sha.map(GitSha::as_str).into(),
             change.notes.map(Notes::as_str).into(),
             change.actor.as_str().into(),
-            change.action.as_str().into(),
+            change.action.action().as_str().into(),
             format_time(change.at)?.into(),
             change.ci.run_url.as_ref().map(RunUrl::as_str).into(),
             change.ci.repository.as_ref().map(Label::as_str).into(),
             change.ci.workflow.as_ref().map(Label::as_str).into(),
             change.build_sequence.into(),
+            change.forced.into(),
         ],
     )?;
     let revision: i64 = returned(&inserted, "history", "revision")?;
@@ -530,10 +710,12 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
         promoted_by: change.actor.clone(),
         revision,
         build_sequence: change.pin_build_sequence,
+        hold: change.hold.clone(),
     };
+    // The hold columns are left as they are: a change keeps the pin's hold.
     db.execute(
         &format!(
-            "INSERT INTO pins ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO pins ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, NULL)
              ON CONFLICT (template_name, region) DO UPDATE SET
                image_digest = excluded.image_digest, git_sha = excluded.git_sha,
                notes = excluded.notes, promoted_at = excluded.promoted_at,
@@ -554,8 +736,8 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
         ],
     )?;
     let kind = match change.action {
-        Action::Promote => EventType::PinPromoted,
-        Action::Rollback => EventType::PinRolledBack,
+        Move::Promote => EventType::PinPromoted,
+        Move::Rollback => EventType::PinRolledBack,
     };
     events::append(
         db,
@@ -576,6 +758,7 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
                 "notes": change.notes.map(Notes::as_str),
                 "ci_run_url": change.ci.run_url.as_ref().map(RunUrl::as_str),
                 "build_sequence": change.build_sequence,
+                "forced": change.forced,
             }),
         },
     )?;
@@ -680,6 +863,19 @@ fn read_pin(row: &mut Reader<'_>) -> Result<PinRecord, StoreError> {
         promoted_by: row.next()?,
         revision: row.next()?,
         build_sequence: row.next()?,
+        hold: {
+            let reason: Option<HoldReason> = row.next()?;
+            let held_by: Option<TokenName> = row.next()?;
+            let held_at: Option<OffsetDateTime> = row.next()?;
+            match (reason, held_by, held_at) {
+                (Some(reason), Some(held_by), Some(held_at)) => Some(Box::new(Hold {
+                    reason,
+                    held_by,
+                    held_at,
+                })),
+                _ => None,
+            }
+        },
     })
 }
 
@@ -702,6 +898,7 @@ fn read_history(row: &mut Reader<'_>) -> Result<HistoryEntry, StoreError> {
             workflow: row.next()?,
         },
         build_sequence: row.next()?,
+        forced: row.next()?,
     })
 }
 

@@ -145,6 +145,7 @@ fn promotion(template: &str, region: &str, digest: Digest) -> Promotion {
         expect: Expectation::Any,
         build_sequence: None,
         force: false,
+        may_override_hold: false,
     }
 }
 
@@ -451,6 +452,7 @@ fn rollback(to: Option<Digest>) -> Rollback {
         actor: TokenName::parse("oncall").unwrap(),
         at: OffsetDateTime::now_utc(),
         notes: None,
+        hold: None,
     }
 }
 
@@ -877,6 +879,7 @@ fn changes_are_events_in_their_own_transaction() {
                 actor: TokenName::parse("oncall").unwrap(),
                 at: OffsetDateTime::now_utc(),
                 notes: None,
+                hold: None,
             })
             .unwrap();
         let page = events(&mut store, 0);
