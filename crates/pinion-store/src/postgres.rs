@@ -479,6 +479,10 @@ impl Sql for Adapter<'_, '_> {
         format!(" FOR UPDATE OF {table} SKIP LOCKED")
     }
 
+    fn position_function(&self) -> &'static str {
+        "strpos"
+    }
+
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, StoreError> {
         let params: Vec<&(dyn ToSql + Sync)> = params
             .iter()

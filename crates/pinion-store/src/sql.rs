@@ -55,6 +55,10 @@ pub(crate) trait Sql {
     /// LOCKED`), for work several replicas claim; empty where one writer
     /// at a time is all there is (SQLite).
     fn skip_locked(&self, table: &str) -> String;
+    /// The function giving the 1-based position of a substring in a string,
+    /// 0 when absent, called as `f(haystack, needle)`: `instr` (SQLite),
+    /// `strpos` (PostgreSQL).
+    fn position_function(&self) -> &'static str;
 }
 
 /// A row of values, read by column index.

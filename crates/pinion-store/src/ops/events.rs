@@ -40,16 +40,21 @@ pub(crate) fn append(db: &mut dyn Sql, event: NewEvent<'_>) -> Result<i64, Store
         ],
     )?;
     let id: i64 = returned(&inserted, "events", "id")?;
-    // Filters are comma-separated lists; `_` is a LIKE wildcard and occurs
-    // in type names, hence the escape.
-    let listed = |name: &str| format!("%,{},%", name.replace('_', "\\_"));
+    // Filters are comma-separated lists, matched as `,name,` by position:
+    // a LIKE whose pattern is a bound parameter makes SQLite prepare the
+    // statement again whenever the value changes, on every event.
+    let listed = |name: &str| format!(",{name},");
+    let position = db.position_function();
     db.execute(
-        "INSERT INTO deliveries (webhook, event_id, state, attempts, next_attempt_ms)
-         SELECT name, ?1, 'pending', 0, ?2 FROM webhooks
-         WHERE disabled_at IS NULL
-           AND (events IS NULL OR (',' || events || ',') LIKE ?3 ESCAPE '\\')
-           AND (templates IS NULL
-                OR (CAST(?4 AS TEXT) IS NOT NULL AND (',' || templates || ',') LIKE ?4 ESCAPE '\\'))",
+        &format!(
+            "INSERT INTO deliveries (webhook, event_id, state, attempts, next_attempt_ms)
+             SELECT name, ?1, 'pending', 0, ?2 FROM webhooks
+             WHERE disabled_at IS NULL
+               AND (events IS NULL OR {position}(',' || events || ',', ?3) > 0)
+               AND (templates IS NULL
+                    OR (CAST(?4 AS TEXT) IS NOT NULL
+                        AND {position}(',' || templates || ',', ?4) > 0))"
+        ),
         &[
             id.into(),
             unix_ms(event.at).into(),
