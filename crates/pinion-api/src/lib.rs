@@ -106,10 +106,21 @@ pub struct HistoryEntry {
     pub repository: Option<String>,
     pub workflow: Option<String>,
     pub build_sequence: Option<i64>,
-    /// A guard (a hold, the build order) would have refused this change,
-    /// and `force` overrode it.
+    /// A guard (a hold, the build order, the soak) would have refused this
+    /// change, and `force` overrode it.
     #[serde(default)]
     pub forced: bool,
+    /// The soak the promotion was judged by, with a soak source configured.
+    #[serde(default)]
+    pub soak: Option<SoakFigures>,
+}
+
+/// How long a promoted digest had soaked on the source environment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SoakFigures {
+    pub source: String,
+    pub soaked_seconds: u64,
+    pub required_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

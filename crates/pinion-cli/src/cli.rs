@@ -184,6 +184,18 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     pub progress_deadline: String,
+    /// `NAME=URL`: refuse promotions of digests that have not soaked on this
+    /// environment's server first (its `read` token in `PINION_SOAK_TOKEN`).
+    #[arg(long, env = "PINION_SOAK_SOURCE", value_name = "NAME=URL")]
+    pub soak_source: Option<String>,
+    /// How long a digest must have run on the soak source's pin.
+    #[arg(
+        long,
+        env = "PINION_SOAK",
+        default_value = "24h",
+        value_name = "DURATION"
+    )]
+    pub soak: String,
     /// Threads answering HTTP. Default: one per CPU core but one (at least
     /// one), leaving a core to the writer thread, the kernel's network work
     /// and database checks (see docs/benchmarks.md for the measurements).

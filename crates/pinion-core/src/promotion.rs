@@ -2,7 +2,9 @@
 //! pure function of the pin as it is and of what was asked, so the store
 //! applies it inside its transaction and the rule is tested here alone.
 
-use crate::Digest;
+use std::time::Duration;
+
+use crate::{Digest, Soak};
 
 /// What the caller believes the pin is at before it moves (compare-and-swap).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,8 +38,10 @@ pub struct Ask<'a> {
     /// Overrides the build-sequence guard, and the hold when
     /// `may_override_hold` (never the expectation).
     pub force: bool,
-    /// Whether the caller may force past a hold (scope `admin`).
+    /// Whether the caller may force past a hold or the soak (scope `admin`).
     pub may_override_hold: bool,
+    /// What the soak rule found on the source environment.
+    pub soak: Soak,
 }
 
 /// The rule's answer.
@@ -50,6 +54,12 @@ pub enum PromoteDecision {
     Conflict,
     /// The pin is held; forcing past it needs scope `admin`.
     Held,
+    /// The digest has not soaked long enough on the source environment;
+    /// forcing past it needs scope `admin`.
+    SoakRequired {
+        soaked: Duration,
+        required: Duration,
+    },
     /// The pin was last moved by a newer build.
     StaleBuild { newest: i64 },
     /// Move the pin; it keeps this build sequence (the newest it has seen).
@@ -79,6 +89,20 @@ pub fn decide_promotion(current: Option<PinState<'_>>, ask: Ask<'_>) -> PromoteD
     if held && !(ask.force && ask.may_override_hold) {
         return PromoteDecision::Held;
     }
+    let admin_forces = ask.force && ask.may_override_hold;
+    let short = matches!(ask.soak, Soak::Short { .. } | Soak::Unchecked { .. });
+    match (ask.soak, admin_forces) {
+        (Soak::Short { soaked, required }, false) => {
+            return PromoteDecision::SoakRequired { soaked, required };
+        }
+        (Soak::Unchecked { required }, false) => {
+            return PromoteDecision::SoakRequired {
+                soaked: Duration::ZERO,
+                required,
+            };
+        }
+        _ => {}
+    }
     let newest = current.and_then(|pin| pin.build_sequence);
     let older =
         matches!((newest, ask.build_sequence), (Some(newest), Some(sequence)) if sequence < newest);
@@ -90,7 +114,7 @@ pub fn decide_promotion(current: Option<PinState<'_>>, ask: Ask<'_>) -> PromoteD
             (Some(old), Some(new)) => Some(old.max(new)),
             (old, new) => new.or(old),
         },
-        forced: held || older,
+        forced: held || older || short,
     }
 }
 
@@ -109,6 +133,7 @@ mod tests {
             build_sequence: sequence,
             force: false,
             may_override_hold: false,
+            soak: Soak::NotRequired,
         }
     }
 
@@ -260,6 +285,83 @@ mod tests {
         assert_eq!(
             decide_promotion(Some(pin), ask(&b, &wrong, None)),
             PromoteDecision::Conflict
+        );
+    }
+
+    #[test]
+    fn an_unsoaked_digest_is_refused_unless_an_admin_forces_it() {
+        let (a, b) = (digest(1), digest(2));
+        let pin = PinState {
+            digest: &a,
+            revision: 1,
+            build_sequence: None,
+            held: false,
+        };
+        let any = Expectation::Any;
+        let short = Soak::Short {
+            soaked: Duration::from_secs(60),
+            required: Duration::from_secs(3600),
+        };
+        let plain = Ask {
+            soak: short,
+            ..ask(&b, &any, None)
+        };
+        assert_eq!(
+            decide_promotion(Some(pin), plain),
+            PromoteDecision::SoakRequired {
+                soaked: Duration::from_secs(60),
+                required: Duration::from_secs(3600)
+            }
+        );
+        // A new pin is no exception.
+        assert!(matches!(
+            decide_promotion(None, plain),
+            PromoteDecision::SoakRequired { .. }
+        ));
+        let promote_token_forcing = Ask {
+            force: true,
+            ..plain
+        };
+        assert!(matches!(
+            decide_promotion(Some(pin), promote_token_forcing),
+            PromoteDecision::SoakRequired { .. }
+        ));
+        let admin_forcing = Ask {
+            force: true,
+            may_override_hold: true,
+            ..plain
+        };
+        assert_eq!(
+            decide_promotion(Some(pin), admin_forcing),
+            PromoteDecision::Move {
+                build_sequence: None,
+                forced: true
+            }
+        );
+        let met = Ask {
+            soak: Soak::Met {
+                soaked: Duration::from_secs(4000),
+                required: Duration::from_secs(3600),
+            },
+            ..ask(&b, &any, None)
+        };
+        assert_eq!(
+            decide_promotion(Some(pin), met),
+            PromoteDecision::Move {
+                build_sequence: None,
+                forced: false
+            }
+        );
+        // Already there: nothing moves, nothing to soak.
+        assert_eq!(
+            decide_promotion(
+                Some(pin),
+                Ask {
+                    soak: short,
+                    ..ask(&a, &any, None)
+                }
+            ),
+            PromoteDecision::Unchanged
         );
     }
 }

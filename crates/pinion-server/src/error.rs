@@ -101,6 +101,8 @@ codes! {
     InvalidWebhookUrl = "invalid_webhook_url", UNPROCESSABLE_ENTITY;
     InvalidInstanceId = "invalid_instance_id", UNPROCESSABLE_ENTITY;
     InvalidTtlSeconds = "invalid_ttl_seconds", UNPROCESSABLE_ENTITY;
+    /// The digest has not soaked long enough on the soak source.
+    SoakRequired = "soak_required", UNPROCESSABLE_ENTITY;
     /// A hold's reason: empty, over 500 bytes, or with control characters.
     InvalidReason = "invalid_reason", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
@@ -115,6 +117,8 @@ codes! {
     /// The database cannot be reached or written, or did not take the
     /// write before the request's deadline; nothing changed, retryable.
     StoreUnavailable = "store_unavailable", SERVICE_UNAVAILABLE;
+    /// The soak source could not be asked; nothing changed.
+    SoakSourceUnavailable = "soak_source_unavailable", SERVICE_UNAVAILABLE;
     /// The server has no key to seal webhook secrets with.
     SecretKeyMissing = "secret_key_missing", SERVICE_UNAVAILABLE;
     /// The commit was sent but its outcome was not known by the deadline:

@@ -18,6 +18,7 @@ mod listen;
 mod middleware;
 mod outbox;
 pub mod seal;
+pub mod soak;
 mod state;
 pub mod token;
 mod view;
@@ -109,6 +110,8 @@ pub struct Settings {
     /// A pin whose fleet is still behind this long after it moved is
     /// `stalled`.
     pub progress_deadline: Duration,
+    /// Promotions must first have soaked on this source environment.
+    pub soak: Option<soak::SoakSource>,
 }
 
 impl Settings {
@@ -135,6 +138,7 @@ impl Settings {
             event_retention_age: Duration::from_secs(7 * 24 * 3600),
             event_retention_count: 100_000,
             progress_deadline: Duration::from_secs(600),
+            soak: None,
         }
     }
 }

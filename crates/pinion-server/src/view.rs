@@ -260,6 +260,15 @@ impl View {
             .flat_map(|pins| pins.regions.values().map(|slot| &slot.pin))
     }
 
+    /// The pin of exactly `(template, region)`, if there is one.
+    pub fn pin(&self, template: &TemplateName, region: &Region) -> Option<&PinRecord> {
+        self.templates
+            .get(template)?
+            .regions
+            .get(region)
+            .map(|slot| &slot.pin)
+    }
+
     /// The pin that answers a resolve of `template` in `region`: its own,
     /// else the `global` one.
     pub fn resolve_pin(&self, template: &str, region: &str) -> Option<&PinRecord> {

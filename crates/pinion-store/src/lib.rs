@@ -28,7 +28,7 @@ pub use records::{
     DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, FleetTransition,
     HistoryEntry, HistoryQuery, Hold, HoldOutcome, HoldRequest, InstanceRecord, NewToken,
     PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome, Rollback,
-    RollbackOutcome, RuntimeRecord, Snapshot, TokenRecord, WebhookPut, WebhookRecord,
+    RollbackOutcome, RuntimeRecord, Snapshot, SoakFigures, TokenRecord, WebhookPut, WebhookRecord,
     WebhookUpdate,
 };
 pub use url::DatabaseUrl;

@@ -184,6 +184,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE history ADD CONSTRAINT history_action_check
         CHECK (action IN ('promote', 'rollback', 'hold', 'release'));
 "#,
+    r#"
+    ALTER TABLE history ADD COLUMN soak_source TEXT;
+    ALTER TABLE history ADD COLUMN soaked_ms BIGINT;
+    ALTER TABLE history ADD COLUMN soak_required_ms BIGINT;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

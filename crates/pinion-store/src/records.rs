@@ -2,9 +2,11 @@
 
 use pinion_core::{
     Convergence, Digest, EventType, Expectation, FleetCounts, GitSha, HoldReason, InstanceId,
-    Label, NextStep, Notes, Region, Repository, RunUrl, Scope, TemplateName, TokenName,
+    Label, NextStep, Notes, Region, Repository, RunUrl, Scope, Soak, TemplateName, TokenName,
     WebhookName, WebhookUrl,
 };
+use std::time::Duration;
+
 use time::OffsetDateTime;
 
 use crate::sql::Decode;
@@ -91,8 +93,12 @@ pub struct Promotion {
     /// Overrides the build-sequence guard, and the hold when
     /// `may_override_hold` (never the expectation).
     pub force: bool,
-    /// The caller has scope `admin`: `force` may override a hold.
+    /// The caller has scope `admin`: `force` may override a hold or the
+    /// soak.
     pub may_override_hold: bool,
+    /// What the soak rule found, and on which source.
+    pub soak: Soak,
+    pub soak_source: Option<Label>,
 }
 
 /// What a promotion did. Refusals are values: they are expected answers.
@@ -115,6 +121,12 @@ pub enum PromoteOutcome {
     StaleBuild { current: PinRecord },
     /// The pin is held; nothing was written.
     Held { current: PinRecord },
+    /// The digest has not soaked long enough on the source; nothing was
+    /// written.
+    SoakRequired {
+        soaked: Duration,
+        required: Duration,
+    },
 }
 
 /// A request to move a pin back.
@@ -237,9 +249,20 @@ pub struct HistoryEntry {
     pub at: OffsetDateTime,
     pub ci: CiProvenance,
     pub build_sequence: Option<i64>,
-    /// A guard (a hold, the build order) would have refused this change and
-    /// `force` overrode it.
+    /// A guard (a hold, the build order, the soak) would have refused this
+    /// change and `force` overrode it.
     pub forced: bool,
+    /// The soak the promotion was judged by, when a source is configured.
+    pub soak: Option<SoakFigures>,
+}
+
+/// The soak a promotion was judged by: the source asked, how long the
+/// digest had soaked there, and how long it had to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SoakFigures {
+    pub source: Label,
+    pub soaked: Duration,
+    pub required: Duration,
 }
 
 /// Which history to read, newest first.

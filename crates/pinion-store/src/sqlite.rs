@@ -226,6 +226,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
         BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
 "#,
+    // The soak a promotion was judged by, when the server has a soak source.
+    r#"
+    ALTER TABLE history ADD COLUMN soak_source TEXT;
+    ALTER TABLE history ADD COLUMN soaked_ms INTEGER;
+    ALTER TABLE history ADD COLUMN soak_required_ms INTEGER;
+"#,
 ];
 
 /// One SQLite connection.

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use pinion_core::{Label, WebhookUrl};
 use pinion_server::seal::SecretKey;
+use pinion_server::soak::SoakSource;
 use pinion_server::{RegistryCheck, Settings};
 use pinion_store::DatabaseUrl;
 
@@ -42,6 +44,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.event_retention_count = i64::from(args.event_retention_count);
     settings.progress_deadline = parse_duration(&args.progress_deadline)
         .map_err(|err| anyhow::anyhow!("--progress-deadline: {err}"))?;
+    settings.soak = soak_source(&args)?;
     settings.registry_check =
         RegistryCheck::parse(&args.registry_check).map_err(anyhow::Error::msg)?;
     if args.request_timeout == 0 {
@@ -90,6 +93,37 @@ fn default_workers() -> usize {
 }
 
 /// The key webhook secrets are sealed with (see `--secret-key-file`).
+/// `--soak-source NAME=URL` and `--soak`, with the source's token from
+/// `PINION_SOAK_TOKEN` (never a flag: a secret on a command line is in every
+/// process listing).
+fn soak_source(args: &ServeArgs) -> anyhow::Result<Option<SoakSource>> {
+    let Some(source) = &args.soak_source else {
+        return Ok(None);
+    };
+    let (name, url) = source
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--soak-source must be NAME=URL"))?;
+    let name = Label::parse(name).map_err(|err| anyhow::anyhow!("--soak-source: {err}"))?;
+    // The rules of a webhook URL: http(s), a host, no credentials.
+    let checked = WebhookUrl::parse(url).map_err(|err| anyhow::anyhow!("--soak-source: {err}"))?;
+    let mut url = reqwest::Url::parse(checked.as_str())
+        .map_err(|err| anyhow::anyhow!("--soak-source: {err}"))?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    let required = parse_duration(&args.soak).map_err(|err| anyhow::anyhow!("--soak: {err}"))?;
+    let token = std::env::var("PINION_SOAK_TOKEN")
+        .ok()
+        .filter(|token| !token.is_empty());
+    if token.is_none() {
+        tracing::warn!(source = %name.as_str(), "PINION_SOAK_TOKEN is not set: the soak source is asked without a token");
+    }
+    let source = SoakSource::new(name, url, token, required).map_err(anyhow::Error::msg)?;
+    tracing::info!(source = %source.name.as_str(), url = %source.url, soak = ?source.required, "promotions must soak on the source first");
+    Ok(Some(source))
+}
+
 fn secret_key(args: &ServeArgs, database: &DatabaseUrl) -> anyhow::Result<Option<SecretKey>> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -21,3 +21,4 @@ mod offline;
 mod pipeline;
 mod postgres;
 mod registry;
+mod soak;

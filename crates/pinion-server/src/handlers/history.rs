@@ -72,6 +72,11 @@ pub async fn history(
                 .map(|label| label.as_str().to_owned()),
             build_sequence: entry.build_sequence,
             forced: entry.forced,
+            soak: entry.soak.as_ref().map(|soak| pinion_api::SoakFigures {
+                source: soak.source.as_str().to_owned(),
+                soaked_seconds: soak.soaked.as_secs(),
+                required_seconds: soak.required.as_secs(),
+            }),
         })
         .collect();
     let next_before = more

@@ -107,7 +107,10 @@ async fn audited(
         );
         return result;
     }
-    let audited_status = matches!(error.status().as_u16(), 403 | 409 | 422 | 423);
+    // Refusals by a rule, and a soak source that could not be asked (a
+    // policy refusal on-call must find, not a fault of this server's).
+    let audited_status = matches!(error.status().as_u16(), 403 | 409 | 422 | 423)
+        || error.code == Code::SoakSourceUnavailable;
     if audited_status {
         let refusal = Refusal {
             at: now(),

@@ -8,7 +8,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{PinList, PinResponse, PromoteRequest, RollbackRequest};
-use pinion_core::{Digest, GitSha, HoldReason, Label, Notes, Region, RunUrl, Scope, TemplateName};
+use pinion_core::{
+    Digest, GitSha, HoldReason, Label, Notes, Region, RunUrl, Scope, Soak, TemplateName,
+};
 use pinion_store::{
     CiProvenance, Expectation, PinRecord, PromoteOutcome, Promotion, Rollback, RollbackOutcome,
 };
@@ -21,6 +23,7 @@ use crate::RegistryCheck;
 use crate::auth::{Caller, Source};
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
+use crate::soak::human;
 use crate::state::AppState;
 use crate::view::View;
 
@@ -102,6 +105,27 @@ async fn promote_inner(
         })
         .await?;
 
+    let admin = caller.require(Scope::Admin).is_ok();
+    let soak_source = state.settings().soak.as_ref();
+    let soak = match soak_source {
+        None => Soak::NotRequired,
+        Some(source) if request.force && admin => Soak::Unchecked {
+            required: source.required,
+        },
+        // Already there, as far as this server knows: nothing to ask the
+        // source (the store still decides, against the pin as it is).
+        Some(source)
+            if state
+                .view()
+                .pin(&template, &region)
+                .is_some_and(|pin| pin.digest == digest) =>
+        {
+            Soak::Unchecked {
+                required: source.required,
+            }
+        }
+        Some(source) => source.judge(&template, &region, &digest, &deadline).await?,
+    };
     let promotion = Promotion {
         template,
         region,
@@ -114,7 +138,9 @@ async fn promote_inner(
         expect,
         build_sequence: request.build_sequence,
         force: request.force,
-        may_override_hold: caller.require(Scope::Admin).is_ok(),
+        may_override_hold: admin,
+        soak,
+        soak_source: soak_source.map(|source| source.name.clone()),
     };
     let requested = promotion.clone();
     let outcome = state.promote(promotion, deadline).await?;
@@ -160,6 +186,19 @@ async fn promote_inner(
             )
             .with_pin(current.as_ref().map(|pin| pin_body(&view, pin))))
         }
+        PromoteOutcome::SoakRequired { soaked, required } => Err(ApiError::new(
+            Code::SoakRequired,
+            format!(
+                "`{}` has soaked {} in `{}` (its pin for `{}`/`{}` or `{}`/`global`); it must soak {} there first (an `admin` token with `force` skips this); nothing was changed",
+                requested.digest,
+                human(soaked),
+                requested.soak_source.as_ref().map_or("", |name| name.as_str()),
+                requested.template,
+                requested.region,
+                requested.template,
+                human(required),
+            ),
+        )),
         PromoteOutcome::Held { current } => Err(held(&requested, &current)
             .with_pin(Some(pin_body(&view, &current)))),
         PromoteOutcome::StaleBuild { current } => Err(ApiError::new(Code::StaleBuild,

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use pinion_core::{
     Ask, Digest, EventType, GitSha, HoldReason, ImageRef, Label, Notes, PinState, PromoteDecision,
-    Region, Repository, RunUrl, TemplateName, TokenName, decide_promotion,
+    Region, Repository, RunUrl, Soak, TemplateName, TokenName, decide_promotion,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -36,7 +36,7 @@ use crate::sql::{Columns, Reader, Row, Sql, Value};
 use crate::{
     Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, Hold, HoldOutcome,
     HoldRequest, NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome,
-    Rollback, RollbackOutcome, RuntimeRecord, Snapshot, StoreError, TokenRecord,
+    Rollback, RollbackOutcome, RuntimeRecord, Snapshot, SoakFigures, StoreError, TokenRecord,
 };
 
 const PINS: Columns = Columns {
@@ -75,6 +75,9 @@ const HISTORY: Columns = Columns {
         "workflow",
         "build_sequence",
         "forced",
+        "soak_source",
+        "soaked_ms",
+        "soak_required_ms",
     ],
 };
 
@@ -153,6 +156,7 @@ pub(crate) fn promote(
         build_sequence: promotion.build_sequence,
         force: promotion.force,
         may_override_hold: promotion.may_override_hold,
+        soak: promotion.soak,
     };
     let decision = decide_promotion(state, ask);
     let (build_sequence, forced, current) = match (decision, current) {
@@ -168,6 +172,9 @@ pub(crate) fn promote(
             return Ok(PromoteOutcome::StaleBuild { current: pin });
         }
         (PromoteDecision::Held, Some(pin)) => return Ok(PromoteOutcome::Held { current: pin }),
+        (PromoteDecision::SoakRequired { soaked, required }, _) => {
+            return Ok(PromoteOutcome::SoakRequired { soaked, required });
+        }
         (PromoteDecision::Conflict, current) => {
             return Ok(PromoteOutcome::Conflict { current });
         }
@@ -199,6 +206,16 @@ pub(crate) fn promote(
         repository: repository.as_ref(),
         forced,
         hold,
+        soak: match (promotion.soak, &promotion.soak_source) {
+            (Soak::Met { soaked, required } | Soak::Short { soaked, required }, Some(source)) => {
+                Some(SoakFigures {
+                    source: source.clone(),
+                    soaked,
+                    required,
+                })
+            }
+            _ => None,
+        },
     };
     let pin = write_change(db, &change)?;
     Ok(PromoteOutcome::Moved { pin, previous })
@@ -285,6 +302,7 @@ pub(crate) fn rollback(
         repository: repository.as_ref(),
         forced: false,
         hold: current.hold.clone(),
+        soak: None,
     };
     let mut pin = write_change(db, &change)?;
     // Held in the same transaction; a hold it has already stands.
@@ -673,6 +691,8 @@ struct Change<'a> {
     forced: bool,
     /// The pin's hold, which a change keeps.
     hold: Option<Box<Hold>>,
+    /// The soak the change was judged by.
+    soak: Option<SoakFigures>,
 }
 
 /// Appends the history entry, then points the pin at it. The caller owns the
@@ -680,8 +700,10 @@ struct Change<'a> {
 fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, StoreError> {
     let inserted = db.query(
         "INSERT INTO history (template_name, region, from_digest, to_digest, git_sha, notes, actor,
-                              action, at, ci_run_url, repository, workflow, build_sequence, forced)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING revision",
+                              action, at, ci_run_url, repository, workflow, build_sequence, forced,
+                              soak_source, soaked_ms, soak_required_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         RETURNING revision",
         &[
             change.template.as_str().into(),
             change.region.as_str().into(),
@@ -697,6 +719,13 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             change.ci.workflow.as_ref().map(Label::as_str).into(),
             change.build_sequence.into(),
             change.forced.into(),
+            change.soak.as_ref().map(|soak| soak.source.as_str()).into(),
+            change.soak.as_ref().map(|soak| millis(soak.soaked)).into(),
+            change
+                .soak
+                .as_ref()
+                .map(|soak| millis(soak.required))
+                .into(),
         ],
     )?;
     let revision: i64 = returned(&inserted, "history", "revision")?;
@@ -899,7 +928,30 @@ fn read_history(row: &mut Reader<'_>) -> Result<HistoryEntry, StoreError> {
         },
         build_sequence: row.next()?,
         forced: row.next()?,
+        soak: {
+            let source: Option<Label> = row.next()?;
+            let soaked: Option<i64> = row.next()?;
+            let required: Option<i64> = row.next()?;
+            match (source, soaked, required) {
+                (Some(source), Some(soaked), Some(required)) => Some(SoakFigures {
+                    source,
+                    soaked: duration(soaked),
+                    required: duration(required),
+                }),
+                _ => None,
+            }
+        },
     })
+}
+
+/// A duration as whole milliseconds, for a column.
+fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds from a column as a duration (negative ones as zero).
+fn duration(ms: i64) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// RFC 3339 in UTC. Fails only for years outside 0..=9999, which no clock

@@ -146,6 +146,8 @@ fn promotion(template: &str, region: &str, digest: Digest) -> Promotion {
         build_sequence: None,
         force: false,
         may_override_hold: false,
+        soak: pinion_core::Soak::NotRequired,
+        soak_source: None,
     }
 }
 
