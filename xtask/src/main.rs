@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask test [CARGO TEST ARGS]`: installs what a fresh machine
 //!   lacks, starts PostgreSQL, and runs the whole suite on both engines.
-//! - `cargo xtask bench [registry|http|events|fleet|postgres|all]`: builds the release
+//! - `cargo xtask bench [registry|http|events|fleet|policy|postgres|all]`: builds the release
 //!   binary, starts what it measures (a real registry, the server, and the
 //!   reference servers) on loopback, and prints the figures that
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             postgres: true,
             events: true,
             fleet: true,
+            policy: true,
         }),
         ["bench", "registry"] => bench::run(bench::Which {
             registry: true,
@@ -45,13 +46,17 @@ fn main() -> ExitCode {
             fleet: true,
             ..bench::Which::default()
         }),
+        ["bench", "policy"] => bench::run(bench::Which {
+            policy: true,
+            ..bench::Which::default()
+        }),
         ["bench", "postgres"] => bench::run(bench::Which {
             postgres: true,
             ..bench::Which::default()
         }),
         ["test", extra @ ..] => test::run(extra),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|postgres|all]"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|postgres|all]"
                 .to_owned(),
         ),
     };

@@ -185,6 +185,37 @@ pub struct Pin {
     /// Set while the pin is held.
     #[serde(default)]
     pub hold: Option<Hold>,
+    /// Set while the pin has a canary.
+    #[serde(default)]
+    pub canary: Option<PinCanary>,
+}
+
+/// A pin's canary: a second digest the instances of a share of buckets get.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PinCanary {
+    pub image_digest: String,
+    /// `<repository>@<digest>`; null when the template has no repository.
+    #[serde(default)]
+    pub image_ref: Option<String>,
+    pub percent: u8,
+    pub started_at: String,
+    /// The name of the token that started it.
+    #[serde(default)]
+    pub started_by: String,
+}
+
+/// `POST /cp/admin/runtime-image/canary`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRequest {
+    pub template_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub image_digest: String,
+    pub percent: i64,
+    /// With an `admin` token: start it on a held pin.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The body of a promote response (`201` moved, `200` already there).
@@ -209,6 +240,10 @@ pub struct Resolved {
     pub matched_region: String,
     pub image_digest: String,
     pub image_ref: Option<String>,
+    /// `canary` when the instance named by `instance_id` is in the pin's
+    /// canary ring, else `stable`.
+    #[serde(default)]
+    pub ring: Option<String>,
 }
 
 /// One entry of the template catalog.
@@ -413,13 +448,13 @@ pub struct ReportAccepted {
 }
 
 /// `GET /cp/fleet`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FleetList {
     pub fleet: Vec<FleetEntry>,
 }
 
 /// The fleet one pin governs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FleetEntry {
     pub template_name: String,
     /// The governing pin's region.
@@ -443,6 +478,9 @@ pub struct FleetEntry {
     pub unhealthy: u64,
     /// The digests live instances run.
     pub digests: Vec<RunningDigest>,
+    /// The pin's canary and what its health rule says, while it has one.
+    #[serde(default)]
+    pub canary: Option<FleetCanary>,
     /// The pin's revision: a moved pin starts its convergence afresh.
     #[serde(default)]
     pub revision: i64,
@@ -527,4 +565,26 @@ mod tests {
         let response: PinResponse = serde_json::from_str(body).unwrap();
         assert_eq!(response.pin.promoted_by, "ci");
     }
+}
+
+/// A canary's fleet, in `GET /cp/fleet`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FleetCanary {
+    pub image_digest: String,
+    pub percent: u8,
+    /// Live instances running the canary's digest, and how many of them
+    /// report `"healthy": false`.
+    pub instances: u64,
+    pub unhealthy: u64,
+    /// Live instances running the pin's digest, and the unhealthy among them.
+    pub stable_instances: u64,
+    pub stable_unhealthy: u64,
+    /// `unchecked` (no health rule), `insufficient_reports` (too few canary
+    /// instances to decide: nothing is done), `healthy` or `unhealthy`.
+    pub health: String,
+    /// The fewest canary instances the rule decides on (null: no rule).
+    pub min_reports: Option<u64>,
+    /// How far the canary's unhealthy share may exceed the stable one's
+    /// (null: no rule).
+    pub max_unhealthy_percent: Option<f64>,
 }

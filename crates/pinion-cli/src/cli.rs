@@ -196,6 +196,20 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     pub soak: String,
+    /// Abort a canary (and hold its pin) when the unhealthy share of the
+    /// instances running it exceeds the stable instances' by more than PCT
+    /// points. Unset: canaries are never aborted for their health.
+    #[arg(long, env = "PINION_CANARY_MAX_UNHEALTHY", value_name = "PCT")]
+    pub canary_max_unhealthy: Option<f64>,
+    /// The fewest live instances running a canary that the health rule
+    /// decides on: with fewer, it decides nothing.
+    #[arg(
+        long,
+        env = "PINION_CANARY_MIN_REPORTS",
+        default_value_t = 20,
+        value_name = "N"
+    )]
+    pub canary_min_reports: u64,
     /// Threads answering HTTP. Default: one per CPU core but one (at least
     /// one), leaving a core to the writer thread, the kernel's network work
     /// and database checks (see docs/benchmarks.md for the measurements).

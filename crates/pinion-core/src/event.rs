@@ -62,6 +62,13 @@ event_types! {
     PinHeld = "pin.held",
     /// A pin's hold was released.
     PinReleased = "pin.released",
+    /// A canary started on a pin, or its digest or share changed.
+    CanaryStarted = "canary.started",
+    /// A canary was aborted: by hand, or by the health rule (with its
+    /// figures; the pin is then held).
+    CanaryAborted = "canary.aborted",
+    /// The canary's digest was promoted to the pin: the canary ends.
+    CanaryPromoted = "canary.promoted",
 }
 
 impl std::fmt::Display for EventType {

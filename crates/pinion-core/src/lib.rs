@@ -7,6 +7,7 @@
 //! never has to ask whether it is well-formed. This crate does no IO and reads
 //! no clock, so it can be tested exhaustively and used by every other crate.
 
+mod canary;
 mod drift;
 mod event;
 mod fleet;
@@ -18,6 +19,10 @@ mod soak;
 mod text;
 mod url;
 
+pub use canary::{
+    CanaryAsk, CanaryDecision, CanaryHealth, CanaryPin, HealthCounts, HealthRule, Percent, Ring,
+    bucket, decide_canary, judge_canary, ring,
+};
 pub use drift::{DriftRow, DriftStatus, PinnedDigest, TagAnswer, template_rows};
 pub use event::{AttemptOutcome, EventType, MAX_RETRY_AFTER, NextStep, next_step};
 pub use fleet::{Convergence, FleetCounts, converge};
@@ -55,6 +60,7 @@ pub enum Kind {
     EventType,
     InstanceId,
     Reason,
+    Percent,
 }
 
 impl Kind {
@@ -76,6 +82,7 @@ impl Kind {
             Kind::EventType => "event_type",
             Kind::InstanceId => "instance_id",
             Kind::Reason => "reason",
+            Kind::Percent => "percent",
         }
     }
 }

@@ -58,6 +58,8 @@ codes! {
     InstanceNotFound = "instance_not_found", NOT_FOUND;
     /// A release of a pin that is not held.
     HoldNotFound = "hold_not_found", NOT_FOUND;
+    /// An abort of a canary the pin does not have.
+    CanaryNotFound = "canary_not_found", NOT_FOUND;
     /// No delivery of that event to that webhook.
     DeliveryNotFound = "delivery_not_found", NOT_FOUND;
     NotFound = "not_found", NOT_FOUND;
@@ -105,6 +107,10 @@ codes! {
     SoakRequired = "soak_required", UNPROCESSABLE_ENTITY;
     /// A hold's reason: empty, over 500 bytes, or with control characters.
     InvalidReason = "invalid_reason", UNPROCESSABLE_ENTITY;
+    /// A canary's percentage is not a whole number from 1 to 99.
+    InvalidPercent = "invalid_percent", UNPROCESSABLE_ENTITY;
+    /// A canary of the pin's own digest.
+    CanaryIsStable = "canary_is_stable", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
     TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
     ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
@@ -155,6 +161,7 @@ pub enum Field {
     Templates,
     InstanceId,
     Reason,
+    Percent,
 }
 
 impl Field {
@@ -179,6 +186,7 @@ impl Field {
             Field::Templates => "templates",
             Field::InstanceId => "instance_id",
             Field::Reason => "reason",
+            Field::Percent => "percent",
         }
     }
 
@@ -201,6 +209,7 @@ impl Field {
             Field::Templates => Code::InvalidTemplateName,
             Field::InstanceId => Code::InvalidInstanceId,
             Field::Reason => Code::InvalidReason,
+            Field::Percent => Code::InvalidPercent,
         }
     }
 }

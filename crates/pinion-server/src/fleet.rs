@@ -17,9 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use pinion_api::{FleetEntry, RunningDigest};
-use pinion_core::{Convergence, Digest, FleetCounts, InstanceId, Region, TemplateName, converge};
-use pinion_store::{FleetTransition, InstanceRecord, PinRecord};
+use pinion_api::{FleetCanary, FleetEntry, RunningDigest};
+use pinion_core::{
+    CanaryHealth, Convergence, Digest, FleetCounts, HealthCounts, HealthRule, InstanceId, Percent,
+    Region, Ring, TemplateName, bucket, converge, judge_canary, ring,
+};
+use pinion_core::{HoldReason, TokenName};
+use pinion_store::{
+    AbortCause, AbortOutcome, CanaryAbort, CanaryFigures, FleetTransition, InstanceRecord,
+    PinRecord,
+};
 use time::OffsetDateTime;
 
 use crate::state::AppState;
@@ -95,8 +102,24 @@ pub struct PinFleet {
     /// Live instances that said whether they are healthy:
     /// `(reported, unhealthy)`.
     pub health: (u64, u64),
+    /// The pin's canary, what the instances on each digest say of their
+    /// health, and what the health rule makes of it.
+    pub canary: Option<CanaryFleet>,
     /// The entry as `GET /cp/fleet` words it, rendered once per summary.
     pub json: String,
+}
+
+/// A canary's side of a pin's fleet.
+#[derive(Debug, Clone)]
+pub struct CanaryFleet {
+    pub digest: Digest,
+    pub percent: Percent,
+    /// Live instances running the canary's digest.
+    pub canary: HealthCounts,
+    /// Live instances running the pin's digest.
+    pub stable: HealthCounts,
+    pub health: CanaryHealth,
+    pub rule: Option<HealthRule>,
 }
 
 /// The fleet per pin.
@@ -128,6 +151,8 @@ pub struct Place {
 #[derive(Debug, Clone)]
 pub struct Live {
     pub place: Arc<Place>,
+    /// The instance's canary bucket (0..100), from its template and id.
+    pub bucket: u8,
     pub digest: Arc<Digest>,
     pub healthy: Option<bool>,
     pub ttl_seconds: i64,
@@ -212,6 +237,7 @@ impl Interned {
     fn live(&mut self, record: &InstanceRecord) -> Live {
         Live {
             place: self.place(&record.template, &record.region),
+            bucket: bucket(&record.template, &record.id),
             digest: self.digest(&record.digest),
             healthy: record.healthy,
             ttl_seconds: record.ttl_seconds,
@@ -236,6 +262,8 @@ pub struct Fleet {
     /// live then get a time to live's grace from this start.
     alive_before_ms: i64,
     progress_deadline: Duration,
+    /// `--canary-max-unhealthy` and `--canary-min-reports`, when set.
+    canary_rule: Option<HealthRule>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -259,6 +287,11 @@ struct Tally {
     /// The digests of the instances behind (those current run the pin's).
     digests: HashMap<Arc<Digest>, u64>,
     health: (u64, u64),
+    /// Current instances in the canary ring (they run the canary's digest).
+    current_canary: u64,
+    /// Live instances on the canary's digest and on the pin's.
+    canary: HealthCounts,
+    stable: HealthCounts,
 }
 
 impl Fleet {
@@ -267,6 +300,7 @@ impl Fleet {
         stored: Vec<InstanceRecord>,
         alive_before_ms: i64,
         progress_deadline: Duration,
+        canary_rule: Option<HealthRule>,
     ) -> Fleet {
         let fleet = Fleet {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -277,6 +311,7 @@ impl Fleet {
             started_ms: now_ms(),
             alive_before_ms,
             progress_deadline,
+            canary_rule,
         };
         let mut interned = lock(&fleet.interned);
         for record in stored {
@@ -323,13 +358,20 @@ impl Fleet {
     /// Takes a batch of reports, all of them already valid.
     pub fn report(&self, reports: Vec<Report>, ttl_seconds: i64) {
         let now = now_ms();
+        // Hashed before any lock is taken.
+        let buckets: Vec<u8> = reports
+            .iter()
+            .map(|report| bucket(&report.template, &report.id))
+            .collect();
         let mut sorted: Vec<(usize, Live, Report)> = {
             let mut interned = lock(&self.interned);
             reports
                 .into_iter()
-                .map(|report| {
+                .zip(buckets)
+                .map(|(report, bucket)| {
                     let live = Live {
                         place: interned.place(&report.template, &report.region),
+                        bucket,
                         digest: interned.digest(&report.digest),
                         healthy: report.healthy,
                         ttl_seconds,
@@ -495,7 +537,7 @@ impl Fleet {
     fn state_against(&self, live: &Live, pin: &PinRecord, now: i64) -> InstanceState {
         if now > self.expires_ms(live.last_seen_ms, live.ttl_seconds) {
             InstanceState::Unknown
-        } else if *live.digest == pin.digest {
+        } else if *live.digest == *expected(live, pin) {
             InstanceState::Current
         } else {
             InstanceState::Behind
@@ -598,7 +640,17 @@ impl Fleet {
                     tally.counts.unknown += 1;
                     return;
                 }
-                InstanceState::Current => tally.counts.current += 1,
+                InstanceState::Current => {
+                    tally.counts.current += 1;
+                    if governing
+                        .pin
+                        .canary
+                        .as_ref()
+                        .is_some_and(|canary| *live.digest == canary.digest)
+                    {
+                        tally.current_canary += 1;
+                    }
+                }
                 InstanceState::Behind => {
                     tally.counts.behind += 1;
                     let since = live.digest_since_ms.max(unix_ms(governing.pin.promoted_at));
@@ -621,6 +673,20 @@ impl Fleet {
                 tally.health.0 += 1;
                 tally.health.1 += u64::from(!healthy);
             }
+            if let Some(canary) = &governing.pin.canary {
+                let unhealthy = u64::from(live.healthy == Some(false));
+                let side = if *live.digest == canary.digest {
+                    Some(&mut tally.canary)
+                } else if *live.digest == governing.pin.digest {
+                    Some(&mut tally.stable)
+                } else {
+                    None
+                };
+                if let Some(side) = side {
+                    side.instances += 1;
+                    side.unhealthy += unhealthy;
+                }
+            }
         });
         let summary: BTreeMap<(TemplateName, Region), PinFleet> = pins
             .into_iter()
@@ -640,9 +706,28 @@ impl Fleet {
                     .into_iter()
                     .map(|(digest, count)| (Digest::clone(&digest), count))
                     .collect();
-                if tally.counts.current > 0 {
-                    running.push((pin.digest.clone(), tally.counts.current));
+                let on_pin = tally.counts.current - tally.current_canary;
+                if on_pin > 0 {
+                    running.push((pin.digest.clone(), on_pin));
                 }
+                if let Some(canary) = pin.canary.as_ref().filter(|_| tally.current_canary > 0) {
+                    // Instances of the stable ring may run it too (behind).
+                    match running
+                        .iter_mut()
+                        .find(|(digest, _)| *digest == canary.digest)
+                    {
+                        Some((_, count)) => *count += tally.current_canary,
+                        None => running.push((canary.digest.clone(), tally.current_canary)),
+                    }
+                }
+                let canary = pin.canary.as_ref().map(|canary| CanaryFleet {
+                    digest: canary.digest.clone(),
+                    percent: canary.percent,
+                    canary: tally.canary,
+                    stable: tally.stable,
+                    health: judge_canary(self.canary_rule, tally.canary, tally.stable),
+                    rule: self.canary_rule,
+                });
                 running.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
                 let mut entry = PinFleet {
                     template: pin.template.clone(),
@@ -654,6 +739,7 @@ impl Fleet {
                     state,
                     digests: running,
                     health: tally.health,
+                    canary,
                     json: String::new(),
                 };
                 entry.json = serde_json::to_string(&entry.to_wire()).unwrap_or_default();
@@ -829,7 +915,27 @@ impl PinFleet {
                 })
                 .collect(),
             revision: self.revision,
+            canary: self.canary.as_ref().map(|canary| FleetCanary {
+                image_digest: canary.digest.to_string(),
+                percent: canary.percent.get(),
+                instances: canary.canary.instances,
+                unhealthy: canary.canary.unhealthy,
+                stable_instances: canary.stable.instances,
+                stable_unhealthy: canary.stable.unhealthy,
+                health: canary.health.as_str().to_owned(),
+                min_reports: canary.rule.map(|rule| rule.min_reports),
+                max_unhealthy_percent: canary.rule.map(|rule| rule.max_unhealthy),
+            }),
         }
+    }
+}
+
+/// The digest an instance's own resolve answers: the canary's for an
+/// instance in the canary ring, else the pin's.
+fn expected<'p>(live: &Live, pin: &'p PinRecord) -> &'p Digest {
+    match &pin.canary {
+        Some(canary) if ring(live.bucket, canary.percent) == Ring::Canary => &canary.digest,
+        _ => &pin.digest,
     }
 }
 
@@ -875,6 +981,7 @@ pub async fn summarise(state: AppState) {
             continue;
         };
         next_change = next;
+        abort_unhealthy_canaries(&state).await;
         let at = OffsetDateTime::now_utc();
         let transitions: Vec<FleetTransition> = changed
             .into_iter()
@@ -898,6 +1005,68 @@ pub async fn summarise(state: AppState) {
             }
         }
     }
+}
+
+/// Aborts every canary the health rule finds unhealthy, and holds its pin.
+/// Each abort names the canary's digest, so a decision made on one canary
+/// never aborts the next; replicas that decide the same are answered "no
+/// such canary" after the first.
+async fn abort_unhealthy_canaries(state: &AppState) {
+    let summary = state.fleet().summary();
+    for entry in summary.pins.values() {
+        let Some(canary) = &entry.canary else {
+            continue;
+        };
+        let (CanaryHealth::Unhealthy { excess }, Some(rule)) = (canary.health, canary.rule) else {
+            continue;
+        };
+        let figures = CanaryFigures {
+            canary: canary.canary,
+            stable: canary.stable,
+            rule,
+            excess,
+        };
+        let reason = format!(
+            "canary {} aborted by the health rule: {:.1}% of {} canary instances unhealthy against {:.1}% of {} stable ones (allowed: {} points more)",
+            canary.digest.short(),
+            canary.canary.unhealthy_percent(),
+            canary.canary.instances,
+            canary.stable.unhealthy_percent(),
+            canary.stable.instances,
+            rule.max_unhealthy,
+        );
+        let Ok(reason) = HoldReason::parse(&reason) else {
+            continue;
+        };
+        let abort = CanaryAbort {
+            template: entry.template.clone(),
+            region: entry.region.clone(),
+            digest: Some(canary.digest.clone()),
+            actor: health_actor(),
+            at: OffsetDateTime::now_utc(),
+            cause: AbortCause::Health(figures),
+            hold: Some(reason),
+        };
+        match state.abort_canary(abort, state.background_deadline()).await {
+            Ok(AbortOutcome::Aborted { pin, canary }) => tracing::warn!(
+                template = %pin.template,
+                region = %pin.region,
+                digest = %canary.digest,
+                excess,
+                "canary aborted by the health rule; the pin is held"
+            ),
+            Ok(AbortOutcome::NoCanary) => {}
+            Err(err) => tracing::warn!(
+                code = err.code.as_str(),
+                "could not abort an unhealthy canary; trying again"
+            ),
+        }
+    }
+}
+
+/// The name the health rule acts under, in events and holds.
+fn health_actor() -> TokenName {
+    TokenName::parse("canary-health-rule").unwrap_or_else(|_| unreachable!("a valid name"))
 }
 
 /// Writes what changed once a second; marks the fleet alive every ten;
@@ -991,7 +1160,7 @@ mod tests {
 
     #[test]
     fn a_changed_digest_restarts_its_clock_and_deletes_become_tombstones() {
-        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600));
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None);
         fleet.report(vec![report("a", 1), report("b", 1)], 60);
         let first = fleet.get(&InstanceId::parse("a").unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -1014,7 +1183,7 @@ mod tests {
 
     #[test]
     fn a_poll_that_read_a_row_from_before_a_delete_does_not_bring_it_back() {
-        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600));
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None);
         let id = InstanceId::parse("a").unwrap();
         fleet.report(vec![report("a", 1)], 60);
         let written = fleet.take_dirty();
@@ -1056,11 +1225,12 @@ mod tests {
                 revision: 1,
                 build_sequence: None,
                 hold: None,
+                canary: None,
             }],
             runtimes: Vec::new(),
             tokens: Vec::new(),
         });
-        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600));
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None);
         // Ids spread over every shard, reported out of order; one in three
         // runs another digest.
         let ids: Vec<String> = (0..500)
@@ -1122,7 +1292,7 @@ mod tests {
         };
         // Reports last came in 5 minutes ago.
         let alive_before = now - 300_000;
-        let fleet = Fleet::new(Vec::new(), alive_before, Duration::from_secs(600));
+        let fleet = Fleet::new(Vec::new(), alive_before, Duration::from_secs(600), None);
         let was_live = stored("live", alive_before - 10_000);
         let long_silent = stored("silent", alive_before - 3_600_000);
         assert!(

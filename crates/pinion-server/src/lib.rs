@@ -112,6 +112,10 @@ pub struct Settings {
     pub progress_deadline: Duration,
     /// Promotions must first have soaked on this source environment.
     pub soak: Option<soak::SoakSource>,
+    /// The canary health rule (`--canary-max-unhealthy`,
+    /// `--canary-min-reports`): none, and canaries are never aborted for
+    /// their health.
+    pub canary_rule: Option<pinion_core::HealthRule>,
 }
 
 impl Settings {
@@ -139,6 +143,7 @@ impl Settings {
             event_retention_count: 100_000,
             progress_deadline: Duration::from_secs(600),
             soak: None,
+            canary_rule: None,
         }
     }
 }
@@ -177,6 +182,10 @@ fn router(state: AppState) -> Router {
         .route(
             "/cp/admin/runtime-image/hold",
             post(handlers::hold).delete(handlers::release),
+        )
+        .route(
+            "/cp/admin/runtime-image/canary",
+            post(handlers::start_canary).delete(handlers::abort_canary),
         )
         .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
         .route("/cp/admin/runtime-image/history", get(handlers::history))

@@ -17,10 +17,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use pinion_core::WebhookName;
 use pinion_registry::Registry;
 use pinion_store::{
-    AttemptRecord, Batch, DeliveryRecord, DriftObservation, DueDelivery, EventPage, EventQuery,
-    Finish, FleetTransition, HoldOutcome, HoldRequest, InstanceRecord, PinRecord, PromoteOutcome,
-    Promotion, Redelivery, Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome,
-    RuntimeRecord, Store, StoreError, WebhookPut, WebhookRecord, WebhookUpdate,
+    AbortOutcome, AttemptRecord, Batch, CanaryAbort, CanaryOutcome, CanaryRequest, DeliveryRecord,
+    DriftObservation, DueDelivery, EventPage, EventQuery, Finish, FleetTransition, HoldOutcome,
+    HoldRequest, InstanceRecord, PinRecord, PromoteOutcome, Promotion, Redelivery, Refusal,
+    Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
+    WebhookPut, WebhookRecord, WebhookUpdate,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -197,6 +198,30 @@ impl Write for Release {
     }
     fn changes(&self, output: &ReleaseOutcome, changes: &mut Changes) {
         if let ReleaseOutcome::Released { pin, .. } = output {
+            changes.pins.push(pin.clone());
+        }
+    }
+}
+
+impl Write for CanaryRequest {
+    type Output = CanaryOutcome;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<CanaryOutcome, StoreError> {
+        batch.start_canary(self)
+    }
+    fn changes(&self, output: &CanaryOutcome, changes: &mut Changes) {
+        if let CanaryOutcome::Started { pin, .. } = output {
+            changes.pins.push(pin.clone());
+        }
+    }
+}
+
+impl Write for CanaryAbort {
+    type Output = AbortOutcome;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<AbortOutcome, StoreError> {
+        batch.abort_canary(self)
+    }
+    fn changes(&self, output: &AbortOutcome, changes: &mut Changes) {
+        if let AbortOutcome::Aborted { pin, .. } = output {
             changes.pins.push(pin.clone());
         }
     }
@@ -490,6 +515,7 @@ impl AppState {
             reader.instances()?,
             reader.fleet_alive_ms()?,
             settings.progress_deadline,
+            settings.canary_rule,
         );
         let outbox_wake = Arc::new(Notify::new());
         let (writer, jobs) = mpsc::channel();
@@ -703,6 +729,22 @@ impl AppState {
         self.write(release, deadline).await
     }
 
+    pub async fn start_canary(
+        &self,
+        request: CanaryRequest,
+        deadline: Deadline,
+    ) -> Result<CanaryOutcome, ApiError> {
+        self.write(request, deadline).await
+    }
+
+    pub async fn abort_canary(
+        &self,
+        abort: CanaryAbort,
+        deadline: Deadline,
+    ) -> Result<AbortOutcome, ApiError> {
+        self.write(abort, deadline).await
+    }
+
     /// Returns true when the entry was new.
     pub async fn put_runtime(
         &self,
@@ -722,7 +764,7 @@ impl AppState {
     }
 
     /// A deadline for work of the server's own (no request waits on it).
-    fn background_deadline(&self) -> Deadline {
+    pub fn background_deadline(&self) -> Deadline {
         Deadline::after(self.settings().request_timeout)
     }
 

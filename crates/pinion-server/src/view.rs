@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use axum::body::Bytes;
 use axum::http::HeaderValue;
-use pinion_core::{Region, TemplateName};
+use pinion_core::{Region, Ring, TemplateName, ring};
 use pinion_store::{PinRecord, RuntimeRecord, Snapshot, TokenRecord};
 use sha2::{Digest as _, Sha256};
 
@@ -52,8 +52,8 @@ pub struct View {
 #[derive(Debug)]
 struct TemplatePins {
     regions: BTreeMap<Region, PinSlot>,
-    /// For regions answered by the `global` fallback.
-    fallback: RwLock<HashMap<Region, Answer>>,
+    /// For regions answered by the `global` fallback, per ring.
+    fallback: RwLock<HashMap<(Region, Ring), Answer>>,
     /// The view-wide count of fallback answers, given back on drop.
     fallbacks: Arc<AtomicUsize>,
 }
@@ -65,6 +65,8 @@ struct PinSlot {
     hash: u128,
     /// The answer for exactly this template and region.
     answer: OnceLock<Answer>,
+    /// The same for an instance in the canary ring.
+    canary_answer: OnceLock<Answer>,
 }
 
 impl PinSlot {
@@ -73,6 +75,10 @@ impl PinSlot {
             .hold
             .as_ref()
             .map(|hold| hold.held_at.unix_timestamp_nanos().to_string());
+        let canary = pin
+            .canary
+            .as_ref()
+            .map(|canary| format!("{}/{}", canary.digest, canary.percent.get()));
         let hash = hash128(&[
             "p",
             pin.template.as_str(),
@@ -80,11 +86,13 @@ impl PinSlot {
             &pin.revision.to_string(),
             pin.digest.as_str(),
             held_at.as_deref().unwrap_or(""),
+            canary.as_deref().unwrap_or(""),
         ]);
         PinSlot {
             pin,
             hash,
             answer: OnceLock::new(),
+            canary_answer: OnceLock::new(),
         }
     }
 }
@@ -111,6 +119,7 @@ impl TemplatePins {
                     pin: slot.pin.clone(),
                     hash: slot.hash,
                     answer: OnceLock::new(),
+                    canary_answer: OnceLock::new(),
                 };
                 (region.clone(), fresh)
             })
@@ -280,38 +289,55 @@ impl View {
     }
 
     /// The resolve answer for `template` in `region` (its own pin, else the
-    /// `global` one), made by `make` on first use and kept for callers that
-    /// may see every template. `None` when neither pin exists.
+    /// `global` one) for an instance in `bucket` (none: the stable ring),
+    /// made by `make` on first use and kept for callers that may see every
+    /// template. `None` when neither pin exists.
     pub fn cached_answer(
         &self,
         template: &str,
         region: &Region,
-        make: impl FnOnce(&PinRecord) -> Answer,
+        bucket: Option<u8>,
+        make: impl FnOnce(&PinRecord, Ring) -> Answer,
     ) -> Option<Answer> {
         let pins = self.templates.get(template)?;
         if let Some(slot) = pins.regions.get(region) {
-            return Some(slot.answer.get_or_init(|| make(&slot.pin)).clone());
+            let ring = ring_of(&slot.pin, bucket);
+            let cell = match ring {
+                Ring::Stable => &slot.answer,
+                Ring::Canary => &slot.canary_answer,
+            };
+            return Some(cell.get_or_init(|| make(&slot.pin, ring)).clone());
         }
         let global = pins.regions.get(Region::GLOBAL)?;
+        let ring = ring_of(&global.pin, bucket);
+        let key = (region.clone(), ring);
         if let Some(found) = pins
             .fallback
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(region)
+            .get(&key)
         {
             return Some(found.clone());
         }
-        let made = make(&global.pin);
+        let made = make(&global.pin, ring);
         if self.fallbacks.load(Ordering::Relaxed) < MAX_FALLBACKS {
             let mut fallback = pins
                 .fallback
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            if fallback.insert(region.clone(), made.clone()).is_none() {
+            if fallback.insert(key, made.clone()).is_none() {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
         }
         Some(made)
+    }
+}
+
+/// The ring of an instance in `bucket` (none: stable) under `pin`'s canary.
+pub fn ring_of(pin: &PinRecord, bucket: Option<u8>) -> Ring {
+    match (bucket, &pin.canary) {
+        (Some(bucket), Some(canary)) => ring(bucket, canary.percent),
+        _ => Ring::Stable,
     }
 }
 
@@ -347,6 +373,7 @@ mod tests {
             revision: i64::try_from(n).expect("small"),
             build_sequence: None,
             hold: None,
+            canary: None,
         }
     }
 
@@ -375,7 +402,7 @@ mod tests {
 
     fn ask(view: &View, template: &str, region: &str, text: &str) -> Option<Bytes> {
         let region = Region::parse(region).expect("region");
-        view.cached_answer(template, &region, |_| answer(text))
+        view.cached_answer(template, &region, None, |_, _| answer(text))
             .map(|(body, _)| body)
     }
 

@@ -24,7 +24,8 @@ use time::OffsetDateTime;
 pub use ops::{CLAIM_LEASE_MS, Redelivery};
 pub use pinion_core::Expectation;
 pub use records::{
-    Action, AttemptRecord, AuditEntry, AuditQuery, CiProvenance, DeliveryRecord, DeliveryState,
+    AbortCause, AbortOutcome, Action, AttemptRecord, AuditEntry, AuditQuery, Canary, CanaryAbort,
+    CanaryFigures, CanaryOutcome, CanaryRequest, CiProvenance, DeliveryRecord, DeliveryState,
     DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, FleetTransition,
     HistoryEntry, HistoryQuery, Hold, HoldOutcome, HoldRequest, InstanceRecord, NewToken,
     PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome, Rollback,
@@ -255,6 +256,10 @@ writes! {
     fn hold(hold: &HoldRequest) -> HoldOutcome = ops::hold;
     /// Releases a pin's hold.
     fn release(release: &Release) -> ReleaseOutcome = ops::release;
+    /// Starts, replaces or widens a pin's canary.
+    fn start_canary(request: &CanaryRequest) -> CanaryOutcome = ops::start_canary;
+    /// Aborts a pin's canary (and holds the pin, if asked).
+    fn abort_canary(abort: &CanaryAbort) -> AbortOutcome = ops::abort_canary;
     /// Adds or changes a catalog entry. Returns true when it was new.
     fn put_runtime(runtime: &RuntimeRecord, at: OffsetDateTime) -> bool = ops::put_runtime;
     /// Records a refused write, keeping at most `retain` entries of its

@@ -189,6 +189,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE history ADD COLUMN soaked_ms BIGINT;
     ALTER TABLE history ADD COLUMN soak_required_ms BIGINT;
 "#,
+    r#"
+    ALTER TABLE pins ADD COLUMN canary_digest TEXT;
+    ALTER TABLE pins ADD COLUMN canary_percent BIGINT CHECK (canary_percent BETWEEN 1 AND 99);
+    ALTER TABLE pins ADD COLUMN canary_started_at TEXT;
+    ALTER TABLE pins ADD COLUMN canary_started_by TEXT;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

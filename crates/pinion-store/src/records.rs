@@ -2,8 +2,8 @@
 
 use pinion_core::{
     Convergence, Digest, EventType, Expectation, FleetCounts, GitSha, HoldReason, InstanceId,
-    Label, NextStep, Notes, Region, Repository, RunUrl, Scope, Soak, TemplateName, TokenName,
-    WebhookName, WebhookUrl,
+    Label, NextStep, Notes, Percent, Region, Repository, RunUrl, Scope, Soak, TemplateName,
+    TokenName, WebhookName, WebhookUrl,
 };
 use std::time::Duration;
 
@@ -28,6 +28,97 @@ pub struct PinRecord {
     /// The pin's hold: promotions to it are refused until it is released.
     /// Boxed: most pins have none.
     pub hold: Option<Box<Hold>>,
+    /// The pin's canary: a second digest a share of its instances get.
+    /// Boxed: most pins have none.
+    pub canary: Option<Box<Canary>>,
+}
+
+/// A pin's canary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canary {
+    pub digest: Digest,
+    pub percent: Percent,
+    pub started_at: OffsetDateTime,
+    pub started_by: TokenName,
+}
+
+/// A request to start, replace or widen a pin's canary.
+#[derive(Debug, Clone)]
+pub struct CanaryRequest {
+    pub template: TemplateName,
+    pub region: Region,
+    pub digest: Digest,
+    pub percent: Percent,
+    pub actor: TokenName,
+    pub at: OffsetDateTime,
+    pub force: bool,
+    /// Scope `admin`: may force past a hold.
+    pub may_override_hold: bool,
+}
+
+/// What a canary request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanaryOutcome {
+    /// The canary runs now (`replaced`: the one it took the place of).
+    Started {
+        pin: PinRecord,
+        replaced: Option<Box<Canary>>,
+    },
+    /// The pin has this canary at this share already; nothing was written.
+    Unchanged { pin: PinRecord },
+    /// There is no pin.
+    NoPin,
+    /// The pin is held; nothing was written.
+    Held { pin: PinRecord },
+    /// The digest is the pin's own; nothing was written.
+    IsStable { pin: PinRecord },
+}
+
+/// Why a canary was aborted, for its event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AbortCause {
+    /// `DELETE /cp/admin/runtime-image/canary`.
+    Requested,
+    /// The health rule: the canary's unhealthy share exceeded the stable
+    /// ring's by more than allowed.
+    Health(CanaryFigures),
+}
+
+/// The figures the health rule decided on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryFigures {
+    pub canary: pinion_core::HealthCounts,
+    pub stable: pinion_core::HealthCounts,
+    pub rule: pinion_core::HealthRule,
+    pub excess: f64,
+}
+
+/// A request to abort a pin's canary.
+#[derive(Debug, Clone)]
+pub struct CanaryAbort {
+    pub template: TemplateName,
+    pub region: Region,
+    /// Only a canary of this digest (so that a decision made on one canary
+    /// never aborts the next); any canary when `None`.
+    pub digest: Option<Digest>,
+    pub actor: TokenName,
+    pub at: OffsetDateTime,
+    pub cause: AbortCause,
+    /// Hold the pin too (the health rule does), unless it is held already.
+    pub hold: Option<HoldReason>,
+}
+
+/// What an abort did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the answer of one write, moved once and never kept in bulk"
+)]
+pub enum AbortOutcome {
+    /// The canary is gone; `canary` is what it was.
+    Aborted { pin: PinRecord, canary: Box<Canary> },
+    /// The pin has no such canary (or there is no pin).
+    NoCanary,
 }
 
 /// Why and by whom a pin is held.
@@ -193,6 +284,10 @@ pub struct Release {
 
 /// What a release did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the answer of one write, moved once and never kept in bulk"
+)]
 pub enum ReleaseOutcome {
     /// The hold is gone; `hold` is what it was.
     Released { pin: PinRecord, hold: Box<Hold> },

@@ -232,6 +232,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE history ADD COLUMN soaked_ms INTEGER;
     ALTER TABLE history ADD COLUMN soak_required_ms INTEGER;
 "#,
+    // Canaries on pins.
+    r#"
+    ALTER TABLE pins ADD COLUMN canary_digest TEXT;
+    ALTER TABLE pins ADD COLUMN canary_percent INTEGER CHECK (canary_percent BETWEEN 1 AND 99);
+    ALTER TABLE pins ADD COLUMN canary_started_at TEXT;
+    ALTER TABLE pins ADD COLUMN canary_started_by TEXT;
+"#,
 ];
 
 /// One SQLite connection.

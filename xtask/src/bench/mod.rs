@@ -16,6 +16,7 @@ pub struct Which {
     pub postgres: bool,
     pub events: bool,
     pub fleet: bool,
+    pub policy: bool,
 }
 
 pub fn run(which: Which) -> Result<(), String> {
@@ -25,6 +26,7 @@ pub fn run(which: Which) -> Result<(), String> {
         postgres,
         events,
         fleet,
+        policy,
     } = which;
     let mut tools = vec![("hyperfine", "hyperfine")];
     if registry {
@@ -42,7 +44,7 @@ pub fn run(which: Which) -> Result<(), String> {
             ("etcdctl", "etcd-client"),
         ]);
     }
-    if events {
+    if events || policy {
         tools.extend([("wrk", "wrk"), ("curl", "curl")]);
     }
     if fleet {
@@ -77,6 +79,9 @@ pub fn run(which: Which) -> Result<(), String> {
     }
     if fleet {
         fleet::run(&pinion)?;
+    }
+    if policy {
+        policy::run(&pinion)?;
     }
     if postgres {
         postgres::run(&pinion)?;
@@ -409,4 +414,5 @@ fn bench_registry(pinion: &Path) -> Result<(), String> {
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod policy;
 pub mod postgres;

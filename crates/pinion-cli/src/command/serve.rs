@@ -45,6 +45,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.progress_deadline = parse_duration(&args.progress_deadline)
         .map_err(|err| anyhow::anyhow!("--progress-deadline: {err}"))?;
     settings.soak = soak_source(&args)?;
+    settings.canary_rule = match args.canary_max_unhealthy {
+        None => None,
+        Some(pct) if pct.is_finite() && (0.0..=100.0).contains(&pct) => {
+            Some(pinion_core::HealthRule {
+                max_unhealthy: pct,
+                min_reports: args.canary_min_reports.max(1),
+            })
+        }
+        Some(pct) => {
+            anyhow::bail!("--canary-max-unhealthy: {pct} is not a percentage from 0 to 100")
+        }
+    };
     settings.registry_check =
         RegistryCheck::parse(&args.registry_check).map_err(anyhow::Error::msg)?;
     if args.request_timeout == 0 {

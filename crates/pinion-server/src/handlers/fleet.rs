@@ -308,6 +308,9 @@ pub async fn retention(
     };
     for pin in view.pins() {
         keep(&pin.template, &pin.digest, "pinned");
+        if let Some(canary) = &pin.canary {
+            keep(&pin.template, &canary.digest, "canary");
+        }
     }
     let mut running: HashSet<(TemplateName, Digest)> = HashSet::new();
     state.fleet().visit(&view, |_, live, instance_state, _| {

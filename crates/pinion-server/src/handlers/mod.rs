@@ -2,6 +2,7 @@
 //! its input into domain types, and only then reads or writes. Write
 //! endpoints record their refusals in the audit log.
 
+mod canary;
 mod catalog;
 mod events;
 mod fleet;
@@ -12,6 +13,7 @@ mod pins;
 mod watch;
 mod webhooks;
 
+pub use canary::{abort_canary, start_canary};
 pub use catalog::{list_runtimes, put_runtime};
 pub use events::events;
 pub use fleet::{delete_instance, fleet, instances, report, retention};
@@ -228,6 +230,19 @@ fn pin_body(view: &View, pin: &PinRecord) -> Pin {
         revision: pin.revision,
         build_sequence: pin.build_sequence,
         hold: pin.hold.as_ref().map(|hold| hold_body(pin, hold)),
+        canary: pin.canary.as_ref().map(|canary| pinion_api::PinCanary {
+            image_digest: canary.digest.to_string(),
+            image_ref: view
+                .runtimes
+                .get(&pin.template)
+                .and_then(|runtime| runtime.repository.as_ref())
+                .map(|repository| {
+                    ImageRef::new(repository.clone(), canary.digest.clone()).to_string()
+                }),
+            percent: canary.percent.get(),
+            started_at: format_time(canary.started_at),
+            started_by: canary.started_by.to_string(),
+        }),
     }
 }
 

@@ -9,7 +9,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::{PinList, PinResponse, PromoteRequest, RollbackRequest};
 use pinion_core::{
-    Digest, GitSha, HoldReason, Label, Notes, Region, RunUrl, Scope, Soak, TemplateName,
+    Digest, GitSha, HoldReason, ImageRef, Label, Notes, Region, Ring, RunUrl, Scope, Soak,
+    TemplateName,
 };
 use pinion_store::{
     CiProvenance, Expectation, PinRecord, PromoteOutcome, Promotion, Rollback, RollbackOutcome,
@@ -242,7 +243,7 @@ fn held(requested: &Promotion, current: &PinRecord) -> ApiError {
 
 /// Confirms the digest exists in the template's repository before anything
 /// is written (`require`), or only logs when it does not (`warn`).
-async fn check_registry(
+pub(super) async fn check_registry(
     state: &AppState,
     template: &TemplateName,
     digest: &Digest,
@@ -478,17 +479,34 @@ pub async fn resolve(
         TemplateName::parse(query.get("template_name").as_deref().unwrap_or_default()),
     )?;
     let region = query.region()?.unwrap_or_default();
+    // An instance's bucket puts it in the stable or the canary ring.
+    let bucket = match query.get("instance_id") {
+        None => None,
+        Some(id) => Some(pinion_core::bucket(
+            &template,
+            &parse_field(Field::InstanceId, pinion_core::InstanceId::parse(&id))?,
+        )),
+    };
     caller.require_template(&template)?;
     state.ensure_fresh(&parts.headers).await?;
     let view = state.view();
-    let answer = |pin: &PinRecord| {
-        let image_ref = super::image_ref(&view, pin);
+    let answer = |pin: &PinRecord, ring: Ring| {
+        let digest = match (&pin.canary, ring) {
+            (Some(canary), Ring::Canary) => &canary.digest,
+            _ => &pin.digest,
+        };
+        let image_ref = view
+            .runtimes
+            .get(&pin.template)
+            .and_then(|runtime| runtime.repository.as_ref())
+            .map(|repository| ImageRef::new(repository.clone(), digest.clone()).to_string());
         let resolved = ResolvedBody {
             template_name: template.as_str(),
             region: region.as_str(),
             matched_region: pin.region.as_str(),
-            image_digest: pin.digest.as_str(),
+            image_digest: digest.as_str(),
             image_ref: image_ref.as_deref(),
+            ring: ring.as_str(),
         };
         let body = to_bytes(&resolved);
         let etag = body_etag(&caller, &body);
@@ -503,13 +521,13 @@ pub async fn resolve(
     // A token that may see every template gets the same bytes as every other
     // such token: the view keeps them. A restricted token's ETag names it.
     let (body, etag) = if caller.templates().is_none() {
-        view.cached_answer(template.as_str(), &region, answer)
+        view.cached_answer(template.as_str(), &region, bucket, answer)
             .ok_or_else(missing)?
     } else {
         let pin = view
             .resolve_pin(template.as_str(), region.as_str())
             .ok_or_else(missing)?;
-        answer(pin)
+        answer(pin, crate::view::ring_of(pin, bucket))
     };
     Ok(cached_json(&parts.headers, etag, || body))
 }
@@ -523,6 +541,7 @@ struct ResolvedBody<'a> {
     matched_region: &'a str,
     image_digest: &'a str,
     image_ref: Option<&'a str>,
+    ring: &'static str,
 }
 
 #[cfg(test)]
@@ -539,11 +558,13 @@ mod tests {
             matched_region: "global",
             image_digest: "sha256:00",
             image_ref: Some("r@sha256:00"),
+            ring: "canary",
         };
         let wire: Resolved = serde_json::from_slice(&to_bytes(&body)).unwrap();
         assert_eq!(wire.template_name, "codex");
         assert_eq!(wire.region, "eu-west-1");
         assert_eq!(wire.matched_region, "global");
         assert_eq!(wire.image_ref.as_deref(), Some("r@sha256:00"));
+        assert_eq!(wire.ring.as_deref(), Some("canary"));
     }
 }

@@ -26,17 +26,19 @@ use events::NewEvent;
 use serde_json::json;
 
 use pinion_core::{
-    Ask, Digest, EventType, GitSha, HoldReason, ImageRef, Label, Notes, PinState, PromoteDecision,
-    Region, Repository, RunUrl, Soak, TemplateName, TokenName, decide_promotion,
+    Ask, CanaryAsk, CanaryDecision, CanaryPin, Digest, EventType, GitSha, HoldReason, ImageRef,
+    Label, Notes, Percent, PinState, PromoteDecision, Region, Repository, RunUrl, Soak,
+    TemplateName, TokenName, decide_canary, decide_promotion,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::sql::{Columns, Reader, Row, Sql, Value};
 use crate::{
-    Action, AuditEntry, AuditQuery, CiProvenance, HistoryEntry, HistoryQuery, Hold, HoldOutcome,
-    HoldRequest, NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome,
-    Rollback, RollbackOutcome, RuntimeRecord, Snapshot, SoakFigures, StoreError, TokenRecord,
+    AbortCause, AbortOutcome, Action, AuditEntry, AuditQuery, Canary, CanaryAbort, CanaryOutcome,
+    CanaryRequest, CiProvenance, HistoryEntry, HistoryQuery, Hold, HoldOutcome, HoldRequest,
+    NewToken, PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome, Rollback,
+    RollbackOutcome, RuntimeRecord, Snapshot, SoakFigures, StoreError, TokenRecord,
 };
 
 const PINS: Columns = Columns {
@@ -54,6 +56,10 @@ const PINS: Columns = Columns {
         "held_reason",
         "held_by",
         "held_at",
+        "canary_digest",
+        "canary_percent",
+        "canary_started_at",
+        "canary_started_by",
     ],
 };
 
@@ -189,6 +195,7 @@ pub(crate) fn promote(
         }
     };
     let hold = current.as_ref().and_then(|pin| pin.hold.clone());
+    let canary = current.as_ref().and_then(|pin| pin.canary.clone());
     let previous = current.map(|pin| pin.digest);
     let change = Change {
         template: &promotion.template,
@@ -206,6 +213,7 @@ pub(crate) fn promote(
         repository: repository.as_ref(),
         forced,
         hold,
+        canary,
         soak: match (promotion.soak, &promotion.soak_source) {
             (Soak::Met { soaked, required } | Soak::Short { soaked, required }, Some(source)) => {
                 Some(SoakFigures {
@@ -302,6 +310,7 @@ pub(crate) fn rollback(
         repository: repository.as_ref(),
         forced: false,
         hold: current.hold.clone(),
+        canary: current.canary.clone(),
         soak: None,
     };
     let mut pin = write_change(db, &change)?;
@@ -693,6 +702,8 @@ struct Change<'a> {
     hold: Option<Box<Hold>>,
     /// The soak the change was judged by.
     soak: Option<SoakFigures>,
+    /// The pin's canary, which a change keeps unless it moves to its digest.
+    canary: Option<Box<Canary>>,
 }
 
 /// Appends the history entry, then points the pin at it. The caller owns the
@@ -740,11 +751,14 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
         revision,
         build_sequence: change.pin_build_sequence,
         hold: change.hold.clone(),
+        canary: change.canary.clone(),
     };
-    // The hold columns are left as they are: a change keeps the pin's hold.
+    // The hold and canary columns are left as they are: a change keeps the
+    // pin's hold, and its canary unless it moves to the canary's digest.
     db.execute(
         &format!(
-            "INSERT INTO pins ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, NULL)
+            "INSERT INTO pins ({})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
              ON CONFLICT (template_name, region) DO UPDATE SET
                image_digest = excluded.image_digest, git_sha = excluded.git_sha,
                notes = excluded.notes, promoted_at = excluded.promoted_at,
@@ -791,7 +805,177 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             }),
         },
     )?;
+    let mut pin = pin;
+    // The pin now runs what its canary ran: the canary graduates.
+    if let Some(canary) = pin.canary.take_if(|canary| canary.digest == *change.to) {
+        clear_canary(db, &pin)?;
+        events::append(
+            db,
+            NewEvent {
+                kind: EventType::CanaryPromoted,
+                at: change.at,
+                template: Some(change.template),
+                region: Some(change.region),
+                data: json!({
+                    "image_digest": canary.digest.as_str(),
+                    "percent": canary.percent.get(),
+                    "started_at": format_time(canary.started_at)?,
+                    "started_by": canary.started_by.as_str(),
+                    "revision": pin.revision,
+                    "actor": change.actor.as_str(),
+                }),
+            },
+        )?;
+    }
     Ok(pin)
+}
+
+fn clear_canary(db: &mut dyn Sql, pin: &PinRecord) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE pins SET canary_digest = NULL, canary_percent = NULL, canary_started_at = NULL,
+                         canary_started_by = NULL
+         WHERE template_name = ?1 AND region = ?2",
+        &[pin.template.as_str().into(), pin.region.as_str().into()],
+    )
+    .map(|_| ())
+}
+
+pub(crate) fn start_canary(
+    db: &mut dyn Sql,
+    request: &CanaryRequest,
+) -> Result<CanaryOutcome, StoreError> {
+    let current = current_pin(db, &request.template, &request.region)?;
+    let state = current.as_ref().map(|pin| CanaryPin {
+        digest: &pin.digest,
+        held: pin.hold.is_some(),
+        canary: pin
+            .canary
+            .as_ref()
+            .map(|canary| (&canary.digest, canary.percent)),
+    });
+    let ask = CanaryAsk {
+        digest: &request.digest,
+        percent: request.percent,
+        force: request.force,
+        may_override_hold: request.may_override_hold,
+    };
+    let decision = decide_canary(state, ask);
+    let Some(mut pin) = current else {
+        return Ok(CanaryOutcome::NoPin);
+    };
+    let forced = match decision {
+        CanaryDecision::Start { forced } => forced,
+        CanaryDecision::NoPin => return Ok(CanaryOutcome::NoPin),
+        CanaryDecision::Unchanged => return Ok(CanaryOutcome::Unchanged { pin }),
+        CanaryDecision::Held => return Ok(CanaryOutcome::Held { pin }),
+        CanaryDecision::IsStable => return Ok(CanaryOutcome::IsStable { pin }),
+    };
+    let canary = Canary {
+        digest: request.digest.clone(),
+        percent: request.percent,
+        started_at: request.at,
+        started_by: request.actor.clone(),
+    };
+    db.execute(
+        "UPDATE pins SET canary_digest = ?3, canary_percent = ?4, canary_started_at = ?5,
+                         canary_started_by = ?6
+         WHERE template_name = ?1 AND region = ?2",
+        &[
+            pin.template.as_str().into(),
+            pin.region.as_str().into(),
+            canary.digest.as_str().into(),
+            i64::from(canary.percent.get()).into(),
+            format_time(canary.started_at)?.into(),
+            canary.started_by.as_str().into(),
+        ],
+    )?;
+    events::append(
+        db,
+        NewEvent {
+            kind: EventType::CanaryStarted,
+            at: request.at,
+            template: Some(&pin.template),
+            region: Some(&pin.region),
+            data: json!({
+                "image_digest": canary.digest.as_str(),
+                "percent": canary.percent.get(),
+                "stable_digest": pin.digest.as_str(),
+                "revision": pin.revision,
+                "actor": request.actor.as_str(),
+                "forced": forced,
+                "replaced": pin.canary.as_ref().map(|old| json!({
+                    "image_digest": old.digest.as_str(),
+                    "percent": old.percent.get(),
+                })),
+            }),
+        },
+    )?;
+    let replaced = pin.canary.replace(Box::new(canary));
+    Ok(CanaryOutcome::Started { pin, replaced })
+}
+
+pub(crate) fn abort_canary(
+    db: &mut dyn Sql,
+    abort: &CanaryAbort,
+) -> Result<AbortOutcome, StoreError> {
+    let Some(mut pin) = current_pin(db, &abort.template, &abort.region)? else {
+        return Ok(AbortOutcome::NoCanary);
+    };
+    let Some(canary) = pin.canary.take_if(|canary| {
+        abort
+            .digest
+            .as_ref()
+            .is_none_or(|digest| *digest == canary.digest)
+    }) else {
+        return Ok(AbortOutcome::NoCanary);
+    };
+    clear_canary(db, &pin)?;
+    let (cause, figures) = match &abort.cause {
+        AbortCause::Requested => ("requested", None),
+        AbortCause::Health(figures) => (
+            "health",
+            Some(json!({
+                "canary_instances": figures.canary.instances,
+                "canary_unhealthy": figures.canary.unhealthy,
+                "canary_unhealthy_percent": figures.canary.unhealthy_percent(),
+                "stable_instances": figures.stable.instances,
+                "stable_unhealthy": figures.stable.unhealthy,
+                "stable_unhealthy_percent": figures.stable.unhealthy_percent(),
+                "excess_percent": figures.excess,
+                "max_unhealthy_percent": figures.rule.max_unhealthy,
+                "min_reports": figures.rule.min_reports,
+            })),
+        ),
+    };
+    events::append(
+        db,
+        NewEvent {
+            kind: EventType::CanaryAborted,
+            at: abort.at,
+            template: Some(&pin.template),
+            region: Some(&pin.region),
+            data: json!({
+                "image_digest": canary.digest.as_str(),
+                "percent": canary.percent.get(),
+                "stable_digest": pin.digest.as_str(),
+                "started_at": format_time(canary.started_at)?,
+                "started_by": canary.started_by.as_str(),
+                "actor": abort.actor.as_str(),
+                "cause": cause,
+                "health": figures,
+                "held": abort.hold.is_some() && pin.hold.is_none(),
+            }),
+        },
+    )?;
+    if let (Some(reason), None) = (&abort.hold, &pin.hold) {
+        let hold = Hold {
+            reason: reason.clone(),
+            held_by: abort.actor.clone(),
+            held_at: abort.at,
+        };
+        pin = set_hold(db, pin, hold)?;
+    }
+    Ok(AbortOutcome::Aborted { pin, canary })
 }
 
 /// The one value a `RETURNING` clause gave back.
@@ -902,6 +1086,28 @@ fn read_pin(row: &mut Reader<'_>) -> Result<PinRecord, StoreError> {
                     held_by,
                     held_at,
                 })),
+                _ => None,
+            }
+        },
+        canary: {
+            let digest: Option<Digest> = row.next()?;
+            let percent: Option<i64> = row.next()?;
+            let started_at: Option<OffsetDateTime> = row.next()?;
+            let started_by: Option<TokenName> = row.next()?;
+            match (digest, percent, started_at, started_by) {
+                (Some(digest), Some(percent), Some(started_at), Some(started_by)) => {
+                    let percent = Percent::new(percent).map_err(|err| StoreError::Corrupt {
+                        table: "pins",
+                        column: "canary_percent",
+                        reason: err.to_string(),
+                    })?;
+                    Some(Box::new(Canary {
+                        digest,
+                        percent,
+                        started_at,
+                        started_by,
+                    }))
+                }
                 _ => None,
             }
         },
