@@ -30,7 +30,7 @@ pub use name::{InstanceId, Region, TemplateName, TokenName, WebhookName};
 pub use promotion::{Ask, Expectation, PinState, PromoteDecision, decide_promotion};
 pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
-pub use soak::{Soak, SourceMove, soaked};
+pub use soak::{Soak, SoakScan, SourceMove, soaked};
 pub use text::{GitSha, HoldReason, Label, Notes, RunUrl, WebhookUrl};
 
 /// Why a value was refused. `kind` says which field it was for, so the edge

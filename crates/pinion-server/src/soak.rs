@@ -1,23 +1,26 @@
 //! Soak between environments: before a promotion, ask the source
 //! environment's server how long the digest ran on its pin, and let
-//! `pinion-core` judge. Answers are not cached: each promotion asks once (a
-//! page of the template's history, more only for a long history), so no
-//! stale answer can let through a digest the source has since rolled back.
+//! `pinion-core` judge. Answers are not cached: each promotion asks (the
+//! newest 25 entries of the template's history, older pages only while the
+//! answer is still open), so no stale answer can let through a digest the
+//! source has since rolled back.
 
 use std::time::Duration;
 
 use pinion_api::HistoryList;
-use pinion_core::{Digest, Label, Region, Soak, SourceMove, TemplateName, soaked};
+use pinion_core::{Digest, Label, Region, Soak, SoakScan, SourceMove, TemplateName};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code};
 
-/// The most history pages read from the source for one promotion. Windows
-/// older than what they hold are not counted (an undercount: never a digest
-/// let through that should not be).
-const MAX_PAGES: usize = 20;
+/// The most history pages read from the source for one promotion: 25
+/// entries, then up to 20,000 more. Windows older than what they hold are
+/// not counted (an undercount: never a digest let through that should not
+/// be).
+const MAX_PAGES: usize = 21;
+const FIRST_PAGE: u32 = 25;
 const PAGE: u32 = 1000;
 
 /// Where promotions must have soaked first, and for how long.
@@ -83,37 +86,41 @@ impl SoakSource {
                 ),
             )
         };
-        let asked = async { self.history(template).await.map_err(unavailable) };
-        let history = deadline
+        let now_ms = unix_ms(OffsetDateTime::now_utc());
+        let pins = if *region == Region::global() {
+            vec![region.clone()]
+        } else {
+            vec![region.clone(), Region::global()]
+        };
+        let mut scans: Vec<(Region, SoakScan<'_>)> = pins
+            .into_iter()
+            .map(|pin| (pin, SoakScan::new(digest, self.required, now_ms)))
+            .collect();
+        let asked = async { self.scan(template, &mut scans).await.map_err(unavailable) };
+        deadline
             .run(asked, || {
                 unavailable("no answer by the request's deadline".into())
             })
             .await?;
-        let now_ms = unix_ms(OffsetDateTime::now_utc());
-        let longest = [region.clone(), Region::global()]
-            .iter()
-            .map(|pin| {
-                let moves: Vec<SourceMove<'_>> = history
-                    .iter()
-                    .filter(|entry| entry.region == *pin)
-                    .map(|entry| SourceMove {
-                        at_ms: entry.at_ms,
-                        to: &entry.to,
-                        rollback: entry.rollback,
-                    })
-                    .collect();
-                soaked(&moves, digest, now_ms)
-            })
+        let longest = scans
+            .into_iter()
+            .map(|(_, scan)| scan.finish())
             .max()
             .unwrap_or_default();
         Ok(Soak::judge(longest, self.required))
     }
 
-    /// Every move of the template's pins on the source, oldest first.
-    async fn history(&self, template: &TemplateName) -> Result<Vec<Move>, String> {
-        let mut moves = Vec::new();
+    /// Reads the template's history on the source, newest first, into the
+    /// scans of its pins, until each has decided or the history ends.
+    async fn scan(
+        &self,
+        template: &TemplateName,
+        scans: &mut [(Region, SoakScan<'_>)],
+    ) -> Result<(), String> {
         let mut before: Option<i64> = None;
-        for _ in 0..MAX_PAGES {
+        for page_number in 0..MAX_PAGES {
+            // Most answers are in the newest entries: a small first page.
+            let limit = if page_number == 0 { FIRST_PAGE } else { PAGE };
             let mut url = self
                 .url
                 .join("cp/admin/runtime-image/history")
@@ -121,7 +128,7 @@ impl SoakSource {
             {
                 let mut pairs = url.query_pairs_mut();
                 pairs.append_pair("template_name", template.as_str());
-                pairs.append_pair("limit", &PAGE.to_string());
+                pairs.append_pair("limit", &limit.to_string());
                 if let Some(before) = before {
                     pairs.append_pair("before", &before.to_string());
                 }
@@ -143,37 +150,57 @@ impl SoakSource {
                 .await
                 .map_err(|err| format!("its history did not decode: {}", err.without_url()))?;
             for entry in &page.history {
-                if entry.template_name != template.as_str() {
-                    return Err("its history named another template".into());
+                let step = parse_entry(template, entry)?;
+                let Some(step) = step else { continue };
+                if let Some((_, scan)) = scans.iter_mut().find(|(pin, _)| *pin == step.region) {
+                    scan.older(SourceMove {
+                        at_ms: step.at_ms,
+                        to: &step.to,
+                        rollback: step.rollback,
+                    });
                 }
-                let rollback = match entry.action.as_str() {
-                    "promote" => false,
-                    "rollback" => true,
-                    // Holds and releases do not move the pin.
-                    _ => continue,
-                };
-                let region = Region::parse(&entry.region)
-                    .map_err(|err| format!("its history has a bad region: {err}"))?;
-                let to = Digest::parse(&entry.to_digest)
-                    .map_err(|err| format!("its history has a bad digest: {err}"))?;
-                let at = OffsetDateTime::parse(&entry.at, &Rfc3339)
-                    .map_err(|err| format!("its history has a bad time: {err}"))?;
-                moves.push(Move {
-                    region,
-                    to,
-                    at_ms: unix_ms(at),
-                    rollback,
-                });
+            }
+            // One pin soaked is enough; otherwise read on while one may.
+            if scans.iter().any(|(_, scan)| scan.met())
+                || scans.iter().all(|(_, scan)| scan.decided())
+            {
+                return Ok(());
             }
             match page.next_before {
                 Some(next) => before = Some(next),
-                None => break,
+                None => return Ok(()),
             }
         }
-        // Pages come newest first.
-        moves.reverse();
-        Ok(moves)
+        Ok(())
     }
+}
+
+/// One history entry of the source as a move of a pin; `None` for holds
+/// and releases, which do not move it.
+fn parse_entry(
+    template: &TemplateName,
+    entry: &pinion_api::HistoryEntry,
+) -> Result<Option<Move>, String> {
+    if entry.template_name != template.as_str() {
+        return Err("its history named another template".into());
+    }
+    let rollback = match entry.action.as_str() {
+        "promote" => false,
+        "rollback" => true,
+        _ => return Ok(None),
+    };
+    let region = Region::parse(&entry.region)
+        .map_err(|err| format!("its history has a bad region: {err}"))?;
+    let to = Digest::parse(&entry.to_digest)
+        .map_err(|err| format!("its history has a bad digest: {err}"))?;
+    let at = OffsetDateTime::parse(&entry.at, &Rfc3339)
+        .map_err(|err| format!("its history has a bad time: {err}"))?;
+    Ok(Some(Move {
+        region,
+        to,
+        at_ms: unix_ms(at),
+        rollback,
+    }))
 }
 
 /// One move of the source's history.

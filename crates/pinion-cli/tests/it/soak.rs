@@ -266,3 +266,31 @@ fn a_source_that_hangs_fails_lies_or_refuses_the_token_fails_closed() {
         assert!(!answer.body.contains("pinion_not_a_real_token"), "{what}");
     }
 }
+
+#[test]
+fn a_window_older_than_the_first_page_of_history_is_found() {
+    let staging = Environment::new(&[]);
+    let source = format!("staging={}", staging.server.url());
+    let prod = Environment::new(&[
+        ("PINION_SOAK_SOURCE", source.as_str()),
+        ("PINION_SOAK", "1s"),
+        ("PINION_SOAK_TOKEN", staging.read.as_str()),
+    ]);
+    assert_eq!(staging.promote(&staging.ci, 1, "global", false).status, 201);
+    sleep_until(Instant::now() + Duration::from_millis(1200));
+    // 40 newer moves of the template's other pin: the global pin's window
+    // is past the newest 25 entries the source is asked for first.
+    for n in 0..40 {
+        let moved = staging.promote(&staging.ci, 1000 + n, "us-east", false);
+        assert_eq!(moved.status, 201, "{moved:?}");
+    }
+    let moved = prod.promote(&prod.ci, 1, "global", false);
+    assert_eq!(moved.status, 201, "{moved:?}");
+    // The pin of the region itself soaked nothing, and its global pin did.
+    let moved = prod.promote(&prod.ci, 1, "eu-west", false);
+    assert_eq!(moved.status, 201, "{moved:?}");
+    // A digest staging's us-east pin ran only a moment is refused, after
+    // the whole history was read.
+    let message = refused_for_soak(&prod.promote(&prod.ci, 1000, "us-east", false));
+    assert!(message.contains("has soaked 0s"), "{message}");
+}

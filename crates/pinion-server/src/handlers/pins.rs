@@ -144,7 +144,30 @@ async fn promote_inner(
         soak_source: soak_source.map(|source| source.name.clone()),
     };
     let requested = promotion.clone();
-    let outcome = state.promote(promotion, deadline).await?;
+    let mut outcome = state.promote(promotion, deadline).await?;
+    // The pin seemed to be at the digest, so the source was not asked, but
+    // another promotion moved it first: ask now, and try once more.
+    if let (PromoteOutcome::SoakRequired { .. }, Soak::Unchecked { .. }, Some(source), false) = (
+        &outcome,
+        requested.soak,
+        soak_source,
+        requested.force && admin,
+    ) {
+        let judged = source
+            .judge(
+                &requested.template,
+                &requested.region,
+                &requested.digest,
+                &deadline,
+            )
+            .await?;
+        let again = Promotion {
+            soak: judged,
+            at: now(),
+            ..requested.clone()
+        };
+        outcome = state.promote(again, deadline).await?;
+    }
     let view = state.view();
     match outcome {
         PromoteOutcome::Moved { pin, previous } => {
