@@ -43,6 +43,10 @@ pub enum Command {
     /// Print every image reference a registry clean-up must keep, one per
     /// line: pinned, run by a live instance, or recent in a pin's history.
     Retention(RetentionArgs),
+    /// Every pin of every target side by side: digest, age, who moved it,
+    /// drift and fleet as each server sees them, and what disagrees. Exit 1
+    /// when something is stale, behind or disagrees.
+    Status(StatusArgs),
 }
 
 /// How to reach registries.
@@ -458,6 +462,12 @@ pub struct VerifyArgs {
         requires = "converged"
     )]
     pub wait: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
     #[command(flatten)]
     pub remote: Remote,
 }

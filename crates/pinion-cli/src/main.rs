@@ -44,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::Drift(args) => runtime(command::drift::run(args)),
         Command::Watch(args) => runtime(command::watch::run(args)),
         Command::Retention(args) => runtime(command::retention::run(args)),
+        Command::Status(args) => runtime(command::status::run(args)),
     };
     std::process::ExitCode::from(code as u8)
 }

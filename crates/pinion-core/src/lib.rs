@@ -16,6 +16,7 @@ mod promotion;
 mod reference;
 mod scope;
 mod soak;
+pub mod status;
 mod text;
 mod url;
 

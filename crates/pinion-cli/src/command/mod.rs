@@ -10,6 +10,7 @@ pub mod promote;
 pub mod retention;
 pub mod rollback;
 pub mod serve;
+pub mod status;
 pub mod template;
 pub mod token;
 pub mod verify;

@@ -23,3 +23,4 @@ mod pipeline;
 mod postgres;
 mod registry;
 mod soak;
+mod status;
