@@ -10,7 +10,7 @@ use pinion_api::PinResponse;
 use pinion_core::{Digest, Percent, Scope};
 use pinion_store::{AbortCause, AbortOutcome, CanaryAbort, CanaryOutcome, CanaryRequest};
 
-use super::{Attempt, Query, audited, now, parse_field, pin_body, read_json};
+use super::{Attempt, audited, now, parse_field, pin_body, read_json};
 use crate::auth::{Caller, Source};
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
@@ -56,7 +56,6 @@ pub async fn start_canary(
             force: request.force,
             may_override_hold: caller.require(Scope::Admin).is_ok(),
         };
-        let view = state.view();
         let (status, pin) = match state.start_canary(canary, deadline).await? {
             CanaryOutcome::Started { pin, .. } => (StatusCode::CREATED, pin),
             CanaryOutcome::Unchanged { pin } => (StatusCode::OK, pin),
@@ -76,23 +75,9 @@ pub async fn start_canary(
                 ));
             }
             CanaryOutcome::Held { pin } => {
-                let (by, since, reason) = pin.hold.as_ref().map_or_else(
-                    || (String::new(), String::new(), String::new()),
-                    |hold| {
-                        (
-                            hold.held_by.to_string(),
-                            super::format_time(hold.held_at),
-                            hold.reason.as_str().to_owned(),
-                        )
-                    },
-                );
-                return Err(ApiError::new(
-                    Code::PinHeld,
-                    format!(
-                        "the pin for `{template}`/`{region}` is held by `{by}` since {since}: {reason}; canaries are refused until it is released (an `admin` token with `force` overrides); nothing was changed"
-                    ),
-                )
-                .with_pin(Some(pin_body(&view, &pin))));
+                let view = state.view();
+                return Err(super::held_refusal(&pin, "canaries", request.force)
+                    .with_pin(Some(pin_body(&view, &pin))));
             }
         };
         if let Some(canary) = &pin.canary {
@@ -125,10 +110,7 @@ pub async fn abort_canary(
         let caller = attempt.caller(caller)?;
         caller.require(Scope::Promote)?;
         let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
-        let query = Query::parse(raw.as_deref());
-        let template = query.get("template_name").unwrap_or_default();
-        let region = query.get("region");
-        let (template, region) = attempt.pin(&template, region.as_deref())?;
+        let (template, region) = attempt.pin_in_query(raw.as_deref())?;
         caller.require_template(&template)?;
         let abort = CanaryAbort {
             template: template.clone(),

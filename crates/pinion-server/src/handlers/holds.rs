@@ -9,7 +9,7 @@ use pinion_api::HoldResponse;
 use pinion_core::{HoldReason, Scope};
 use pinion_store::{HoldOutcome, HoldRequest, Release, ReleaseOutcome};
 
-use super::{Attempt, Query, audited, hold_body, now, parse_field, read_json};
+use super::{Attempt, audited, hold_body, now, parse_field, read_json};
 use crate::auth::{Caller, Source};
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
@@ -82,10 +82,7 @@ pub async fn release(
         let caller = attempt.caller(caller)?;
         caller.require(Scope::Promote)?;
         let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
-        let query = Query::parse(raw.as_deref());
-        let template = query.get("template_name").unwrap_or_default();
-        let region = query.get("region");
-        let (template, region) = attempt.pin(&template, region.as_deref())?;
+        let (template, region) = attempt.pin_in_query(raw.as_deref())?;
         caller.require_template(&template)?;
         let release = Release {
             template: template.clone(),

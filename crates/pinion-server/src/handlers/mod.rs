@@ -80,6 +80,15 @@ impl Attempt {
         Ok((template, region))
     }
 
+    /// The pin a `?template_name=T&region=R` query names (region default
+    /// `global`).
+    fn pin_in_query(&mut self, raw: Option<&str>) -> Result<(TemplateName, Region), ApiError> {
+        let query = Query::parse(raw);
+        let template = query.get("template_name").unwrap_or_default();
+        let region = query.get("region");
+        self.pin(&template, region.as_deref())
+    }
+
     /// Unwraps the authentication result, remembering who it was.
     fn caller(&mut self, caller: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
         let caller = caller?;
@@ -244,6 +253,33 @@ fn pin_body(view: &View, pin: &PinRecord) -> Pin {
             started_by: canary.started_by.to_string(),
         }),
     }
+}
+
+/// `423 pin_held` for a change of `what` (promotions, canaries) to a held
+/// pin: who held it, since when, why, and how to force past it.
+fn held_refusal(pin: &PinRecord, what: &str, forced_without_admin: bool) -> ApiError {
+    let (by, since, reason) = pin.hold.as_ref().map_or_else(
+        || (String::new(), String::new(), String::new()),
+        |hold| {
+            (
+                hold.held_by.to_string(),
+                format_time(hold.held_at),
+                hold.reason.as_str().to_owned(),
+            )
+        },
+    );
+    let forcing = if forced_without_admin {
+        "`force` needs a token of scope `admin`"
+    } else {
+        "an `admin` token with `force` overrides"
+    };
+    ApiError::new(
+        Code::PinHeld,
+        format!(
+            "the pin for `{}`/`{}` is held by `{by}` since {since}: {reason}; {what} are refused until it is released ({forcing}); nothing was changed",
+            pin.template, pin.region
+        ),
+    )
 }
 
 fn hold_body(pin: &PinRecord, hold: &pinion_store::Hold) -> pinion_api::Hold {

@@ -223,7 +223,7 @@ async fn promote_inner(
                 human(required),
             ),
         )),
-        PromoteOutcome::Held { current } => Err(held(&requested, &current)
+        PromoteOutcome::Held { current } => Err(super::held_refusal(&current, "promotions", requested.force)
             .with_pin(Some(pin_body(&view, &current)))),
         PromoteOutcome::StaleBuild { current } => Err(ApiError::new(Code::StaleBuild,
             format!(
@@ -239,31 +239,6 @@ async fn promote_inner(
 }
 
 /// `423 pin_held`, saying who held the pin, when and why.
-fn held(requested: &Promotion, current: &PinRecord) -> ApiError {
-    let (by, since, reason) = current.hold.as_ref().map_or_else(
-        || (String::new(), String::new(), String::new()),
-        |hold| {
-            (
-                hold.held_by.to_string(),
-                super::format_time(hold.held_at),
-                hold.reason.as_str().to_owned(),
-            )
-        },
-    );
-    let forcing = if requested.force {
-        "`force` needs a token of scope `admin`"
-    } else {
-        "an `admin` token with `force` overrides"
-    };
-    ApiError::new(
-        Code::PinHeld,
-        format!(
-            "the pin for `{}`/`{}` is held by `{by}` since {since}: {reason}; promotions are refused until it is released ({forcing}); nothing was changed",
-            requested.template, requested.region
-        ),
-    )
-}
-
 /// Confirms the digest exists in the template's repository before anything
 /// is written (`require`), or only logs when it does not (`warn`).
 pub(super) async fn check_registry(
