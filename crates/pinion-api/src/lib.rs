@@ -588,3 +588,11 @@ pub struct FleetCanary {
     /// (null: no rule).
     pub max_unhealthy_percent: Option<f64>,
 }
+
+/// `GET /version`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Version {
+    pub version: String,
+    /// The commit the build came from; null outside a git checkout.
+    pub git_sha: Option<String>,
+}

@@ -44,6 +44,9 @@ struct Memory {
     /// What was last recorded for the change feed per pin (stale?, tag
     /// digest); only a difference is recorded again.
     recorded: HashMap<(TemplateName, Region), (bool, Digest)>,
+    /// The last definite answer per pin: the pin's digest then, and whether
+    /// it was stale. A check that could not be made leaves it as it was.
+    known: HashMap<(TemplateName, Region), (Digest, bool)>,
 }
 
 impl Drift {
@@ -64,6 +67,22 @@ impl Drift {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether the pin at `digest` was stale when last checked for sure;
+    /// none if it never was (or the pin has moved since).
+    pub fn last_known(
+        &self,
+        template: &TemplateName,
+        region: &Region,
+        digest: &Digest,
+    ) -> Option<bool> {
+        let memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        memory
+            .known
+            .get(&(template.clone(), region.clone()))
+            .filter(|(known, _)| known == digest)
+            .map(|(_, stale)| *stale)
     }
 
     pub fn errors_total(&self) -> u64 {
@@ -161,6 +180,9 @@ pub async fn check_once(state: &AppState, interval: Duration) {
                     (row.status, row.tag_digest)
                 {
                     let stale = row.status == DriftStatus::Stale;
+                    memory
+                        .known
+                        .insert(key.clone(), (pin.digest.clone(), stale));
                     let seen = (stale, tag_digest.clone());
                     if memory.recorded.get(&key) != Some(&seen) {
                         memory.recorded.insert(key.clone(), seen);

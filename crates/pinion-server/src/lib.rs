@@ -177,6 +177,7 @@ fn router(state: AppState) -> Router {
         .route("/cp/admin/runtime-image/drift", get(handlers::drift))
         .route("/metrics", get(handlers::metrics))
         .route("/healthz", get(handlers::healthz))
+        .route("/version", get(handlers::version))
         .route("/cp/admin/runtime-image/promote", post(handlers::promote))
         .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
         .route(

@@ -420,12 +420,36 @@ fn the_watcher_flips_pin_stale_within_one_interval() {
         "seen within about one interval: {:?}",
         flipped - pushed
     );
+    let promoted_at: f64 = metric(
+        &server,
+        r#"pinion_pin_promoted_timestamp_seconds{template="codex",region="global"}"#,
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
     assert!(
+        (now - promoted_at).abs() < 60.0,
+        "{promoted_at} against {now}"
+    );
+    assert_eq!(
         metric(
             &server,
-            r#"pinion_pin_age_seconds{template="codex",region="global"}"#
+            &format!(r#"pinion_pin_info{{template="codex",region="global",digest="{first}"}}"#)
         )
-        .is_some()
+        .as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(
+            &server,
+            r#"pinion_pin_check_ok{template="codex",region="global"}"#
+        )
+        .as_deref(),
+        Some("1")
     );
     assert_eq!(
         metric(&server, "pinion_drift_check_errors_total").as_deref(),
@@ -473,4 +497,107 @@ fn watcher_errors_are_counted() {
         Duration::from_secs(10),
         || metric(&server, "pinion_drift_check_errors_total").as_deref() != Some("0"),
     );
+}
+
+/// Checks the exposition format the way `promtool check metrics` would at
+/// its core: every sample belongs to the family the last `# TYPE` line
+/// declared (families are not interleaved), and every value is a number.
+fn assert_well_formed(text: &str) {
+    let mut family = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let name = declared.split(' ').next().unwrap().to_owned();
+            assert!(seen.insert(name.clone()), "{name} declared twice");
+            family = name;
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name = line.split(['{', ' ']).next().unwrap();
+        assert_eq!(name, family, "a sample outside its family: {line}");
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(
+            value == "NaN" || value.parse::<f64>().is_ok(),
+            "not a number: {line}"
+        );
+    }
+}
+
+#[test]
+fn a_registry_outage_keeps_a_stale_pin_stale_and_says_the_check_failed() {
+    let mut registry = TestRegistry::start(Auth::None);
+    let first = registry.push_image("codex", "latest", "o1");
+    let (_env, server, token, _read) = server_for(&registry, &[("PINION_DRIFT_INTERVAL", "300ms")]);
+    assert_eq!(promote(&server, &token, &first).status, 201);
+    let second = registry.push_image("codex", "latest", "o2");
+    let stale = r#"pinion_pin_stale{template="codex",region="global"}"#;
+    let check_ok = r#"pinion_pin_check_ok{template="codex",region="global"}"#;
+    let wait_for = |what: &str, want: (&str, &str)| {
+        poll_until(what, Duration::from_secs(10), || {
+            let seen = (metric(&server, stale), metric(&server, check_ok));
+            (seen.0.as_deref() == Some(want.0) && seen.1.as_deref() == Some(want.1)).then_some(())
+        });
+    };
+    wait_for("stale, checked", ("1", "1"));
+
+    // The registry goes away: still stale, and the check says it failed.
+    registry.stop();
+    wait_for("stale, not checked", ("1", "0"));
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        metric(&server, stale).as_deref(),
+        Some("1"),
+        "never 0 while unknown"
+    );
+    let text = crate::support::http(server.addr, "GET", "/metrics", None, None).body;
+    assert_well_formed(&text);
+
+    // Back: checked again, still stale; promoted to the tag, fresh.
+    registry.run();
+    wait_for("stale, checked again", ("1", "1"));
+    assert_eq!(promote(&server, &token, &second).status, 201);
+    wait_for("fresh, checked", ("0", "1"));
+    assert_well_formed(&crate::support::http(server.addr, "GET", "/metrics", None, None).body);
+}
+
+#[test]
+fn a_pin_never_checked_or_without_its_tag_is_unknown_from_the_first_scrape() {
+    let registry = TestRegistry::start(Auth::None);
+    let first = registry.push_image("codex", "latest", "n1");
+    // A tag that does not exist: every check is a failure to check.
+    let (_env, server, token, _read) = server_for(
+        &registry,
+        &[
+            ("PINION_DRIFT_INTERVAL", "300ms"),
+            ("PINION_DRIFT_TAG", "no-such-tag"),
+        ],
+    );
+    assert_eq!(promote(&server, &token, &first).status, 201);
+    // Its series are there at once, and say unknown, not fresh.
+    let stale = r#"pinion_pin_stale{template="codex",region="global"}"#;
+    let check_ok = r#"pinion_pin_check_ok{template="codex",region="global"}"#;
+    assert_eq!(metric(&server, stale).as_deref(), Some("NaN"));
+    assert_eq!(metric(&server, check_ok).as_deref(), Some("0"));
+    // After several passes: still unknown.
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(metric(&server, stale).as_deref(), Some("NaN"));
+    assert_eq!(metric(&server, check_ok).as_deref(), Some("0"));
+    let text = crate::support::http(server.addr, "GET", "/metrics", None, None).body;
+    assert!(text.contains(r#"pinion_build_info{version=""#), "{text}");
+    assert_well_formed(&text);
+
+    // The version, without a token.
+    let version = crate::support::http(server.addr, "GET", "/version", None, None);
+    assert_eq!(version.status, 200, "{version:?}");
+    let version = version.json();
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+    match version["git_sha"].as_str() {
+        Some(sha) => assert!(
+            sha.len() == 40 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+            "{sha}"
+        ),
+        None => assert!(version["git_sha"].is_null()),
+    }
 }

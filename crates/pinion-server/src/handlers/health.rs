@@ -29,6 +29,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiEr
     }
 }
 
+/// `GET /version` (no auth): this build's version and git commit (null
+/// when built outside a git checkout).
+pub async fn version() -> Json<pinion_api::Version> {
+    Json(pinion_api::Version {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        git_sha: option_env!("PINION_BUILD_GIT_SHA").map(str::to_owned),
+    })
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::from_status(StatusCode::NOT_FOUND)
 }

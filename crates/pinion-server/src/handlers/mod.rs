@@ -17,7 +17,7 @@ pub use canary::{abort_canary, start_canary};
 pub use catalog::{list_runtimes, put_runtime};
 pub use events::events;
 pub use fleet::{delete_instance, fleet, instances, report, retention};
-pub use health::{healthz, not_found, readyz};
+pub use health::{healthz, not_found, readyz, version};
 pub use history::{audit, history};
 pub use holds::{hold, release};
 pub use pins::{list_pins, promote, resolve, rollback};

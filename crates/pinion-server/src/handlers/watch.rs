@@ -51,36 +51,87 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
     let view = state.view();
     let drift = state.drift();
     let report = drift.report();
-    let now = OffsetDateTime::now_utc();
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "# HELP pinion_pin_stale 1 when the pin differs from its repository's `{}` tag",
+        "# HELP pinion_build_info The running build\n# TYPE pinion_build_info gauge\npinion_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    // Every pin has its series from the first scrape. A pin whose last
+    // check could not be made (registry down, tag missing, no repository,
+    // not checked yet, or checked before the pin moved) has
+    // `pinion_pin_check_ok` 0 and keeps its last known staleness, or NaN
+    // when it has none: never a 0 that reads as fresh.
+    let pins: Vec<&pinion_store::PinRecord> = view
+        .pins()
+        .filter(|pin| visible(pin.template.as_str()))
+        .collect();
+    let checks: Vec<(bool, Option<bool>)> = pins
+        .iter()
+        .map(|pin| {
+            let checked = report.pins.iter().find(|entry| {
+                entry.template_name == pin.template.as_str()
+                    && entry.region == pin.region.as_str()
+                    && entry.image_digest.as_deref() == Some(pin.digest.as_str())
+                    && matches!(entry.status.as_str(), "current" | "stale")
+            });
+            match checked {
+                Some(entry) => (true, Some(entry.status == "stale")),
+                None => (
+                    false,
+                    drift.last_known(&pin.template, &pin.region, &pin.digest),
+                ),
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        text,
+        "# HELP pinion_pin_stale 1 when the pin differs from its repository's `{}` tag (its last known value while checks fail; NaN when never known)",
         report.tag
     );
     let _ = writeln!(text, "# TYPE pinion_pin_stale gauge");
-    for entry in report
-        .pins
-        .iter()
-        .filter(|entry| entry.image_digest.is_some() && visible(&entry.template_name))
-    {
-        let stale = u8::from(entry.status == "stale");
+    for (pin, (_, stale)) in pins.iter().zip(&checks) {
+        let value = stale.map_or("NaN", |stale| if stale { "1" } else { "0" });
         let _ = writeln!(
             text,
-            "pinion_pin_stale{{template=\"{}\",region=\"{}\"}} {stale}",
-            entry.template_name, entry.region
+            "pinion_pin_stale{{template=\"{}\",region=\"{}\"}} {value}",
+            pin.template, pin.region
         );
     }
     let _ = writeln!(
         text,
-        "# HELP pinion_pin_age_seconds Seconds since the pin last moved"
+        "# HELP pinion_pin_check_ok 1 when the last drift check of the pin was made; 0 when it could not be"
     );
-    let _ = writeln!(text, "# TYPE pinion_pin_age_seconds gauge");
-    for pin in view.pins().filter(|pin| visible(pin.template.as_str())) {
-        let age = (now - pin.promoted_at).as_seconds_f64().max(0.0);
+    let _ = writeln!(text, "# TYPE pinion_pin_check_ok gauge");
+    for (pin, (ok, _)) in pins.iter().zip(&checks) {
         let _ = writeln!(
             text,
-            "pinion_pin_age_seconds{{template=\"{}\",region=\"{}\"}} {age:.3}",
+            "pinion_pin_check_ok{{template=\"{}\",region=\"{}\"}} {}",
+            pin.template,
+            pin.region,
+            u8::from(*ok)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pinion_pin_info The digest each pin is at\n# TYPE pinion_pin_info gauge"
+    );
+    for pin in &pins {
+        let _ = writeln!(
+            text,
+            "pinion_pin_info{{template=\"{}\",region=\"{}\",digest=\"{}\"}} 1",
+            pin.template, pin.region, pin.digest
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP pinion_pin_promoted_timestamp_seconds When the pin last moved (Unix seconds)\n# TYPE pinion_pin_promoted_timestamp_seconds gauge"
+    );
+    for pin in &pins {
+        let at = pin.promoted_at.unix_timestamp_nanos() as f64 / 1e9;
+        let _ = writeln!(
+            text,
+            "pinion_pin_promoted_timestamp_seconds{{template=\"{}\",region=\"{}\"}} {at:.3}",
             pin.template, pin.region
         );
     }
@@ -112,16 +163,19 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
     let _ = writeln!(text, "pinion_drift_last_check_timestamp_seconds {last}");
     let _ = writeln!(text, "# HELP pinion_pins Pins in the store");
     let _ = writeln!(text, "# TYPE pinion_pins gauge");
-    let pins = view
-        .pins()
-        .filter(|pin| visible(pin.template.as_str()))
-        .count();
-    let _ = writeln!(text, "pinion_pins {pins}");
+    let _ = writeln!(text, "pinion_pins {}", pins.len());
     let _ = writeln!(
         text,
         "# HELP pinion_auth_failures_total Requests refused for want of a valid token, by reason (`throttled`: answered 429 without a look)"
     );
     let _ = writeln!(text, "# TYPE pinion_auth_failures_total counter");
+    for (reason, total) in state.auth_failures().totals() {
+        let _ = writeln!(
+            text,
+            "pinion_auth_failures_total{{reason=\"{}\"}} {total}",
+            reason.as_str()
+        );
+    }
     let _ = writeln!(
         text,
         "# HELP pinion_fleet_instances Instances each pin governs, by state against it (`unknown`: silent past their time to live)"
@@ -158,13 +212,6 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
     );
     let _ = writeln!(text, "# TYPE pinion_event_subscribers gauge");
     let _ = writeln!(text, "pinion_event_subscribers {}", feed.subscribers());
-    for (reason, total) in state.auth_failures().totals() {
-        let _ = writeln!(
-            text,
-            "pinion_auth_failures_total{{reason=\"{}\"}} {total}",
-            reason.as_str()
-        );
-    }
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
