@@ -3,7 +3,7 @@
 //! exit codes: 0 when all agree, 1 when something disagrees or lags, 2 when
 //! a target cannot be read.
 
-use crate::support::{Env, Output, Server, closed_port, pinion, run};
+use crate::support::{Env, Output, Server, closed_port, http, pinion, run};
 
 const PROMOTE: &str = "/cp/admin/runtime-image/promote";
 
@@ -23,12 +23,23 @@ struct Environment {
 impl Environment {
     fn new() -> Environment {
         let env = Env::new();
-        env.add_template("codex", "registry.example.com/codex");
-        env.add_template("hermes", "registry.example.com/hermes");
+        let admin = env.token("platform", "admin", &[]);
         let ci = env.token("ci", "promote", &[]);
         let read = env.token("viewer", "read", &[]);
         let report = env.token("provisioner", "report", &[]);
         let server = Server::start(&env.database(), &[]);
+        // Templates without a repository: the drift watcher has nothing to
+        // check, so every pin is `unchecked` whenever its first pass runs.
+        for template in ["codex", "hermes"] {
+            let put = http(
+                server.addr,
+                "PUT",
+                &format!("/cp/admin/runtimes/{template}"),
+                Some(&admin),
+                Some(br#"{"image":null}"#),
+            );
+            assert!(put.status == 201, "{put:?}");
+        }
         Environment {
             server,
             _env: env,
