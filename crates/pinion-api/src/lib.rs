@@ -596,3 +596,44 @@ pub struct Version {
     /// The commit the build came from; null outside a git checkout.
     pub git_sha: Option<String>,
 }
+
+/// `POST /cp/admin/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    pub scope: String,
+    /// Only these templates; left out: every template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<Vec<String>>,
+    /// RFC 3339; left out: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A token as the API shows it: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub scope: String,
+    pub templates: Option<Vec<String>>,
+    pub created_at: String,
+    /// The token that made it over HTTP; null for one made on the database.
+    pub created_by: Option<String>,
+    pub expires_at: Option<String>,
+    /// Past its `expires_at`: it no longer works.
+    pub expired: bool,
+}
+
+/// The answer to `POST /cp/admin/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenCreated {
+    pub token: TokenInfo,
+    pub secret: String,
+}
+
+/// `GET /cp/admin/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}

@@ -69,6 +69,10 @@ event_types! {
     CanaryAborted = "canary.aborted",
     /// The canary's digest was promoted to the pin: the canary ends.
     CanaryPromoted = "canary.promoted",
+    /// A token was made over HTTP (never its secret).
+    TokenCreated = "token.created",
+    /// A token was revoked over HTTP.
+    TokenRevoked = "token.revoked",
 }
 
 impl std::fmt::Display for EventType {

@@ -29,6 +29,16 @@ impl Caller {
         &self.token.name
     }
 
+    /// The token's scope.
+    pub fn scope(&self) -> Scope {
+        self.token.scope
+    }
+
+    /// When the token stops working, if ever.
+    pub fn expires_at(&self) -> Option<time::OffsetDateTime> {
+        self.token.expires_at
+    }
+
     /// The templates the token is restricted to; `None` for all.
     pub fn templates(&self) -> Option<&[TemplateName]> {
         self.token.templates.as_deref()
@@ -49,9 +59,10 @@ impl Caller {
     /// Whether the token is still active in `view` (not revoked since the
     /// caller authenticated): long-lived streams ask now and then.
     pub fn is_active(&self, view: &crate::view::View) -> bool {
+        let now = time::OffsetDateTime::now_utc();
         view.tokens
             .iter()
-            .any(|token| token.secret_hash == self.token.secret_hash)
+            .any(|token| token.secret_hash == self.token.secret_hash && token.is_active_at(now))
     }
 
     /// Whether the token may touch this template.
@@ -131,6 +142,9 @@ impl Caller {
                 .map(|record| (&record.secret_hash, record)),
         )
         .ok_or_else(|| failed(Reason::Unknown, "unknown or revoked token"))?;
+        if !record.is_active_at(time::OffsetDateTime::now_utc()) {
+            return Err(failed(Reason::Expired, "the token has expired"));
+        }
         tracing::Span::current().record("actor", record.name.as_str());
         Ok(Caller {
             token: record.clone(),

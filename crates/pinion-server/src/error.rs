@@ -60,6 +60,8 @@ codes! {
     HoldNotFound = "hold_not_found", NOT_FOUND;
     /// An abort of a canary the pin does not have.
     CanaryNotFound = "canary_not_found", NOT_FOUND;
+    /// No active token of that name (or not one this token may revoke).
+    TokenNotFound = "token_not_found", NOT_FOUND;
     /// No delivery of that event to that webhook.
     DeliveryNotFound = "delivery_not_found", NOT_FOUND;
     NotFound = "not_found", NOT_FOUND;
@@ -70,6 +72,8 @@ codes! {
     PinConflict = "pin_conflict", CONFLICT;
     StaleBuild = "stale_build", CONFLICT;
     NothingToRollBack = "nothing_to_roll_back", CONFLICT;
+    /// An active token has that name already.
+    TokenNameTaken = "token_name_taken", CONFLICT;
     /// The pin is held: promotions are refused until it is released (an
     /// `admin` token with `force` overrides).
     PinHeld = "pin_held", LOCKED;
@@ -111,6 +115,10 @@ codes! {
     InvalidPercent = "invalid_percent", UNPROCESSABLE_ENTITY;
     /// A canary of the pin's own digest.
     CanaryIsStable = "canary_is_stable", UNPROCESSABLE_ENTITY;
+    InvalidTokenName = "invalid_token_name", UNPROCESSABLE_ENTITY;
+    InvalidScope = "invalid_scope", UNPROCESSABLE_ENTITY;
+    /// A token's `expires_at` is not an RFC 3339 time in the future.
+    InvalidExpiresAt = "invalid_expires_at", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
     TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
     ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
@@ -162,6 +170,8 @@ pub enum Field {
     InstanceId,
     Reason,
     Percent,
+    TokenName,
+    Scope,
 }
 
 impl Field {
@@ -187,6 +197,8 @@ impl Field {
             Field::InstanceId => "instance_id",
             Field::Reason => "reason",
             Field::Percent => "percent",
+            Field::TokenName => "name",
+            Field::Scope => "scope",
         }
     }
 
@@ -210,6 +222,8 @@ impl Field {
             Field::InstanceId => Code::InvalidInstanceId,
             Field::Reason => Code::InvalidReason,
             Field::Percent => Code::InvalidPercent,
+            Field::TokenName => Code::InvalidTokenName,
+            Field::Scope => Code::InvalidScope,
         }
     }
 }

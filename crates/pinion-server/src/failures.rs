@@ -43,14 +43,17 @@ pub enum Reason {
     Unknown,
     /// Refused without a look: the source had used up its allowance.
     Throttled,
+    /// A token past its `expires_at`.
+    Expired,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::Missing,
         Reason::Malformed,
         Reason::Unknown,
         Reason::Throttled,
+        Reason::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::Unknown => "unknown",
             Reason::Throttled => "throttled",
+            Reason::Expired => "expired",
         }
     }
 }
@@ -94,7 +98,7 @@ struct Summary {
 pub struct AuthFailures {
     allowances: Mutex<HashMap<Option<IpAddr>, Allowance>>,
     summaries: Mutex<HashMap<(String, &'static str, &'static str), Summary>>,
-    totals: [AtomicU64; 4],
+    totals: [AtomicU64; Reason::ALL.len()],
 }
 
 impl AuthFailures {
@@ -137,7 +141,9 @@ impl AuthFailures {
 
     fn count(&self, reason: Reason) {
         let index = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        self.totals[index].fetch_add(1, Ordering::Relaxed);
+        if let Some(total) = self.totals.get(index) {
+            total.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Failures so far, by reason.

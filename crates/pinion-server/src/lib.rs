@@ -204,6 +204,14 @@ fn router(state: AppState) -> Router {
             "/cp/admin/runtime-image/retention",
             get(handlers::retention),
         )
+        .route(
+            "/cp/admin/tokens",
+            get(handlers::list_tokens).post(handlers::create_token),
+        )
+        .route(
+            "/cp/admin/tokens/{name}",
+            axum::routing::delete(handlers::revoke_token),
+        )
         .route("/cp/admin/webhooks", get(handlers::list_webhooks))
         .route(
             "/cp/admin/webhooks/{name}",

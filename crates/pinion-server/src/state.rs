@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use pinion_core::WebhookName;
+use pinion_core::{TokenName, WebhookName};
 use pinion_registry::Registry;
 use pinion_store::{
     AbortOutcome, AttemptRecord, Batch, CanaryAbort, CanaryOutcome, CanaryRequest, DeliveryRecord,
     DriftObservation, DueDelivery, EventPage, EventQuery, Finish, FleetTransition, HoldOutcome,
-    HoldRequest, InstanceRecord, PinRecord, PromoteOutcome, Promotion, Redelivery, Refusal,
-    Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
+    HoldRequest, InstanceRecord, NewToken, PinRecord, PromoteOutcome, Promotion, Redelivery,
+    Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
     WebhookPut, WebhookRecord, WebhookUpdate,
 };
 use tokio::sync::{Notify, oneshot};
@@ -224,6 +224,24 @@ impl Write for CanaryAbort {
         if let AbortOutcome::Aborted { pin, .. } = output {
             changes.pins.push(pin.clone());
         }
+    }
+}
+
+impl Write for NewToken {
+    /// False when an active token has the name already.
+    type Output = bool;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
+        batch.create_token_if_free(self)
+    }
+}
+
+/// A token to revoke, and by whom; its output says whether there was one.
+struct RevokeToken(TokenName, TokenName, time::OffsetDateTime);
+
+impl Write for RevokeToken {
+    type Output = bool;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
+        batch.revoke_token_by(&self.0, &self.1, self.2)
     }
 }
 
@@ -727,6 +745,37 @@ impl AppState {
         deadline: Deadline,
     ) -> Result<ReleaseOutcome, ApiError> {
         self.write(release, deadline).await
+    }
+
+    /// Stores a token; false when an active one has the name already.
+    pub async fn create_token(
+        &self,
+        token: NewToken,
+        deadline: Deadline,
+    ) -> Result<bool, ApiError> {
+        self.write(token, deadline).await
+    }
+
+    /// Revokes the active token of that name; false when there is none.
+    pub async fn revoke_token(
+        &self,
+        name: TokenName,
+        actor: TokenName,
+        at: time::OffsetDateTime,
+        deadline: Deadline,
+    ) -> Result<bool, ApiError> {
+        self.write(RevokeToken(name, actor, at), deadline).await
+    }
+
+    /// Reads the view again if the database changed (a token made or
+    /// revoked here is then usable, or refused, at once).
+    pub async fn refresh_view(&self) {
+        let state = self.clone();
+        match tokio::task::spawn_blocking(move || state.reload_if_changed()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not read the view again"),
+            Err(err) => tracing::warn!(error = %err, "could not read the view again"),
+        }
     }
 
     pub async fn start_canary(

@@ -269,6 +269,11 @@ writes! {
     fn create_token(token: &NewToken) -> () = ops::create_token;
     /// Revokes the active token of that name. Returns false if there was none.
     fn revoke_token(name: &TokenName, at: OffsetDateTime) -> bool = ops::revoke_token;
+    /// Stores a token made over HTTP; false when an active token has the
+    /// name (nothing written).
+    fn create_token_if_free(token: &NewToken) -> bool = ops::create_token_if_free;
+    /// The same over HTTP, by `actor`, recorded in the change feed.
+    fn revoke_token_by(name: &TokenName, actor: &TokenName, at: OffsetDateTime) -> bool = ops::revoke_token_by;
     /// Records the drift watcher's observations; returns the ids of the
     /// events their flips appended.
     fn record_drift(seen: &[DriftObservation]) -> Vec<i64> = ops::record_drift;

@@ -195,6 +195,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE pins ADD COLUMN canary_started_at TEXT;
     ALTER TABLE pins ADD COLUMN canary_started_by TEXT;
 "#,
+    r#"
+    ALTER TABLE tokens ADD COLUMN created_by TEXT;
+    ALTER TABLE tokens ADD COLUMN expires_at TEXT;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

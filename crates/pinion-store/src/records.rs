@@ -147,6 +147,17 @@ pub struct TokenRecord {
     pub secret_hash: [u8; 32],
     pub created_at: OffsetDateTime,
     pub revoked_at: Option<OffsetDateTime>,
+    /// The token that made it over HTTP (none: made on the database).
+    pub created_by: Option<TokenName>,
+    /// When it stops working, if ever.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl TokenRecord {
+    /// Whether it works at `now`: not revoked, not expired.
+    pub fn is_active_at(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires| now < expires)
+    }
 }
 
 /// What `create_token` stores.
@@ -157,6 +168,8 @@ pub struct NewToken {
     pub templates: Option<Vec<TemplateName>>,
     pub secret_hash: [u8; 32],
     pub created_at: OffsetDateTime,
+    pub created_by: Option<TokenName>,
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// Where a promotion came from, when the CI said so.

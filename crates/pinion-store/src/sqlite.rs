@@ -239,6 +239,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE pins ADD COLUMN canary_started_at TEXT;
     ALTER TABLE pins ADD COLUMN canary_started_by TEXT;
 "#,
+    // Tokens made over HTTP: who made them, and when they stop working.
+    r#"
+    ALTER TABLE tokens ADD COLUMN created_by TEXT;
+    ALTER TABLE tokens ADD COLUMN expires_at TEXT;
+"#,
 ];
 
 /// One SQLite connection.

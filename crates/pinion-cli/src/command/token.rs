@@ -44,6 +44,8 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
                 templates,
                 secret_hash: secret.hash,
                 created_at: OffsetDateTime::now_utc(),
+                created_by: None,
+                expires_at: None,
             })?;
             if !output::line(&secret.secret) {
                 bail!(

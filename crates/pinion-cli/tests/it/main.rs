@@ -24,3 +24,4 @@ mod postgres;
 mod registry;
 mod soak;
 mod status;
+mod tokens;

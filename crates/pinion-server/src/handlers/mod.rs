@@ -10,6 +10,7 @@ mod health;
 mod history;
 mod holds;
 mod pins;
+mod tokens;
 mod watch;
 mod webhooks;
 
@@ -21,6 +22,7 @@ pub use health::{healthz, not_found, readyz, version};
 pub use history::{audit, history};
 pub use holds::{hold, release};
 pub use pins::{list_pins, promote, resolve, rollback};
+pub use tokens::{create_token, list_tokens, revoke_token};
 pub use watch::{drift, metrics};
 pub use webhooks::{delete_webhook, deliveries, list_webhooks, put_webhook, redeliver};
 

@@ -117,6 +117,8 @@ const TOKENS: Columns = Columns {
         "secret_hash",
         "created_at",
         "revoked_at",
+        "created_by",
+        "expires_at",
     ],
 };
 
@@ -537,18 +539,41 @@ pub(crate) fn create_token(db: &mut dyn Sql, token: &NewToken) -> Result<(), Sto
             .join(",")
     });
     let inserted = db.execute(
-        "INSERT INTO tokens (name, scope, templates, secret_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO tokens (name, scope, templates, secret_hash, created_at, created_by, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         &[
             token.name.as_str().into(),
             token.scope.as_str().into(),
-            templates.into(),
+            templates.clone().into(),
             Value::Blob(token.secret_hash.to_vec()),
             format_time(token.created_at)?.into(),
+            token.created_by.as_ref().map(TokenName::as_str).into(),
+            token.expires_at.map(format_time).transpose()?.into(),
         ],
     );
     match inserted {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            // Made over HTTP: in the change feed (never the secret).
+            if let Some(actor) = &token.created_by {
+                events::append(
+                    db,
+                    NewEvent {
+                        kind: EventType::TokenCreated,
+                        at: token.created_at,
+                        template: None,
+                        region: None,
+                        data: json!({
+                            "name": token.name.as_str(),
+                            "scope": token.scope.as_str(),
+                            "templates": token.templates.as_ref().map(|names| names.iter().map(TemplateName::as_str).collect::<Vec<_>>()),
+                            "expires_at": token.expires_at.map(format_time).transpose()?,
+                            "actor": actor.as_str(),
+                        }),
+                    },
+                )?;
+            }
+            Ok(())
+        }
         Err(StoreError::Constraint(_)) => Err(StoreError::TokenNameTaken(token.name.to_string())),
         Err(other) => Err(other),
     }
@@ -564,6 +589,45 @@ pub(crate) fn revoke_token(
         &[name.as_str().into(), format_time(at)?.into()],
     )?;
     Ok(changed > 0)
+}
+
+/// Stores a token unless an active one has the name: false then, and
+/// nothing written (a refusal, not a failed statement, so the rest of a
+/// group commit goes on).
+pub(crate) fn create_token_if_free(db: &mut dyn Sql, token: &NewToken) -> Result<bool, StoreError> {
+    let taken = db.query(
+        "SELECT 1 FROM tokens WHERE name = ?1 AND revoked_at IS NULL",
+        &[token.name.as_str().into()],
+    )?;
+    if !taken.is_empty() {
+        return Ok(false);
+    }
+    create_token(db, token)?;
+    Ok(true)
+}
+
+/// Revokes a token over HTTP: as [`revoke_token`], recorded in the change
+/// feed.
+pub(crate) fn revoke_token_by(
+    db: &mut dyn Sql,
+    name: &TokenName,
+    actor: &TokenName,
+    at: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let revoked = revoke_token(db, name, at)?;
+    if revoked {
+        events::append(
+            db,
+            NewEvent {
+                kind: EventType::TokenRevoked,
+                at,
+                template: None,
+                region: None,
+                data: json!({ "name": name.as_str(), "actor": actor.as_str() }),
+            },
+        )?;
+    }
+    Ok(revoked)
 }
 
 pub(crate) fn snapshot(db: &mut dyn Sql) -> Result<Snapshot, StoreError> {
@@ -1059,6 +1123,8 @@ fn query_tokens(db: &mut dyn Sql, active_only: bool) -> Result<Vec<TokenRecord>,
             secret_hash: row.next()?,
             created_at: row.next()?,
             revoked_at: row.next()?,
+            created_by: row.next()?,
+            expires_at: row.next()?,
         })
     })
     .collect()

@@ -272,6 +272,8 @@ fn token(name: &str, hash: u8) -> NewToken {
         templates: Some(vec![TemplateName::parse("codex").unwrap()]),
         secret_hash: [hash; 32],
         created_at: OffsetDateTime::now_utc(),
+        created_by: None,
+        expires_at: None,
     }
 }
 
@@ -1267,6 +1269,8 @@ fn report_tokens_exist_after_the_scope_migration() {
                 templates: None,
                 secret_hash: [5; 32],
                 created_at: OffsetDateTime::now_utc(),
+                created_by: None,
+                expires_at: None,
             })
             .unwrap();
         let tokens = store.tokens().unwrap();
