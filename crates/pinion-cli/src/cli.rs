@@ -294,8 +294,9 @@ pub struct Access {
 /// Where to send a request and how.
 #[derive(Debug, Args)]
 pub struct Remote {
-    /// The control plane's base URL.
-    #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
+    /// The control plane's base URL (default: `PINION_SERVER`, when no
+    /// `--target` is given).
+    #[arg(long, conflicts_with = "targets")]
     pub server: Option<String>,
     /// `NAME=URL` (repeatable); the token comes from `PINION_TOKEN_<NAME>`.
     #[arg(long = "target", value_name = "NAME=URL")]
@@ -410,8 +411,9 @@ pub struct HistoryArgs {
 /// One control plane, for commands that read one (`history`).
 #[derive(Debug, Args)]
 pub struct OneRemote {
-    /// The control plane's base URL.
-    #[arg(long, required_unless_present = "target", conflicts_with = "target")]
+    /// The control plane's base URL (default: `PINION_SERVER`, when no
+    /// `--target` is given).
+    #[arg(long, conflicts_with = "target")]
     pub server: Option<String>,
     /// `NAME=URL` (once); the token comes from `PINION_TOKEN_<NAME>`.
     #[arg(long, value_name = "NAME=URL")]

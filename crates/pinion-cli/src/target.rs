@@ -66,7 +66,17 @@ pub fn parse_targets(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<Target>, Preflight> {
     let mut named: Vec<(String, String, Result<String, String>)> = Vec::new();
-    if let Some(server) = &remote.server {
+    // `PINION_SERVER` stands in for `--server` when no target is named.
+    let server = remote.server.clone().or_else(|| {
+        remote
+            .targets
+            .is_empty()
+            .then(|| env("PINION_SERVER"))
+            .flatten()
+            .map(|server| server.trim().to_owned())
+            .filter(|server| !server.is_empty())
+    });
+    if let Some(server) = &server {
         named.push((
             "server".into(),
             server.clone(),
@@ -107,7 +117,7 @@ pub fn parse_targets(
     }
     if named.is_empty() {
         return Err(Preflight::general(
-            "give --server URL or at least one --target NAME=URL",
+            "give --server URL (or set PINION_SERVER) or at least one --target NAME=URL",
         ));
     }
     let mut targets = Vec::new();

@@ -257,3 +257,32 @@ fn token_create_refuses_bad_input_and_prints_no_secret() {
         assert!(!env.dir.path().join("pinion.db").exists());
     }
 }
+
+#[test]
+fn pinion_server_stands_in_for_server_when_no_target_is_named() {
+    let fixture = Fixture::new();
+    let d = digest(0x5e7);
+    let promoted = run(pinion()
+        .args(["promote", "--template", "codex", "--digest", &d])
+        .env("PINION_SERVER", fixture.server.url())
+        .env("PINION_TOKEN", &fixture.promote));
+    assert_eq!(promoted.code, 0, "{promoted:?}");
+    assert_eq!(
+        fixture.server.pinned(&fixture.read, "codex", "global"),
+        Some(d.clone())
+    );
+    // A named target wins: PINION_SERVER is not a second target.
+    let verified = run(pinion()
+        .args(["verify", "--template", "codex", "--digest", &d])
+        .args(["--target", &format!("main={}", fixture.server.url())])
+        .env("PINION_SERVER", "http://127.0.0.1:9")
+        .env("PINION_TOKEN_MAIN", &fixture.read));
+    assert_eq!(verified.code, 0, "{verified:?}");
+    // Neither: exit 2, saying what to give.
+    let neither = run(pinion()
+        .args(["verify", "--template", "codex", "--digest", &d])
+        .env_remove("PINION_SERVER")
+        .env("PINION_TOKEN", &fixture.read));
+    assert_eq!(neither.code, 2, "{neither:?}");
+    assert!(neither.stderr.contains("PINION_SERVER"), "{neither:?}");
+}
