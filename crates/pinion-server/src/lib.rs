@@ -16,6 +16,7 @@ mod fresh;
 mod handlers;
 mod listen;
 mod middleware;
+pub use middleware::log_every_request;
 mod outbox;
 pub mod seal;
 pub mod soak;

@@ -20,6 +20,16 @@ use crate::error::{ApiError, ContractBody, LogDetail};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Whether reads get an `info` span and line like writes (JSON logs, where
+/// every line written while serving a request must carry its fields);
+/// otherwise reads, the hot path, log at `debug`.
+static EVERY_REQUEST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Logs every request at `info`, reads included (see [`EVERY_REQUEST`]).
+pub fn log_every_request() {
+    EVERY_REQUEST.store(true, Ordering::Relaxed);
+}
+
 /// The layer in front of every route. A plain [`Service`] with its own
 /// future rather than `axum::middleware::from_fn`: this runs on every read,
 /// and `from_fn` boxes two futures and clones the router per request.
@@ -58,26 +68,40 @@ where
             .filter(|value| is_safe_request_id(value.as_bytes()))
             .cloned()
             .unwrap_or_else(new_request_id);
-        let is_read = request.method() == Method::GET;
-        // The path only: query strings carry no secret here, but they are the
-        // caller's data and the path is enough to find the request. Reads get
-        // a debug-level span: at the default level it costs nothing.
+        let is_read = request.method() == Method::GET && !EVERY_REQUEST.load(Ordering::Relaxed);
+        // The route as registered (`/cp/admin/tokens/{name}`): the layer
+        // wraps each route, so the router has named it already.
+        let matched = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .cloned();
+        let route = matched
+            .as_ref()
+            .map_or("unmatched", axum::extract::MatchedPath::as_str);
+        // The route, not the query string: query strings carry no secret
+        // here, but they are the caller's data. Reads get a debug-level span
+        // (unless every request is logged): at the default level it costs
+        // nothing.
         let id_text = id.to_str().unwrap_or_default();
         let span = if is_read {
             tracing::debug_span!(
                 "request",
-                id = id_text,
+                request_id = id_text,
                 method = %request.method(),
-                path = %request.uri().path(),
+                route = %route,
                 actor = tracing::field::Empty,
+                status = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
             )
         } else {
             tracing::info_span!(
                 "request",
-                id = id_text,
+                request_id = id_text,
                 method = %request.method(),
-                path = %request.uri().path(),
+                route = %route,
                 actor = tracing::field::Empty,
+                status = tracing::field::Empty,
+                elapsed_ms = tracing::field::Empty,
             )
         };
         let inner = {
@@ -136,7 +160,10 @@ where
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(REQUEST_ID.clone(), id);
         }
-        let elapsed_ms = this.started.elapsed().as_secs_f64() * 1000.0;
+        // Milliseconds to the microsecond: `0.033`, not `0.033142000000000005`.
+        let elapsed_ms = (this.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        this.span.record("status", status.as_u16());
+        this.span.record("elapsed_ms", elapsed_ms);
         // Reads are the hot path: a line each would cost more than answering.
         // Writes and every error are logged at `info`.
         if *this.is_read && status.as_u16() < 400 {

@@ -14,7 +14,7 @@ use super::parse_duration;
 use crate::cli::ServeArgs;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging()?;
     let database = DatabaseUrl::parse(&args.database.database)?;
     if let Some(path) = database.sqlite_path().filter(|_| database.is_missing()) {
         if !args.create_database {
@@ -188,13 +188,35 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
     })
 }
 
-/// Logs to stderr; `PINION_LOG` sets the filter (default `info`).
-fn init_logging() {
+/// Logs to stderr; `PINION_LOG` sets the filter (default `info`),
+/// `PINION_LOG_FORMAT` the format: `text` (default) or `json`, one object a
+/// line, with the request's fields (`request_id`, `method`, `route`, and on
+/// its last line `status` and `elapsed_ms`) under `span`.
+fn init_logging() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PINION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let format = std::env::var("PINION_LOG_FORMAT").unwrap_or_default();
+    match format.as_str() {
+        "" | "text" => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init(),
+        "json" => {
+            pinion_server::log_every_request();
+            tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+        }
+        other => anyhow::bail!(
+            "PINION_LOG_FORMAT must be `text` or `json`, not `{}`",
+            other.escape_debug()
+        ),
+    }
+    Ok(())
 }

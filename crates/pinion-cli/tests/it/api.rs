@@ -441,3 +441,67 @@ fn serve_runs_the_number_of_http_workers_asked_for() {
         assert!(refused.stderr.contains("--workers"), "{refused:?}");
     }
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_and_a_request_finds_its_lines() {
+    let env = Env::new();
+    env.add_template("codex", "registry.example.com/codex");
+    let ci = env.token("ci", "promote", &[]);
+    let server = Server::start(&env.database(), &[("PINION_LOG_FORMAT", "json")]);
+    let body = promote_body("codex", &digest(7), None);
+    let head = format!(
+        "POST /cp/admin/runtime-image/promote HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ci}\r\nX-Request-Id: t-1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let promoted = crate::support::raw_http(server.addr, head.as_bytes(), body.as_bytes());
+    assert_eq!(promoted.status, 201, "{promoted:?}");
+    let read = server.get("/cp/admin/runtime-image?template_name=codex", &ci);
+    assert_eq!(read.status, 200);
+    let logs = server.logs.clone();
+    assert_eq!(server.terminate(), Some(0));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let lines = logs.lock().unwrap().clone();
+    assert!(lines.len() > 3, "{lines:?}");
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+        })
+        .collect();
+    for line in &parsed {
+        assert!(
+            line["level"].is_string() && line["message"].is_string(),
+            "{line}"
+        );
+    }
+    let answered: Vec<&serde_json::Value> = parsed
+        .iter()
+        .filter(|line| line["span"]["request_id"] == "t-1")
+        .collect();
+    assert!(!answered.is_empty(), "the request's lines: {lines:?}");
+    let last = answered.last().unwrap();
+    assert_eq!(last["message"], "answered", "{last}");
+    assert_eq!(last["span"]["method"], "POST");
+    assert_eq!(last["span"]["route"], "/cp/admin/runtime-image/promote");
+    assert_eq!(last["span"]["actor"], "ci");
+    assert_eq!(last["span"]["status"], 201);
+    let elapsed = last["span"]["elapsed_ms"].as_f64().expect("a number");
+    assert!(elapsed > 0.0 && elapsed < 10_000.0, "{last}");
+    // Milliseconds to the microsecond: no float noise in the digits.
+    let text = last["span"]["elapsed_ms"].to_string();
+    assert!(
+        text.split('.')
+            .nth(1)
+            .is_none_or(|decimals| decimals.len() <= 3),
+        "{text}"
+    );
+    // Reads are logged too, each with its own id and route.
+    assert!(
+        parsed
+            .iter()
+            .any(|line| line["span"]["route"] == "/cp/admin/runtime-image"
+                && line["span"]["method"] == "GET"
+                && line["span"]["status"] == 200),
+        "{lines:?}"
+    );
+}

@@ -329,7 +329,13 @@ impl Server {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = found.send(addr.trim().to_owned());
+                    // Text or JSON logs: the address ends where its
+                    // characters do.
+                    let addr: String = addr
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
+                    let _ = found.send(addr);
                 }
                 collected.lock().unwrap().push(line);
             }
