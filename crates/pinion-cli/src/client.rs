@@ -24,6 +24,8 @@ pub enum ClientError {
         status: u16,
         code: Option<String>,
         message: String,
+        /// The server's `x-request-id`: what finds its log line.
+        request_id: Option<String>,
     },
     /// No (complete) answer: the connection failed, timed out or broke.
     Transport(String),
@@ -36,7 +38,47 @@ pub enum ClientError {
     Unknown(String),
 }
 
+/// ` (request id X)`, so an operator can find the server's log line.
+fn write_request_id(f: &mut std::fmt::Formatter<'_>, id: Option<&str>) -> std::fmt::Result {
+    match id {
+        Some(id) => write!(f, " (request id {id})"),
+        None => Ok(()),
+    }
+}
+
+/// The `x-request-id` of an answer, if it is plain text.
+fn request_id_of(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+        .map(str::to_owned)
+}
+
 impl ClientError {
+    /// The same refusal, naming the server's request id.
+    fn with_request_id(self, id: Option<String>) -> ClientError {
+        match self {
+            ClientError::Refused {
+                status,
+                code,
+                message,
+                ..
+            } => ClientError::Refused {
+                status,
+                code,
+                message,
+                request_id: id,
+            },
+            other => other,
+        }
+    }
+
     /// The HTTP status of a refusal.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -53,12 +95,20 @@ impl std::fmt::Display for ClientError {
                 status,
                 code: Some(code),
                 message,
-            } => write!(f, "server answered {status} {code}: {message}"),
+                request_id,
+            } => {
+                write!(f, "server answered {status} {code}: {message}")?;
+                write_request_id(f, request_id.as_deref())
+            }
             ClientError::Refused {
                 code: None,
                 message,
+                request_id,
                 ..
-            } => f.write_str(message),
+            } => {
+                f.write_str(message)?;
+                write_request_id(f, request_id.as_deref())
+            }
             ClientError::Transport(reason)
             | ClientError::Protocol(reason)
             | ClientError::Unknown(reason) => f.write_str(reason),
@@ -230,8 +280,9 @@ impl Client {
             .map_err(|err| ClientError::Transport(describe(&err)))?;
         let status = sent.status();
         if status != StatusCode::OK {
+            let id = request_id_of(sent.headers());
             let body = sent.bytes().await.unwrap_or_default();
-            return Err(refused(status, &body));
+            return Err(refused(status, &body).with_request_id(id));
         }
         Ok(EventStream {
             response: sent,
@@ -352,13 +403,13 @@ impl Client {
     /// Holds a pin: `201` held now, `200` held already.
     pub async fn hold(&self, target: &Target, request: &HoldRequest) -> Result<Held, ClientError> {
         let url = endpoint(&target.base, "cp/admin/runtime-image/hold");
-        let (status, body) = self
+        let (status, body, id) = self
             .send(target, Kind::Write, || {
                 self.http.post(url.clone()).json(request)
             })
             .await?;
         if status != StatusCode::OK && status != StatusCode::CREATED {
-            return Err(refused(status, &body));
+            return Err(refused(status, &body).with_request_id(id));
         }
         let region = request.region.as_deref().unwrap_or("global");
         held(status, &body, &request.template_name, region)
@@ -375,11 +426,11 @@ impl Client {
         url.query_pairs_mut()
             .append_pair("template_name", template.as_str())
             .append_pair("region", region.as_str());
-        let (status, body) = self
+        let (status, body, id) = self
             .send(target, Kind::Write, || self.http.delete(url.clone()))
             .await?;
         if status != StatusCode::OK {
-            return Err(refused(status, &body));
+            return Err(refused(status, &body).with_request_id(id));
         }
         held(status, &body, template.as_str(), region.as_str())
     }
@@ -393,13 +444,13 @@ impl Client {
         expected: impl Fn(&Pin) -> bool,
     ) -> Result<Promoted, ClientError> {
         let url = endpoint(&target.base, path);
-        let (status, body) = self
+        let (status, body, id) = self
             .send(target, Kind::Write, || {
                 self.http.post(url.clone()).json(request)
             })
             .await?;
         if status != StatusCode::OK && status != StatusCode::CREATED {
-            return Err(refused(status, &body));
+            return Err(refused(status, &body).with_request_id(id));
         }
         let response: PinResponse = serde_json::from_slice(&body).map_err(|err| {
             ClientError::Protocol(format!(
@@ -444,11 +495,11 @@ impl Client {
         url: Url,
         what: &str,
     ) -> Result<T, ClientError> {
-        let (status, body) = self
+        let (status, body, id) = self
             .send(target, Kind::Read, || self.http.get(url.clone()))
             .await?;
         if status != StatusCode::OK {
-            return Err(refused(status, &body));
+            return Err(refused(status, &body).with_request_id(id));
         }
         serde_json::from_slice(&body).map_err(|err| {
             ClientError::Protocol(format!(
@@ -532,7 +583,7 @@ impl Client {
         target: &Target,
         kind: Kind,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+    ) -> Result<(StatusCode, Vec<u8>, Option<String>), ClientError> {
         let mut backoff = Duration::from_millis(500);
         let deadline_ms = server_deadline(self.timeout).as_millis().max(1).to_string();
         for attempt in 1..=ATTEMPTS {
@@ -544,11 +595,14 @@ impl Client {
             let failure = match sent {
                 Ok(response) => {
                     let status = response.status();
+                    let id = request_id_of(response.headers());
                     let body = response.bytes().await;
                     match body {
-                        Ok(body) if !is_transient(status) => return Ok((status, body.to_vec())),
+                        Ok(body) if !is_transient(status) => {
+                            return Ok((status, body.to_vec(), id));
+                        }
                         Ok(body) => {
-                            let failure = refused(status, &body);
+                            let failure = refused(status, &body).with_request_id(id);
                             if kind == Kind::Write && !nothing_changed(&failure) {
                                 return Err(ClientError::Unknown(format!(
                                     "the write may or may not have been made ({failure})"
@@ -638,10 +692,12 @@ fn gave_up(failure: ClientError) -> ClientError {
             status,
             code,
             message,
+            request_id,
         } => ClientError::Refused {
             status,
             code,
             message: note(message),
+            request_id,
         },
         ClientError::Transport(reason) => ClientError::Transport(note(reason)),
         ClientError::Protocol(reason) => ClientError::Protocol(note(reason)),
@@ -659,6 +715,7 @@ fn refused(status: StatusCode, body: &[u8]) -> ClientError {
             message: format!(
                 "server answered {number} (a redirect); redirects are not followed so the token never reaches another host"
             ),
+            request_id: None,
         };
     }
     match serde_json::from_slice::<ErrorBody>(body) {
@@ -666,16 +723,19 @@ fn refused(status: StatusCode, body: &[u8]) -> ClientError {
             status: number,
             code: Some(one_line(&error.error.code)),
             message: one_line(&error.error.message),
+            request_id: None,
         },
         Err(_) if body.is_empty() => ClientError::Refused {
             status: number,
             code: None,
             message: format!("server answered {number} with an empty body"),
+            request_id: None,
         },
         Err(_) => ClientError::Refused {
             status: number,
             code: None,
             message: format!("server answered {number}: {}", preview(body)),
+            request_id: None,
         },
     }
 }

@@ -535,3 +535,30 @@ fn a_closed_stdout_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_refusal_names_the_server_s_request_id_which_finds_its_log_line() {
+    let fixture = crate::support::Fixture::new();
+    let out = run(crate::support::pinion()
+        .args(["promote", "--server", &fixture.server.url()])
+        .args(["--template", "nope", "--digest", &crate::support::digest(3)])
+        .env("PINION_TOKEN", &fixture.promote));
+    assert_eq!(out.code, 2, "{out:?}");
+    let id = out
+        .stderr
+        .split("(request id ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("a request id on stderr: {out:?}"))
+        .to_owned();
+    assert!(out.stderr.contains("unknown_template"), "{out:?}");
+    crate::support::eventually(
+        "the server's line",
+        std::time::Duration::from_secs(5),
+        || {
+            fixture.server.logs().iter().any(|line| {
+                line.contains(&format!("request_id=\"{id}\"")) && line.contains("status=422")
+            })
+        },
+    );
+}
