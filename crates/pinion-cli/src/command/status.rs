@@ -321,14 +321,15 @@ fn table(
             .unwrap_or(0);
         for (row, line) in rows.iter().zip(&body) {
             out.push(format!("{}/{}  [{}]", row.template, row.region, flags(row)));
-            for (target, read) in reads.iter().enumerate() {
-                let [digest, age, by, drift, fleet] = words(reads, target, row, now);
-                out.push(format!(
-                    "  {:name_width$}  {digest}  {age}  {by}  {drift}  fleet {fleet}",
-                    read.name
-                ));
+            // The line's cells after template and region, five per target.
+            for (read, cells) in reads.iter().zip(line[2..].chunks(FIELDS.len())) {
+                if let [digest, age, by, drift, fleet] = cells {
+                    out.push(format!(
+                        "  {:name_width$}  {digest}  {age}  {by}  {drift}  fleet {fleet}",
+                        read.name
+                    ));
+                }
             }
-            let _ = line;
         }
         if rows.is_empty() {
             out.push("no pins".to_owned());

@@ -363,23 +363,41 @@ pub(crate) fn release(db: &mut dyn Sql, release: &Release) -> Result<ReleaseOutc
         &release.actor,
         release.at,
     )?;
+    append_pin_event(
+        db,
+        &pin,
+        EventType::PinReleased,
+        release.at,
+        json!({
+            "image_digest": pin.digest.as_str(),
+            "revision": pin.revision,
+            "actor": release.actor.as_str(),
+            "reason": hold.reason.as_str(),
+            "held_by": hold.held_by.as_str(),
+        }),
+    )?;
+    Ok(ReleaseOutcome::Released { pin, hold })
+}
+
+/// Appends an event about `pin` (its template and region) in the caller's
+/// transaction.
+fn append_pin_event(
+    db: &mut dyn Sql,
+    pin: &PinRecord,
+    kind: EventType,
+    at: OffsetDateTime,
+    data: serde_json::Value,
+) -> Result<i64, StoreError> {
     events::append(
         db,
         NewEvent {
-            kind: EventType::PinReleased,
-            at: release.at,
+            kind,
+            at,
             template: Some(&pin.template),
             region: Some(&pin.region),
-            data: json!({
-                "image_digest": pin.digest.as_str(),
-                "revision": pin.revision,
-                "actor": release.actor.as_str(),
-                "reason": hold.reason.as_str(),
-                "held_by": hold.held_by.as_str(),
-            }),
+            data,
         },
-    )?;
-    Ok(ReleaseOutcome::Released { pin, hold })
+    )
 }
 
 /// A hold or a release in the pin's history: the pin stays where it is
@@ -429,20 +447,17 @@ fn set_hold(db: &mut dyn Sql, mut pin: PinRecord, hold: Hold) -> Result<PinRecor
             format_time(hold.held_at)?.into(),
         ],
     )?;
-    events::append(
+    append_pin_event(
         db,
-        NewEvent {
-            kind: EventType::PinHeld,
-            at: hold.held_at,
-            template: Some(&pin.template),
-            region: Some(&pin.region),
-            data: json!({
-                "image_digest": pin.digest.as_str(),
-                "revision": pin.revision,
-                "actor": hold.held_by.as_str(),
-                "reason": hold.reason.as_str(),
-            }),
-        },
+        &pin,
+        EventType::PinHeld,
+        hold.held_at,
+        json!({
+            "image_digest": pin.digest.as_str(),
+            "revision": pin.revision,
+            "actor": hold.held_by.as_str(),
+            "reason": hold.reason.as_str(),
+        }),
     )?;
     pin.hold = Some(Box::new(hold));
     Ok(pin)
@@ -953,26 +968,23 @@ pub(crate) fn start_canary(
             canary.started_by.as_str().into(),
         ],
     )?;
-    events::append(
+    append_pin_event(
         db,
-        NewEvent {
-            kind: EventType::CanaryStarted,
-            at: request.at,
-            template: Some(&pin.template),
-            region: Some(&pin.region),
-            data: json!({
-                "image_digest": canary.digest.as_str(),
-                "percent": canary.percent.get(),
-                "stable_digest": pin.digest.as_str(),
-                "revision": pin.revision,
-                "actor": request.actor.as_str(),
-                "forced": forced,
-                "replaced": pin.canary.as_ref().map(|old| json!({
-                    "image_digest": old.digest.as_str(),
-                    "percent": old.percent.get(),
-                })),
-            }),
-        },
+        &pin,
+        EventType::CanaryStarted,
+        request.at,
+        json!({
+            "image_digest": canary.digest.as_str(),
+            "percent": canary.percent.get(),
+            "stable_digest": pin.digest.as_str(),
+            "revision": pin.revision,
+            "actor": request.actor.as_str(),
+            "forced": forced,
+            "replaced": pin.canary.as_ref().map(|old| json!({
+                "image_digest": old.digest.as_str(),
+                "percent": old.percent.get(),
+            })),
+        }),
     )?;
     let replaced = pin.canary.replace(Box::new(canary));
     Ok(CanaryOutcome::Started { pin, replaced })
@@ -1011,25 +1023,22 @@ pub(crate) fn abort_canary(
             })),
         ),
     };
-    events::append(
+    append_pin_event(
         db,
-        NewEvent {
-            kind: EventType::CanaryAborted,
-            at: abort.at,
-            template: Some(&pin.template),
-            region: Some(&pin.region),
-            data: json!({
-                "image_digest": canary.digest.as_str(),
-                "percent": canary.percent.get(),
-                "stable_digest": pin.digest.as_str(),
-                "started_at": format_time(canary.started_at)?,
-                "started_by": canary.started_by.as_str(),
-                "actor": abort.actor.as_str(),
-                "cause": cause,
-                "health": figures,
-                "held": abort.hold.is_some() && pin.hold.is_none(),
-            }),
-        },
+        &pin,
+        EventType::CanaryAborted,
+        abort.at,
+        json!({
+            "image_digest": canary.digest.as_str(),
+            "percent": canary.percent.get(),
+            "stable_digest": pin.digest.as_str(),
+            "started_at": format_time(canary.started_at)?,
+            "started_by": canary.started_by.as_str(),
+            "actor": abort.actor.as_str(),
+            "cause": cause,
+            "health": figures,
+            "held": abort.hold.is_some() && pin.hold.is_none(),
+        }),
     )?;
     if let (Some(reason), None) = (&abort.hold, &pin.hold) {
         let hold = Hold {
