@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod status;
+
 /// `POST /cp/admin/runtime-image/promote`. Unknown fields are refused: a typo
 /// in an optional field must not be silently dropped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

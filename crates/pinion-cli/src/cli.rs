@@ -219,6 +219,29 @@ pub struct ServeArgs {
     /// and database checks (see docs/benchmarks.md for the measurements).
     #[arg(long, env = "PINION_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// What the page (`/ui`) calls this server's environment, heading its
+    /// column group.
+    #[arg(
+        long,
+        env = "PINION_ENVIRONMENT",
+        default_value = "this server",
+        value_name = "NAME"
+    )]
+    pub environment: String,
+    /// Another environment's server, shown beside this one on the page
+    /// (repeatable). Its `read` token goes in `PINION_PEER_TOKEN_<NAME>`
+    /// (NAME upper-cased, `-` as `_`), never on the command line.
+    #[arg(long = "peer", value_name = "NAME=URL")]
+    pub peers: Vec<String>,
+    /// How long a page session lasts; it ends sooner when its token is
+    /// revoked or expires, or on sign-out.
+    #[arg(
+        long,
+        env = "PINION_SESSION_LIFETIME",
+        default_value = "12h",
+        value_name = "DURATION"
+    )]
+    pub session_lifetime: String,
 }
 
 #[derive(Debug, Subcommand)]

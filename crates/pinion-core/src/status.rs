@@ -43,6 +43,17 @@ impl DriftMark {
     }
 }
 
+/// An age in whole seconds as people read it: `5s`, `3m`, `2h`, `4d`.
+pub fn age_text(seconds: i64) -> String {
+    let seconds = seconds.max(0);
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86_400 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
 /// One environment's pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cell {

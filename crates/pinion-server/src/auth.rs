@@ -24,6 +24,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller a page session stands for: its token's record.
+    pub(crate) fn from_record(token: Arc<TokenRecord>) -> Caller {
+        Caller { token }
+    }
+
     /// The token's name: what `promoted_by` and the audit record.
     pub fn name(&self) -> &TokenName {
         &self.token.name

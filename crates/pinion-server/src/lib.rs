@@ -18,10 +18,12 @@ mod listen;
 mod middleware;
 pub use middleware::log_every_request;
 mod outbox;
+pub mod peers;
 pub mod seal;
 pub mod soak;
 mod state;
 pub mod token;
+mod ui;
 mod view;
 
 use std::future::Future;
@@ -117,6 +119,14 @@ pub struct Settings {
     /// `--canary-min-reports`): none, and canaries are never aborted for
     /// their health.
     pub canary_rule: Option<pinion_core::HealthRule>,
+    /// What the page calls this server's environment.
+    pub environment: String,
+    /// Other environments' servers, shown beside this one on the page.
+    pub peers: Vec<peers::Peer>,
+    /// How long a page session lasts (it ends sooner with its token).
+    pub session_lifetime: Duration,
+    /// Mark the session cookie `Secure` (served over TLS).
+    pub secure_cookies: bool,
 }
 
 impl Settings {
@@ -145,6 +155,10 @@ impl Settings {
             progress_deadline: Duration::from_secs(600),
             soak: None,
             canary_rule: None,
+            environment: "this server".to_owned(),
+            peers: Vec::new(),
+            session_lifetime: Duration::from_secs(12 * 3600),
+            secure_cookies: false,
         }
     }
 }
@@ -226,6 +240,7 @@ fn router(state: AppState) -> Router {
             "/cp/admin/webhooks/{name}/deliveries/{event_id}/redeliver",
             post(handlers::redeliver),
         )
+        .merge(ui::routes())
         .fallback(handlers::not_found)
         .with_state(state)
         .layer(middleware::ObserveLayer)
@@ -252,6 +267,12 @@ pub async fn run(
     let pruner = tokio::spawn(prune_events(state.clone()));
     let summariser = tokio::spawn(fleet::summarise(state.clone()));
     let flusher = tokio::spawn(fleet::flush(state.clone()));
+    let peer_poller = (!state.settings().peers.is_empty()).then(|| {
+        tokio::spawn(peers::poll(
+            state.settings().peers.clone(),
+            state.peers().clone(),
+        ))
+    });
     let poller = matches!(state.settings().database, DatabaseUrl::Postgres(_))
         .then(|| tokio::spawn(fleet::poll(state.clone())));
     let address = listener.local_addr()?;
@@ -273,6 +294,9 @@ pub async fn run(
     flusher.abort();
     if let Some(poller) = poller {
         poller.abort();
+    }
+    if let Some(peer_poller) = peer_poller {
+        peer_poller.abort();
     }
     // What the last second brought in goes to the database too.
     fleet::flush_once(&state, &mut 0).await;

@@ -20,7 +20,7 @@ use pinion_store::{
     AbortOutcome, AttemptRecord, Batch, CanaryAbort, CanaryOutcome, CanaryRequest, DeliveryRecord,
     DriftObservation, DueDelivery, EventPage, EventQuery, Finish, FleetTransition, HoldOutcome,
     HoldRequest, InstanceRecord, NewToken, PinRecord, PromoteOutcome, Promotion, Redelivery,
-    Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, Store, StoreError,
+    Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, SessionRecord, Store, StoreError,
     WebhookPut, WebhookRecord, WebhookUpdate,
 };
 use tokio::sync::{Notify, oneshot};
@@ -232,6 +232,31 @@ impl Write for NewToken {
     type Output = bool;
     fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
         batch.create_token_if_free(self)
+    }
+}
+
+impl Write for SessionRecord {
+    type Output = ();
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<(), StoreError> {
+        batch.create_session(self)
+    }
+    /// Sessions change nothing replicas serve from memory: each request
+    /// reads its session from the database.
+    fn announce(&self) -> bool {
+        false
+    }
+}
+
+/// A page session to end, by its id's hash.
+struct EndSession([u8; 32]);
+
+impl Write for EndSession {
+    type Output = bool;
+    fn apply(&self, batch: &mut Batch<'_>) -> Result<bool, StoreError> {
+        batch.end_session(&self.0)
+    }
+    fn announce(&self) -> bool {
+        false
     }
 }
 
@@ -461,6 +486,8 @@ struct Inner {
     feed_store: DropOffRuntime<Mutex<Store>>,
     /// What instances run.
     fleet: Fleet,
+    /// What the page knows of the other environments.
+    peers: Arc<crate::peers::Peers>,
 }
 
 /// Drops its value on a thread of its own: a PostgreSQL connection owns a
@@ -547,6 +574,7 @@ impl AppState {
             .spawn(move || write_loop(writer_store, jobs, for_writer, wakes))?;
         let registry = Arc::new(Registry::new(settings.registry.clone())?);
         let drift = Drift::new(settings.drift_tag.as_str());
+        let peers = Arc::new(crate::peers::Peers::new(&settings.peers));
         Ok(AppState {
             inner: Arc::new(Inner {
                 settings,
@@ -567,8 +595,28 @@ impl AppState {
                 outbox_wake,
                 feed_store: DropOffRuntime(Some(Mutex::new(feed_store))),
                 fleet,
+                peers,
             }),
         })
+    }
+
+    /// The peers' readings, for the page.
+    pub fn peers(&self) -> &Arc<crate::peers::Peers> {
+        &self.inner.peers
+    }
+
+    /// Stores a page session.
+    pub async fn create_session(
+        &self,
+        session: SessionRecord,
+        deadline: Deadline,
+    ) -> Result<(), ApiError> {
+        self.write(session, deadline).await
+    }
+
+    /// Ends a page session; false when there was none.
+    pub async fn end_session(&self, id_hash: [u8; 32], deadline: Deadline) -> Result<bool, ApiError> {
+        self.write(EndSession(id_hash), deadline).await
     }
 
     pub fn settings(&self) -> &Settings {

@@ -29,7 +29,7 @@ pub use records::{
     DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, FleetTransition,
     HistoryEntry, HistoryQuery, Hold, HoldOutcome, HoldRequest, InstanceRecord, NewToken,
     PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome, Rollback,
-    RollbackOutcome, RuntimeRecord, Snapshot, SoakFigures, TokenRecord, WebhookPut, WebhookRecord,
+    RollbackOutcome, RuntimeRecord, SessionRecord, Snapshot, SoakFigures, TokenRecord, WebhookPut, WebhookRecord,
     WebhookUpdate,
 };
 pub use url::DatabaseUrl;
@@ -277,6 +277,10 @@ writes! {
     /// Records the drift watcher's observations; returns the ids of the
     /// events their flips appended.
     fn record_drift(seen: &[DriftObservation]) -> Vec<i64> = ops::record_drift;
+    /// Stores a new page session (and drops ended ones).
+    fn create_session(session: &SessionRecord) -> () = ops::create_session;
+    /// Ends a page session. False if there was none.
+    fn end_session(id_hash: &[u8; 32]) -> bool = ops::end_session;
     /// Adds or changes a webhook.
     fn put_webhook(update: &WebhookUpdate) -> WebhookPut = ops::put_webhook;
     /// Deletes a webhook and its deliveries. False if there was none.
@@ -465,6 +469,15 @@ impl Store {
     /// A page of the change feed, and where it stands.
     pub fn events(&mut self, query: &EventQuery) -> Result<EventPage, StoreError> {
         self.read(|db| ops::events_page(db, query))
+    }
+
+    /// The page session with this id hash, unless it has ended by `now`.
+    pub fn session(
+        &mut self,
+        id_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(|db| ops::session(db, id_hash, now))
     }
 
     /// Every webhook, by name.

@@ -199,6 +199,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN created_by TEXT;
     ALTER TABLE tokens ADD COLUMN expires_at TEXT;
 "#,
+    r#"
+    CREATE TABLE ui_sessions (
+        id_hash    BYTEA PRIMARY KEY CHECK (length(id_hash) = 32),
+        token_hash BYTEA NOT NULL CHECK (length(token_hash) = 32),
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

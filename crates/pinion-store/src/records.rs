@@ -137,6 +137,16 @@ pub struct RuntimeRecord {
     pub pinnable: bool,
 }
 
+/// A page session as stored: the SHA-256 of its id and of the token it was
+/// made from, never either secret; times in Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub id_hash: [u8; 32],
+    pub token_hash: [u8; 32],
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
 /// A token as stored: never the secret, only its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {

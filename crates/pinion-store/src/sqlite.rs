@@ -244,6 +244,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN created_by TEXT;
     ALTER TABLE tokens ADD COLUMN expires_at TEXT;
 "#,
+    // Page sessions: only the SHA-256 of the session id, and of the token
+    // it was made from (the session dies with the token).
+    r#"
+    CREATE TABLE ui_sessions (
+        id_hash    BLOB PRIMARY KEY CHECK (length(id_hash) = 32),
+        token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
+"#,
 ];
 
 /// One SQLite connection.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pinion_core::{Label, WebhookUrl};
 use pinion_server::seal::SecretKey;
+use pinion_server::peers::Peer;
 use pinion_server::soak::SoakSource;
 use pinion_server::{RegistryCheck, Settings};
 use pinion_store::DatabaseUrl;
@@ -45,6 +46,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.progress_deadline = parse_duration(&args.progress_deadline)
         .map_err(|err| anyhow::anyhow!("--progress-deadline: {err}"))?;
     settings.soak = soak_source(&args)?;
+    settings.peers = peers(&args)?;
+    settings.environment = args.environment.trim().to_owned();
+    if settings.environment.is_empty() || settings.environment.len() > 64 {
+        anyhow::bail!("--environment must be 1 to 64 characters");
+    }
+    settings.session_lifetime = parse_duration(&args.session_lifetime)
+        .map_err(|err| anyhow::anyhow!("--session-lifetime: {err}"))?;
     settings.canary_rule = match args.canary_max_unhealthy {
         None => None,
         Some(pct) if pct.is_finite() && (0.0..=100.0).contains(&pct) => {
@@ -134,6 +142,35 @@ fn soak_source(args: &ServeArgs) -> anyhow::Result<Option<SoakSource>> {
     let source = SoakSource::new(name, url, token, required).map_err(anyhow::Error::msg)?;
     tracing::info!(source = %source.name.as_str(), url = %source.url, soak = ?source.required, "promotions must soak on the source first");
     Ok(Some(source))
+}
+
+/// `--peer NAME=URL`, each with its token from `PINION_PEER_TOKEN_<NAME>`.
+fn peers(args: &ServeArgs) -> anyhow::Result<Vec<Peer>> {
+    let mut peers: Vec<Peer> = Vec::new();
+    for peer in &args.peers {
+        let (name, url) = peer
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--peer must be NAME=URL"))?;
+        let name = Peer::parse_name(name).map_err(|err| anyhow::anyhow!("--peer: {err}"))?;
+        if peers.iter().any(|known| known.name == name) {
+            anyhow::bail!("--peer: `{name}` is named twice");
+        }
+        let checked = WebhookUrl::parse(url).map_err(|err| anyhow::anyhow!("--peer {name}: {err}"))?;
+        let mut url = reqwest::Url::parse(checked.as_str())
+            .map_err(|err| anyhow::anyhow!("--peer {name}: {err}"))?;
+        if !url.path().ends_with('/') {
+            let path = format!("{}/", url.path());
+            url.set_path(&path);
+        }
+        let variable = Peer::token_variable(&name);
+        let token = std::env::var(&variable).ok().filter(|token| !token.is_empty());
+        if token.is_none() {
+            tracing::warn!(peer = %name, "{variable} is not set: the peer is read without a token");
+        }
+        tracing::info!(peer = %name, url = %url, "the page shows this peer's pins");
+        peers.push(Peer { name, url, token });
+    }
+    Ok(peers)
 }
 
 fn secret_key(args: &ServeArgs, database: &DatabaseUrl) -> anyhow::Result<Option<SecretKey>> {

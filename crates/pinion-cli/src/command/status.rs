@@ -6,9 +6,10 @@
 
 use std::sync::Arc;
 
-use pinion_api::{DriftReport, FleetEntry, FleetList, Pin, PinList};
-use pinion_core::status::{Cell, Column, DriftMark, Flag, Row, matrix};
-use pinion_core::{Convergence, Digest, FleetCounts, Region, TemplateName};
+use pinion_api::status::Environment;
+use pinion_api::{DriftReport, FleetList, Pin, PinList};
+use pinion_core::Convergence;
+use pinion_core::status::{Column, Flag, Row, matrix};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -25,14 +26,7 @@ use crate::target::Target;
 struct Read {
     name: String,
     url: String,
-    state: Result<State, String>,
-}
-
-/// A target's pins, drift report and fleet.
-struct State {
-    pins: Vec<Pin>,
-    drift: DriftReport,
-    fleet: Vec<FleetEntry>,
+    state: Result<Environment, String>,
 }
 
 pub async fn run(args: StatusArgs) -> ExitCode {
@@ -106,78 +100,25 @@ async fn read_all(targets: Vec<Target>, client: Client) -> Vec<Read> {
     reads.into_iter().flatten().collect()
 }
 
-async fn read(client: &Client, target: &Target) -> Result<State, String> {
+async fn read(client: &Client, target: &Target) -> Result<Environment, String> {
     let (pins, drift, fleet) = tokio::join!(
         client.get_json::<PinList>(target, "cp/admin/runtime-image"),
         client.get_json::<DriftReport>(target, "cp/admin/runtime-image/drift"),
         client.get_json::<FleetList>(target, "cp/fleet"),
     );
-    Ok(State {
+    Ok(Environment {
         pins: pins.map_err(|err| err.to_string())?.pins,
         drift: drift.map_err(|err| err.to_string())?,
         fleet: fleet.map_err(|err| err.to_string())?.fleet,
     })
 }
 
-/// A target's pins as the status matrix takes them. A row the server sent
-/// that does not parse is left out (the server validated it when written).
+/// A target's pins as the status matrix takes them.
 fn column(read: &Read) -> Column {
-    let Ok(state) = &read.state else {
-        return Column::Unreachable;
-    };
-    let cells = state
-        .pins
-        .iter()
-        .filter_map(|pin| {
-            let template = TemplateName::parse(&pin.template_name).ok()?;
-            let region = Region::parse(&pin.region).ok()?;
-            let digest = Digest::parse(&pin.image_digest).ok()?;
-            let drift = state
-                .drift
-                .pins
-                .iter()
-                .find(|entry| {
-                    entry.template_name == pin.template_name && entry.region == pin.region
-                })
-                .map(|entry| entry.status.as_str());
-            let fleet = state
-                .fleet
-                .iter()
-                .find(|entry| {
-                    entry.template_name == pin.template_name && entry.region == pin.region
-                })
-                .and_then(fleet_of);
-            let canary = pin.canary.as_ref().and_then(|canary| {
-                Some((Digest::parse(&canary.image_digest).ok()?, canary.percent))
-            });
-            let cell = Cell {
-                digest,
-                drift: DriftMark::from_status(drift),
-                fleet,
-                held: pin.hold.is_some(),
-                canary,
-            };
-            Some((template, region, cell))
-        })
-        .collect();
-    Column::Reached(cells)
-}
-
-/// A fleet entry's counts and state; none for a pin no instance reports
-/// under.
-fn fleet_of(entry: &FleetEntry) -> Option<(FleetCounts, Convergence)> {
-    let state = match entry.state.as_str() {
-        "converged" => Convergence::Converged,
-        "converging" => Convergence::Converging,
-        "stalled" => Convergence::Stalled,
-        _ => return None,
-    };
-    let counts = FleetCounts {
-        current: entry.current,
-        behind: entry.behind,
-        unknown: entry.unknown,
-    };
-    Some((counts, state))
+    match &read.state {
+        Ok(environment) => environment.column(),
+        Err(_) => Column::Unreachable,
+    }
 }
 
 /// The terminal's width: `COLUMNS`, else none (no limit: a pipe or a file
@@ -202,13 +143,7 @@ fn pin_of<'r>(reads: &'r [Read], target: usize, row: &Row<'_>) -> Option<&'r Pin
 fn age(promoted_at: &str, now: OffsetDateTime) -> Option<(i64, String)> {
     let at = OffsetDateTime::parse(promoted_at, &Rfc3339).ok()?;
     let seconds = (now - at).whole_seconds().max(0);
-    let text = match seconds {
-        0..60 => format!("{seconds}s"),
-        60..3600 => format!("{}m", seconds / 60),
-        3600..86_400 => format!("{}h", seconds / 3600),
-        _ => format!("{}d", seconds / 86_400),
-    };
-    Some((seconds, text))
+    Some((seconds, pinion_core::status::age_text(seconds)))
 }
 
 /// The words of one cell: digest (with hold and canary), age, who, drift,

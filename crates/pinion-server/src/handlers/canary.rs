@@ -7,7 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pinion_api::PinResponse;
-use pinion_core::{Digest, Percent, Scope};
+use pinion_core::{Digest, Percent, Region, Scope, TemplateName};
 use pinion_store::{AbortCause, AbortOutcome, CanaryAbort, CanaryOutcome, CanaryRequest};
 
 use super::{Attempt, audited, now, parse_field, pin_body, read_json};
@@ -111,6 +111,21 @@ pub async fn abort_canary(
         caller.require(Scope::Promote)?;
         let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
         let (template, region) = attempt.pin_in_query(raw.as_deref())?;
+        abort_pin_canary(&state, &caller, template, region, deadline).await
+    }
+    .await;
+    audited(&state, attempt, result).await
+}
+
+/// Aborts a pin's canary, for a caller of scope `promote`.
+pub(crate) async fn abort_pin_canary(
+    state: &AppState,
+    caller: &Caller,
+    template: TemplateName,
+    region: Region,
+    deadline: Deadline,
+) -> Result<Response, ApiError> {
+    {
         caller.require_template(&template)?;
         let abort = CanaryAbort {
             template: template.clone(),
@@ -136,6 +151,4 @@ pub async fn abort_canary(
             )),
         }
     }
-    .await;
-    audited(&state, attempt, result).await
 }

@@ -27,6 +27,8 @@ const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 /// A comment at least this often keeps the connection (and proxies) alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How often a stream asks whether its token still works.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
@@ -303,6 +305,11 @@ async fn follow(
     }
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
     keep_alive.tick().await;
+    // A revoked token ends its streams within this long (a look at the
+    // view: no query).
+    let mut revocation = tokio::time::interval(REVOCATION_CHECK);
+    revocation.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    revocation.tick().await;
     loop {
         tokio::select! {
             received = live.recv() => match received {
@@ -322,10 +329,12 @@ async fn follow(
                 }
                 Err(broadcast::error::RecvError::Closed) => return stopping(sent),
             },
-            _ = keep_alive.tick() => {
+            _ = revocation.tick() => {
                 if !caller.is_active(&state.view()) {
-                    return ": disconnected: the token was revoked\n\n".to_owned();
+                    return ": disconnected: the token was revoked or has expired\n\n".to_owned();
                 }
+            }
+            _ = keep_alive.tick() => {
                 if out.is_empty() {
                     out.push(Bytes::from_static(b": keep-alive\n\n"));
                 }

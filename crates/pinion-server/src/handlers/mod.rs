@@ -21,6 +21,10 @@ pub use fleet::{delete_instance, fleet, instances, report, retention};
 pub use health::{healthz, not_found, readyz, version};
 pub use history::{audit, history};
 pub use holds::{hold, release};
+pub(crate) use holds::{hold_pin, release_pin};
+pub(crate) use canary::abort_pin_canary;
+pub(crate) use pins::rollback_request;
+pub(crate) use events::events as event_stream;
 pub use pins::{list_pins, promote, resolve, rollback};
 pub use tokens::{create_token, list_tokens, revoke_token};
 pub use watch::{drift, metrics};
@@ -46,7 +50,7 @@ use crate::state::AppState;
 use crate::view::View;
 
 /// What a write attempt had established when it ended, for the audit log.
-struct Attempt {
+pub(crate) struct Attempt {
     action: &'static str,
     source: Source,
     actor: Option<TokenName>,
@@ -55,7 +59,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn new(action: &'static str, source: Source) -> Attempt {
+    pub(crate) fn new(action: &'static str, source: Source) -> Attempt {
         Attempt {
             action,
             source,
@@ -67,7 +71,7 @@ impl Attempt {
 
     /// Parses the pin a write names (region `global` when absent),
     /// remembering it for the audit log.
-    fn pin(
+    pub(crate) fn pin(
         &mut self,
         template: &str,
         region: Option<&str>,
@@ -92,7 +96,7 @@ impl Attempt {
     }
 
     /// Unwraps the authentication result, remembering who it was.
-    fn caller(&mut self, caller: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
+    pub(crate) fn caller(&mut self, caller: Result<Caller, ApiError>) -> Result<Caller, ApiError> {
         let caller = caller?;
         self.actor = Some(caller.name().clone());
         Ok(caller)
@@ -105,7 +109,7 @@ impl Attempt {
 /// audit log once a minute ([`crate::failures`]): strangers cost no write
 /// and cannot push real refusals out. The audit keeps names and codes,
 /// never a secret.
-async fn audited(
+pub(crate) async fn audited(
     state: &AppState,
     attempt: Attempt,
     result: Result<Response, ApiError>,
@@ -228,7 +232,7 @@ fn image_ref(view: &View, pin: &PinRecord) -> Option<String> {
         .map(|repository| ImageRef::new(repository.clone(), pin.digest.clone()).to_string())
 }
 
-fn pin_body(view: &View, pin: &PinRecord) -> Pin {
+pub(crate) fn pin_body(view: &View, pin: &PinRecord) -> Pin {
     Pin {
         template_name: pin.template.to_string(),
         region: pin.region.to_string(),

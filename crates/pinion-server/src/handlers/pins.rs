@@ -355,6 +355,18 @@ async fn rollback_inner(
     caller.require(Scope::Promote)?;
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
     let request: RollbackRequest = read_json(body, state.settings().body_limit, &deadline).await?;
+    rollback_request(state, attempt, &caller, request, deadline).await
+}
+
+/// A rollback request as sent, from a caller of scope `promote` (the API's
+/// JSON body, or the page's form).
+pub(crate) async fn rollback_request(
+    state: &AppState,
+    attempt: &mut Attempt,
+    caller: &Caller,
+    request: RollbackRequest,
+    deadline: Deadline,
+) -> Result<Response, ApiError> {
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let to = optional_field(Field::ToDigest, request.to_digest.as_deref(), Digest::parse)?;
     let notes = optional_field(Field::Notes, request.notes.as_deref(), Notes::parse)?;

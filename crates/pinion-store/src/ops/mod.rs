@@ -6,6 +6,7 @@
 
 mod events;
 mod fleet;
+mod sessions;
 mod webhooks;
 
 pub(crate) use events::{page as events_page, prune as prune_events, record_drift};
@@ -15,6 +16,7 @@ pub(crate) use fleet::{
     get as instance, load as load_instances, mark_alive as mark_fleet_alive, recent_digests,
     record_transitions as record_fleet_transitions,
 };
+pub(crate) use sessions::{create as create_session, end as end_session, get as session};
 pub use webhooks::{CLAIM_LEASE_MS, Redelivery};
 pub(crate) use webhooks::{
     any_due as any_delivery_due, claim_due as claim_deliveries, delete as delete_webhook,
