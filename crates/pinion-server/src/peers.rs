@@ -129,7 +129,10 @@ impl Peers {
     }
 
     fn record(&self, index: usize, result: Result<Environment, String>) {
-        let mut readings = self.readings.write().unwrap_or_else(PoisonError::into_inner);
+        let mut readings = self
+            .readings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let Some(reading) = readings.get_mut(index) else {
             return;
         };
@@ -173,7 +176,9 @@ pub async fn poll(peers: Vec<Peer>, readings: Arc<Peers>) {
             reads.spawn(async move { (index, read(&client, &peer).await) });
         }
         while let Some(joined) = reads.join_next().await {
-            let Ok((index, result)) = joined else { continue };
+            let Ok((index, result)) = joined else {
+                continue;
+            };
             if let (Err(error), Some(peer)) = (&result, peers.get(index)) {
                 tracing::warn!(peer = %peer.name, error = %error, "could not read a peer");
             }

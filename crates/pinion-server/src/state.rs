@@ -20,8 +20,8 @@ use pinion_store::{
     AbortOutcome, AttemptRecord, Batch, CanaryAbort, CanaryOutcome, CanaryRequest, DeliveryRecord,
     DriftObservation, DueDelivery, EventPage, EventQuery, Finish, FleetTransition, HoldOutcome,
     HoldRequest, InstanceRecord, NewToken, PinRecord, PromoteOutcome, Promotion, Redelivery,
-    Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, SessionRecord, Store, StoreError,
-    WebhookPut, WebhookRecord, WebhookUpdate,
+    Refusal, Release, ReleaseOutcome, Rollback, RollbackOutcome, RuntimeRecord, SessionRecord,
+    Store, StoreError, WebhookPut, WebhookRecord, WebhookUpdate,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -615,7 +615,11 @@ impl AppState {
     }
 
     /// Ends a page session; false when there was none.
-    pub async fn end_session(&self, id_hash: [u8; 32], deadline: Deadline) -> Result<bool, ApiError> {
+    pub async fn end_session(
+        &self,
+        id_hash: [u8; 32],
+        deadline: Deadline,
+    ) -> Result<bool, ApiError> {
         self.write(EndSession(id_hash), deadline).await
     }
 

@@ -29,8 +29,8 @@ pub use records::{
     DriftObservation, DueDelivery, EventPage, EventQuery, EventRecord, FleetTransition,
     HistoryEntry, HistoryQuery, Hold, HoldOutcome, HoldRequest, InstanceRecord, NewToken,
     PinRecord, PromoteOutcome, Promotion, Refusal, Release, ReleaseOutcome, Rollback,
-    RollbackOutcome, RuntimeRecord, SessionRecord, Snapshot, SoakFigures, TokenRecord, WebhookPut, WebhookRecord,
-    WebhookUpdate,
+    RollbackOutcome, RuntimeRecord, SessionRecord, Snapshot, SoakFigures, TokenRecord, WebhookPut,
+    WebhookRecord, WebhookUpdate,
 };
 pub use url::DatabaseUrl;
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pinion_core::{Label, WebhookUrl};
-use pinion_server::seal::SecretKey;
 use pinion_server::peers::Peer;
+use pinion_server::seal::SecretKey;
 use pinion_server::soak::SoakSource;
 use pinion_server::{RegistryCheck, Settings};
 use pinion_store::DatabaseUrl;
@@ -155,7 +155,8 @@ fn peers(args: &ServeArgs) -> anyhow::Result<Vec<Peer>> {
         if peers.iter().any(|known| known.name == name) {
             anyhow::bail!("--peer: `{name}` is named twice");
         }
-        let checked = WebhookUrl::parse(url).map_err(|err| anyhow::anyhow!("--peer {name}: {err}"))?;
+        let checked =
+            WebhookUrl::parse(url).map_err(|err| anyhow::anyhow!("--peer {name}: {err}"))?;
         let mut url = reqwest::Url::parse(checked.as_str())
             .map_err(|err| anyhow::anyhow!("--peer {name}: {err}"))?;
         if !url.path().ends_with('/') {
@@ -163,7 +164,9 @@ fn peers(args: &ServeArgs) -> anyhow::Result<Vec<Peer>> {
             url.set_path(&path);
         }
         let variable = Peer::token_variable(&name);
-        let token = std::env::var(&variable).ok().filter(|token| !token.is_empty());
+        let token = std::env::var(&variable)
+            .ok()
+            .filter(|token| !token.is_empty());
         if token.is_none() {
             tracing::warn!(peer = %name, "{variable} is not set: the peer is read without a token");
         }

@@ -25,3 +25,4 @@ mod registry;
 mod soak;
 mod status;
 mod tokens;
+mod ui;

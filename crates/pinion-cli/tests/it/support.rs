@@ -304,11 +304,21 @@ impl Server {
         Server::start_on("127.0.0.1:0", database, env)
     }
 
+    /// A server with flags of its own after `serve`'s.
+    pub fn start_with_args(database: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+        Server::launch("127.0.0.1:0", database, env, args)
+    }
+
     /// A server on a given address (to come back on the same port).
     pub fn start_on(listen: &str, database: &str, env: &[(&str, &str)]) -> Server {
+        Server::launch(listen, database, env, &[])
+    }
+
+    fn launch(listen: &str, database: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let mut command = pinion();
         command
             .args(["serve", "--listen", listen, "--database", database])
+            .args(args)
             .env("PINION_REGISTRY_CHECK", "off");
         // PostgreSQL has no default key file: every replica of the suite
         // shares one, as every replica of a deployment must.

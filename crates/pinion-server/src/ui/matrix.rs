@@ -87,8 +87,13 @@ pub(super) fn environments(state: &AppState, caller: &Caller) -> Vec<Env> {
             };
             let mut environment = environment.clone();
             environment.pins.retain(|pin| visible(&pin.template_name));
-            environment.drift.pins.retain(|entry| visible(&entry.template_name));
-            environment.fleet.retain(|entry| visible(&entry.template_name));
+            environment
+                .drift
+                .pins
+                .retain(|entry| visible(&entry.template_name));
+            environment
+                .fleet
+                .retain(|entry| visible(&entry.template_name));
             Arc::new(environment)
         });
         let error = match (&reached, reading.attempted) {
@@ -141,7 +146,9 @@ impl StateFilter {
     }
 
     fn parse(text: &str) -> Option<StateFilter> {
-        StateFilter::ALL.into_iter().find(|filter| filter.as_str() == text)
+        StateFilter::ALL
+            .into_iter()
+            .find(|filter| filter.as_str() == text)
     }
 }
 
@@ -181,7 +188,13 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -
         },
     };
     let envs = environments(&state, &session.caller);
-    let markup = render(&envs, template.as_ref(), filter, &session, OffsetDateTime::now_utc());
+    let markup = render(
+        &envs,
+        template.as_ref(),
+        filter,
+        &session,
+        OffsetDateTime::now_utc(),
+    );
     html_page(StatusCode::OK, markup)
 }
 
@@ -352,7 +365,9 @@ fn cell(
     let Some(cell) = row.cells.get(index).copied().flatten() else {
         // No pin of its own here: what a resolve answers instead.
         return match row.resolves.get(index).copied().flatten() {
-            Some(fallback) => html! { td.none { span title="no pin of its own: the global pin answers" { "(" code { (fallback.short()) } ")" } } },
+            Some(fallback) => {
+                html! { td.none { span title="no pin of its own: the global pin answers" { "(" code { (fallback.short()) } ")" } } }
+            }
             None => html! { td.none { "—" } },
         };
     };

@@ -26,7 +26,6 @@ use crate::error::{ApiError, Code, ContractBody};
 use crate::state::AppState;
 use session::Session;
 
-
 /// Every route of the page.
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -44,6 +43,15 @@ pub fn routes() -> Router<AppState> {
             "/ui/pins/{template}/{region}/abort-canary",
             post(pin::abort_canary),
         )
+        .route("/ui/{*rest}", get(not_found))
+}
+
+/// Any other page path: a page that says so.
+async fn not_found() -> Response {
+    error_page(
+        &ApiError::new(Code::NotFound, "there is no such page"),
+        None,
+    )
 }
 
 /// No script, style, image or connection but the server's own; no frames,
@@ -110,7 +118,7 @@ fn error_page(error: &ApiError, session: Option<&Session>) -> Response {
     }
     let title = status.canonical_reason().unwrap_or("Error");
     html_page(
-status,
+        status,
         layout(
             title,
             session,
@@ -179,16 +187,14 @@ async fn asset(Path(file): Path<String>) -> Response {
         "pinion.css" => (STYLE, "text/css; charset=utf-8"),
         "live.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         _ => {
-            return html_page(
-StatusCode::NOT_FOUND,
-                html! { p { "No such asset." } },
-            );
+            return html_page(StatusCode::NOT_FOUND, html! { p { "No such asset." } });
         }
     };
     let mut response = ([(CONTENT_TYPE, kind)], body).into_response();
-    response
-        .headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     harden(&mut response);
     response
 }

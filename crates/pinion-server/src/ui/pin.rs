@@ -24,7 +24,9 @@ use crate::auth::Source;
 use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, Field};
 use crate::fleet::InstanceState;
-use crate::handlers::{Attempt, abort_pin_canary, audited, hold_pin, release_pin, rollback_request};
+use crate::handlers::{
+    Attempt, abort_pin_canary, audited, hold_pin, release_pin, rollback_request,
+};
 use crate::state::AppState;
 
 /// How many history entries the page shows.
@@ -98,7 +100,10 @@ async fn render(
     let view = state.view();
     let local = view.pin(&template, &region).cloned();
     let summary = state.fleet().summary();
-    let fleet = summary.pins.get(&(template.clone(), region.clone())).cloned();
+    let fleet = summary
+        .pins
+        .get(&(template.clone(), region.clone()))
+        .cloned();
     let (lagging, more_lagging) =
         state
             .fleet()

@@ -125,6 +125,7 @@ pub fn safe_next(next: Option<&str>) -> String {
     next.filter(|next| {
         (*next == "/ui" || next.starts_with("/ui/") || next.starts_with("/ui?"))
             && !next.contains("//")
+            && !next.contains("..")
             && !next.contains('\\')
             && next.len() <= 512
             && next.bytes().all(|b| b.is_ascii_graphic())
@@ -134,7 +135,11 @@ pub fn safe_next(next: Option<&str>) -> String {
 }
 
 /// `GET /ui/login`: the form.
-pub async fn login_form(State(state): State<AppState>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+pub async fn login_form(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
     let next = super::query_value(uri.query(), "next");
     // Signed in already: on to the page.
     if let Ok(Some(_)) = current(&state, &headers).await {
@@ -171,7 +176,12 @@ fn login_page(status: StatusCode, next: &str, problem: Option<&str>) -> Response
 }
 
 /// `POST /ui/login`: a token in, a session cookie out.
-pub async fn login(State(state): State<AppState>, source: Source, headers: HeaderMap, body: Body) -> Response {
+pub async fn login(
+    State(state): State<AppState>,
+    source: Source,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let form = match Form::read(body, state.settings().body_limit).await {
         Ok(form) => form,
         Err(error) => return super::error_page(&error, None),
@@ -179,7 +189,11 @@ pub async fn login(State(state): State<AppState>, source: Source, headers: Heade
     let next = safe_next(form.get("next"));
     let presented = form.get("token").map(str::trim).unwrap_or_default();
     if presented.is_empty() {
-        return login_page(StatusCode::UNPROCESSABLE_ENTITY, &next, Some("Enter a token."));
+        return login_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &next,
+            Some("Enter a token."),
+        );
     }
     let presented_hash = token::hash(presented);
     let now = OffsetDateTime::now_utc();
@@ -193,16 +207,19 @@ pub async fn login(State(state): State<AppState>, source: Source, headers: Heade
     let Some(token) = found else {
         let message = match state.auth_failures().fail(source.0, Reason::Unknown) {
             Ok(()) => "That token is unknown, revoked or expired.".to_owned(),
-            Err(retry_after) => format!(
-                "Too many failed sign-ins from this address; try again in {retry_after} s."
-            ),
+            Err(retry_after) => {
+                format!("Too many failed sign-ins from this address; try again in {retry_after} s.")
+            }
         };
         return login_page(StatusCode::UNAUTHORIZED, &next, Some(&message));
     };
     drop(view);
     let mut bytes = [0u8; 32];
     if let Err(err) = getrandom::fill(&mut bytes) {
-        return super::error_page(&ApiError::internal(format!("no randomness for a session: {err}")), None);
+        return super::error_page(
+            &ApiError::internal(format!("no randomness for a session: {err}")),
+            None,
+        );
     }
     let id = URL_SAFE_NO_PAD.encode(bytes);
     let lifetime = state.settings().session_lifetime;
@@ -225,7 +242,11 @@ pub async fn login(State(state): State<AppState>, source: Source, headers: Heade
     }
     tracing::info!(token = %token.name, "page session started");
     let max_age = (expires - now).whole_seconds().max(0);
-    let secure = if state.settings().secure_cookies { "; Secure" } else { "" };
+    let secure = if state.settings().secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
     let mut response = redirect(&next);
     if let Ok(cookie) = HeaderValue::from_str(&format!(
         "{COOKIE_NAME}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
