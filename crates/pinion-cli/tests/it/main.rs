@@ -7,6 +7,7 @@
 mod support;
 
 mod api;
+mod browser;
 mod canary;
 mod durability;
 mod events;

@@ -455,7 +455,10 @@ fn forms_need_the_scope_the_csrf_token_and_a_reason() {
     assert_eq!(entry["notes"], "bad build");
     assert_eq!(entry["actor"], "platform");
     assert_eq!(entry["to_digest"], digest(1).as_str());
-    assert!(history.iter().any(|entry| entry["action"] == "hold"), "held in the same move");
+    assert!(
+        history.iter().any(|entry| entry["action"] == "hold"),
+        "held in the same move"
+    );
     let page = get(addr, "/ui/pins/codex/global", Some(&admin));
     assert!(page.body.contains("bad build"));
     assert!(
