@@ -683,3 +683,60 @@ fn a_hold_taken_on_one_replica_refuses_promotions_on_the_other_at_once() {
     assert_eq!(released.status, 200, "{released:?}");
     assert_eq!(promote(&one, &ci, 2).status, 201);
 }
+
+#[test]
+fn a_page_session_made_on_one_replica_works_and_ends_on_the_other() {
+    use crate::ui::{csrf, get, login, post_form};
+    let env = Env::postgres();
+    env.add_template("codex", "localhost:5000/codex");
+    let ci = env.token("ci", "promote", &[]);
+    let admin = env.token("platform", "admin", &[]);
+    let one = Server::start(&env.database(), &[]);
+    let two = Server::start(&env.database(), &[]);
+    assert_eq!(promote(&one, &ci, 1).status, 201);
+    let session = login(one.addr, &admin);
+    let page = get(two.addr, "/ui", Some(&session));
+    assert_eq!(
+        page.status, 200,
+        "the other replica knows the session: {page:?}"
+    );
+    // A form on replica two, with the session made on replica one.
+    assert_eq!(promote(&one, &ci, 2).status, 201);
+    let pin = crate::support::poll_until("replica two has the pin", Duration::from_secs(5), || {
+        let page = get(two.addr, "/ui/pins/codex/global", Some(&session));
+        page.body.contains(&digest(2)).then_some(page)
+    });
+    let rollback = post_form(
+        two.addr,
+        "/ui/pins/codex/global/rollback",
+        Some(&session),
+        &[("csrf", &csrf(&pin.body)), ("reason", "across replicas")],
+    );
+    assert_eq!(rollback.status, 303, "{rollback:?}");
+    assert_eq!(one.pinned(&ci, "codex", "global"), Some(digest(1)));
+    // Signed out on replica two: over on replica one too.
+    let out = post_form(
+        two.addr,
+        "/ui/logout",
+        Some(&session),
+        &[("csrf", &csrf(&pin.body))],
+    );
+    assert_eq!(out.status, 303, "{out:?}");
+    assert_eq!(get(one.addr, "/ui", Some(&session)).status, 303);
+    // Revoked on replica one: over on replica two (once it has read the
+    // revocation, within moments).
+    let second = login(two.addr, &admin);
+    let revoke = http(
+        one.addr,
+        "DELETE",
+        "/cp/admin/tokens/platform",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(revoke.status, 204, "{revoke:?}");
+    eventually(
+        "replica two ends the session",
+        Duration::from_secs(5),
+        || get(two.addr, "/ui", Some(&second)).status == 303,
+    );
+}
