@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask test [CARGO TEST ARGS]`: installs what a fresh machine
 //!   lacks, starts PostgreSQL, and runs the whole suite on both engines.
-//! - `cargo xtask bench [registry|http|events|fleet|policy|postgres|all]`: builds the release
+//! - `cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all]`: builds the release
 //!   binary, starts what it measures (a real registry, the server, and the
 //!   reference servers) on loopback, and prints the figures that
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             events: true,
             fleet: true,
             policy: true,
+            page: true,
         }),
         ["bench", "registry"] => bench::run(bench::Which {
             registry: true,
@@ -50,13 +51,17 @@ fn main() -> ExitCode {
             policy: true,
             ..bench::Which::default()
         }),
+        ["bench", "page"] => bench::run(bench::Which {
+            page: true,
+            ..bench::Which::default()
+        }),
         ["bench", "postgres"] => bench::run(bench::Which {
             postgres: true,
             ..bench::Which::default()
         }),
         ["test", extra @ ..] => test::run(extra),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|postgres|all]"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all]"
                 .to_owned(),
         ),
     };

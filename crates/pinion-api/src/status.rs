@@ -3,6 +3,8 @@
 //! `pinion status` and the page's peer columns both read environments this
 //! way.
 
+use std::collections::HashMap;
+
 use pinion_core::status::{Cell, Column, DriftMark};
 use pinion_core::{Convergence, Digest, FleetCounts, Region, TemplateName};
 
@@ -17,6 +19,14 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Every pin by template and region, for many lookups.
+    pub fn pin_index(&self) -> HashMap<(&str, &str), &Pin> {
+        self.pins
+            .iter()
+            .map(|pin| ((pin.template_name.as_str(), pin.region.as_str()), pin))
+            .collect()
+    }
+
     /// The pin of `template` in `region`, as the server sent it.
     pub fn pin(&self, template: &str, region: &str) -> Option<&Pin> {
         self.pins
@@ -27,27 +37,31 @@ impl Environment {
     /// The pins as the status matrix takes them. A pin that does not parse
     /// is left out (its server validated it when it was written).
     pub fn cells(&self) -> Vec<(TemplateName, Region, Cell)> {
+        let drift: HashMap<(&str, &str), &str> = self
+            .drift
+            .pins
+            .iter()
+            .map(|entry| {
+                (
+                    (entry.template_name.as_str(), entry.region.as_str()),
+                    entry.status.as_str(),
+                )
+            })
+            .collect();
+        let fleet: HashMap<(&str, &str), &FleetEntry> = self
+            .fleet
+            .iter()
+            .map(|entry| ((entry.template_name.as_str(), entry.region.as_str()), entry))
+            .collect();
         self.pins
             .iter()
             .filter_map(|pin| {
                 let template = TemplateName::parse(&pin.template_name).ok()?;
                 let region = Region::parse(&pin.region).ok()?;
                 let digest = Digest::parse(&pin.image_digest).ok()?;
-                let drift = self
-                    .drift
-                    .pins
-                    .iter()
-                    .find(|entry| {
-                        entry.template_name == pin.template_name && entry.region == pin.region
-                    })
-                    .map(|entry| entry.status.as_str());
-                let fleet = self
-                    .fleet
-                    .iter()
-                    .find(|entry| {
-                        entry.template_name == pin.template_name && entry.region == pin.region
-                    })
-                    .and_then(fleet_of);
+                let key = (pin.template_name.as_str(), pin.region.as_str());
+                let drift = drift.get(&key).copied();
+                let fleet = fleet.get(&key).and_then(|entry| fleet_of(entry));
                 let canary = pin.canary.as_ref().and_then(|canary| {
                     Some((Digest::parse(&canary.image_digest).ok()?, canary.percent))
                 });

@@ -3,7 +3,7 @@
 //! caller reads each environment's pins, drift and fleet, and renders the
 //! rows (in a terminal, as JSON, on a page).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{Convergence, Digest, FleetCounts, Region, TemplateName};
 
@@ -125,39 +125,40 @@ pub struct Row<'c> {
 }
 
 /// The rows, by template then region: every pin any reachable environment
-/// has.
+/// has. Each column is indexed once, so the rows cost `pins × log(pins)`
+/// whatever the number of environments.
 pub fn matrix(columns: &[Column]) -> Vec<Row<'_>> {
-    let keys: BTreeSet<(&TemplateName, &Region)> = columns
+    type Index<'c> = BTreeMap<(&'c TemplateName, &'c Region), &'c Cell>;
+    let indexes: Vec<Option<Index<'_>>> = columns
         .iter()
-        .filter_map(|column| match column {
-            Column::Reached(pins) => Some(pins),
+        .map(|column| match column {
+            Column::Reached(pins) => Some(
+                pins.iter()
+                    .map(|(template, region, cell)| ((template, region), cell))
+                    .collect(),
+            ),
             Column::Unreachable => None,
         })
-        .flatten()
-        .map(|(template, region, _)| (template, region))
         .collect();
+    let keys: BTreeSet<(&TemplateName, &Region)> = indexes
+        .iter()
+        .flatten()
+        .flat_map(|index| index.keys().copied())
+        .collect();
+    let global = Region::global();
     keys.into_iter()
         .map(|(template, region)| {
-            let cells: Vec<Option<&Cell>> = columns
+            let cells: Vec<Option<&Cell>> = indexes
                 .iter()
-                .map(|column| match column {
-                    Column::Reached(pins) => pins
-                        .iter()
-                        .find(|(t, r, _)| t == template && r == region)
-                        .map(|(_, _, cell)| cell),
-                    Column::Unreachable => None,
-                })
+                .map(|index| index.as_ref()?.get(&(template, region)).copied())
                 .collect();
-            let resolves: Vec<Option<&Digest>> = columns
+            let resolves: Vec<Option<&Digest>> = indexes
                 .iter()
                 .zip(&cells)
-                .map(|(column, cell)| match (column, cell) {
+                .map(|(index, cell)| match (index, cell) {
                     (_, Some(cell)) => Some(&cell.digest),
-                    (Column::Reached(pins), None) => pins
-                        .iter()
-                        .find(|(t, r, _)| t == template && r.as_str() == Region::GLOBAL)
-                        .map(|(_, _, cell)| &cell.digest),
-                    (Column::Unreachable, None) => None,
+                    (Some(index), None) => index.get(&(template, &global)).map(|cell| &cell.digest),
+                    (None, None) => None,
                 })
                 .collect();
             let flags = flags(columns, &cells, &resolves);

@@ -84,9 +84,9 @@ pub struct PeerReading {
 
 impl PeerReading {
     /// The environment, when the newest attempt reached it.
-    pub fn reached(&self) -> Option<&Environment> {
+    pub fn reached(&self) -> Option<Arc<Environment>> {
         match (&self.last, &self.error, self.attempted) {
-            (Some((environment, _)), None, true) => Some(environment),
+            (Some((environment, _)), None, true) => Some(environment.clone()),
             _ => None,
         }
     }

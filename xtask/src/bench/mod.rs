@@ -17,6 +17,7 @@ pub struct Which {
     pub events: bool,
     pub fleet: bool,
     pub policy: bool,
+    pub page: bool,
 }
 
 pub fn run(which: Which) -> Result<(), String> {
@@ -27,6 +28,7 @@ pub fn run(which: Which) -> Result<(), String> {
         events,
         fleet,
         policy,
+        page,
     } = which;
     let mut tools = vec![("hyperfine", "hyperfine")];
     if registry {
@@ -82,6 +84,9 @@ pub fn run(which: Which) -> Result<(), String> {
     }
     if policy {
         policy::run(&pinion)?;
+    }
+    if page {
+        page::run(&pinion)?;
     }
     if postgres {
         postgres::run(&pinion)?;
@@ -414,5 +419,6 @@ fn bench_registry(pinion: &Path) -> Result<(), String> {
 pub mod events;
 pub mod fleet;
 pub mod http;
+pub mod page;
 pub mod policy;
 pub mod postgres;

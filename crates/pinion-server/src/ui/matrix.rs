@@ -3,7 +3,7 @@
 //! there. Cells where environments disagree say so in words and with a
 //! mark, not by colour alone. Filters are plain links.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -80,12 +80,12 @@ pub(super) fn environments(state: &AppState, caller: &Caller) -> Vec<Env> {
     for reading in state.peers().readings() {
         let reached = reading.reached().map(|environment| {
             if caller.templates().is_none() {
-                return Arc::new(environment.clone());
+                return environment;
             }
             let visible = |template: &str| {
                 TemplateName::parse(template).is_ok_and(|name| caller.may_use(&name))
             };
-            let mut environment = environment.clone();
+            let mut environment = (*environment).clone();
             environment.pins.retain(|pin| visible(&pin.template_name));
             environment
                 .drift
@@ -234,6 +234,10 @@ fn render(
         })
         .collect();
     let counts = flag_counts(&rows);
+    let pin_indexes: Vec<Option<HashMap<(&str, &str), &Pin>>> = envs
+        .iter()
+        .map(|env| env.reading.as_deref().map(Environment::pin_index))
+        .collect();
     let title = match template {
         Some(template) => format!("{template}: pins"),
         None => "The fleet at a glance".to_owned(),
@@ -296,7 +300,8 @@ fn render(
                                         }
                                         @for region in env_regions {
                                             @let row = template_rows.iter().find(|row| row.region == *region).copied();
-                                            (cell(envs, index, name, region, row, now))
+                                            @let pin = pin_indexes.get(index).and_then(Option::as_ref).and_then(|pins| pins.get(&(name.as_str(), region.as_str())).copied());
+                                            (cell(env, pin, name, region, row, index, now))
                                         }
                                     }
                                 }
@@ -347,16 +352,17 @@ fn environment_list(envs: &[Env], now: OffsetDateTime) -> Markup {
 /// `3m ago`, with the time itself as a tooltip.
 fn ago(at: OffsetDateTime, now: OffsetDateTime) -> Markup {
     let full = at.format(&Rfc3339).unwrap_or_default();
-    html! { time datetime=(full) title=(full) { (age_text((now - at).whole_seconds())) " ago" } }
+    html! { time title=(full) { (age_text((now - at).whole_seconds())) " ago" } }
 }
 
 /// One environment's pin of one template and region.
 fn cell(
-    envs: &[Env],
-    index: usize,
+    env: &Env,
+    pin: Option<&Pin>,
     template: &TemplateName,
     region: &Region,
     row: Option<&Row<'_>>,
+    index: usize,
     now: OffsetDateTime,
 ) -> Markup {
     let Some(row) = row else {
@@ -371,14 +377,10 @@ fn cell(
             None => html! { td.none { "—" } },
         };
     };
-    let pin: Option<&Pin> = envs
-        .get(index)
-        .and_then(|env| env.reading.as_ref())
-        .and_then(|environment| environment.pin(template.as_str(), region.as_str()));
     let differs = row.flags.contains(&Flag::Disagree);
     let href = format!("/ui/pins/{}/{}", template.as_str(), region.as_str());
     html! {
-        td class=(cell_class(cell, differs)) data-template=(template.as_str()) data-region=(region.as_str()) data-env=(envs.get(index).map_or("", |env| env.name.as_str())) {
+        td class=(cell_class(cell, differs)) data-template=(template.as_str()) data-region=(region.as_str()) data-env=(env.name) {
             a.digest href=(href) title=(cell.digest.as_str()) { code { (cell.digest.short()) } }
             @if differs {
                 " " a.differs href={ (href) "#environments" } title="environments disagree: compare them" { "≠ differs" }
@@ -388,7 +390,7 @@ fn cell(
                 span.meta {
                     @if let Ok(at) = OffsetDateTime::parse(&pin.promoted_at, &Rfc3339) { (ago(at, now)) }
                     " by " (pin.promoted_by)
-                    @if let Some(sha) = &pin.git_sha { " · " code title=(sha) { (sha.get(..7).unwrap_or(sha)) } }
+                    @if let Some(sha) = &pin.git_sha { " · " code { (sha.get(..7).unwrap_or(sha)) } }
                 }
             }
             br;
