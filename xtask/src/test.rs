@@ -12,7 +12,8 @@ use crate::setup;
 /// (the example pipeline is tested as written), sqlite3 (store tests edit a
 /// database by hand), a real OCI registry and skopeo to push images to it,
 /// htpasswd for the registry's basic auth, socat as a TCP proxy the fault
-/// tests freeze in front of PostgreSQL, and a real headless browser (Chromium
+/// tests freeze in front of PostgreSQL, openssl to make the TLS tests'
+/// certificates, and a real headless browser (Chromium
 /// and its WebDriver server) for the page's tests.
 const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
@@ -23,6 +24,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("htpasswd", "apache2-utils"),
     ("tar", "tar"),
     ("socat", "socat"),
+    ("openssl", "openssl"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
 ];

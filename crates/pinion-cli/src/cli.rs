@@ -219,6 +219,23 @@ pub struct ServeArgs {
     /// and database checks (see docs/benchmarks.md for the measurements).
     #[arg(long, env = "PINION_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Serve HTTPS with this certificate chain (PEM); it is read again when
+    /// the file changes or on SIGHUP. Needs `--tls-key`.
+    #[arg(
+        long,
+        env = "PINION_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(
+        long,
+        env = "PINION_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
     /// What the page (`/ui`) calls this server's environment, heading its
     /// column group.
     #[arg(
@@ -310,6 +327,10 @@ pub struct Access {
     /// Allow plain `http://` to a host that is not loopback.
     #[arg(long)]
     pub allow_insecure_http: bool,
+    /// Trust this CA (a PEM file) for `https://` servers, beside the
+    /// built-in roots: for control planes with a private CA.
+    #[arg(long, env = "PINION_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
 }

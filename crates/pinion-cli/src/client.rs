@@ -214,8 +214,14 @@ fn server_deadline(timeout: Duration) -> Duration {
 }
 
 impl Client {
-    pub fn new(timeout: Duration) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+    /// A client with `timeout` for each request, trusting `ca` (a private
+    /// CA) beside the built-in roots.
+    pub fn new(timeout: Duration, ca: Option<reqwest::Certificate>) -> Result<Client, ClientError> {
+        let trusting = |builder: reqwest::ClientBuilder| match &ca {
+            Some(ca) => builder.add_root_certificate(ca.clone()),
+            None => builder,
+        };
+        let http = trusting(reqwest::Client::builder())
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -227,7 +233,7 @@ impl Client {
                     describe(&err)
                 ))
             })?;
-        let streaming = reqwest::Client::builder()
+        let streaming = trusting(reqwest::Client::builder())
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout)
             .read_timeout(STREAM_SILENCE)
@@ -642,6 +648,14 @@ impl Client {
                     return Err(ClientError::Transport(format!(
                         "no answer within {}s",
                         self.timeout.as_secs()
+                    )));
+                }
+                // A certificate the client does not trust will not become
+                // trusted by asking again.
+                Err(err) if err.is_connect() && describe(&err).contains("certificate") => {
+                    return Err(ClientError::Transport(format!(
+                        "the server's TLS certificate was refused ({}); for a private CA, pass it with --ca-cert",
+                        describe(&err)
                     )));
                 }
                 Err(err) => ClientError::Transport(describe(&err)),

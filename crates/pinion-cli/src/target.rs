@@ -273,6 +273,7 @@ mod tests {
                 token_env: DEFAULT_TOKEN_ENV.into(),
                 timeout: 30,
                 allow_insecure_http: false,
+                ca_cert: None,
                 format: crate::cli::Format::Human,
             },
         };

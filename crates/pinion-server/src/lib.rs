@@ -22,6 +22,7 @@ pub mod peers;
 pub mod seal;
 pub mod soak;
 mod state;
+pub mod tls;
 pub mod token;
 mod ui;
 mod view;
@@ -127,6 +128,8 @@ pub struct Settings {
     pub session_lifetime: Duration,
     /// Mark the session cookie `Secure` (served over TLS).
     pub secure_cookies: bool,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Settings {
@@ -159,6 +162,7 @@ impl Settings {
             peers: Vec::new(),
             session_lifetime: Duration::from_secs(12 * 3600),
             secure_cookies: false,
+            tls: None,
         }
     }
 }
@@ -178,6 +182,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("could not set up the registry client")]
     Registry(#[from] pinion_registry::RegistryError),
+    #[error("could not load the TLS certificate: {0}")]
+    Tls(String),
 }
 
 /// The router with every endpoint and layer. Handlers that wait on
@@ -275,17 +281,28 @@ pub async fn run(
     });
     let poller = matches!(state.settings().database, DatabaseUrl::Postgres(_))
         .then(|| tokio::spawn(fleet::poll(state.clone())));
+    let tls = match &state.settings().tls {
+        None => None,
+        Some(files) => Some(Arc::new(
+            tls::Tls::open(files.clone()).map_err(ServeError::Tls)?,
+        )),
+    };
+    let tls_watcher = tls.clone().map(|tls| tokio::spawn(tls::watch(tls)));
     let address = listener.local_addr()?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!("answering HTTP on {workers} worker thread(s)");
-    tracing::info!("listening on http://{address}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{address}");
     let closing = state.clone();
     let shutdown = async move {
         shutdown.await;
         // Streams end, so the connections they hold let the stop finish.
         closing.feed().close();
     };
-    let result = listen::serve(listener, router(state.clone()), shutdown).await;
+    let result = listen::serve(listener, router(state.clone()), tls, shutdown).await;
+    if let Some(tls_watcher) = tls_watcher {
+        tls_watcher.abort();
+    }
     watcher.abort();
     follower.abort();
     outbox.abort();

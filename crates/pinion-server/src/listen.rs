@@ -24,12 +24,15 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::Service;
 
+use std::sync::Arc;
+
 use crate::error::ApiError;
+use crate::tls::Tls;
 
 /// The address a request came from (the TCP peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,18 +45,24 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `router` on every connection `listener` accepts until `shutdown`
 /// completes, then stops accepting and lets requests in flight finish
-/// (at most [`DRAIN_TIMEOUT`]).
+/// (at most [`DRAIN_TIMEOUT`]). With `tls`, each connection first does a
+/// TLS handshake with the newest certificate, then speaks HTTP/2 or
+/// HTTP/1.1, as the client chose by ALPN.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<Arc<Tls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.half_close(true)
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .half_close(true)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2.timer(TokioTimer::new());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,10 +83,40 @@ pub async fn serve(
             request.extensions_mut().insert(Peer(peer));
             router.clone().call(request.map(Body::new))
         });
-        let connection = http.serve_connection(ContractErrors::new(TokioIo::new(stream)), service);
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let Some(tls) = &tls else {
+            let connection =
+                http1.serve_connection(ContractErrors::new(TokioIo::new(stream)), service);
+            tokio::spawn(async move {
+                if let Err(err) = watcher.watch(connection).await {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+            });
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+        let (http1, http2) = (http1.clone(), http2.clone());
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let stream =
+                match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = ContractErrors::new(TokioIo::new(stream));
+            let ended = if h2 {
+                watcher.watch(http2.serve_connection(io, service)).await
+            } else {
+                watcher.watch(http1.serve_connection(io, service)).await
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, error = %err, "connection ended with an error");
             }
         });

@@ -46,11 +46,23 @@ fn timeout(remote: &Remote) -> Result<Duration, String> {
     Ok(Duration::from_secs(remote.access.timeout))
 }
 
+/// `--ca-cert`, read and parsed before any request.
+fn ca_cert(remote: &Remote) -> Result<Option<reqwest::Certificate>, String> {
+    let Some(path) = &remote.access.ca_cert else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|err| format!("--ca-cert {}: {err}", path.display()))?;
+    let certificate = reqwest::Certificate::from_pem(&pem)
+        .map_err(|err| format!("--ca-cert {}: not a PEM certificate: {err}", path.display()))?;
+    Ok(Some(certificate))
+}
+
 /// The targets and a client for them, before any request.
 fn connect(remote: &Remote) -> Result<(Vec<Target>, Client), Preflight> {
     let targets = parse_targets(remote, &environment)?;
+    let ca = ca_cert(remote).map_err(Preflight::general)?;
     let client =
-        Client::new(timeout(remote)?).map_err(|err| Preflight::general(err.to_string()))?;
+        Client::new(timeout(remote)?, ca).map_err(|err| Preflight::general(err.to_string()))?;
     Ok((targets, client))
 }
 

@@ -47,6 +47,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|err| anyhow::anyhow!("--progress-deadline: {err}"))?;
     settings.soak = soak_source(&args)?;
     settings.peers = peers(&args)?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        settings.tls = Some(pinion_server::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        });
+        // Over TLS the session cookie is `Secure`.
+        settings.secure_cookies = true;
+    }
     settings.environment = args.environment.trim().to_owned();
     if settings.environment.is_empty() || settings.environment.len() > 64 {
         anyhow::bail!("--environment must be 1 to 64 characters");

@@ -25,5 +25,6 @@ mod postgres;
 mod registry;
 mod soak;
 mod status;
+mod tls;
 mod tokens;
 mod ui;

@@ -338,7 +338,11 @@ impl Server {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on http://").nth(1) {
+                let announced = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1));
+                if let Some(addr) = announced {
                     // Text or JSON logs: the address ends where its
                     // characters do.
                     let addr: String = addr
