@@ -13,7 +13,8 @@ use crate::setup;
 /// database by hand), a real OCI registry and skopeo to push images to it,
 /// htpasswd for the registry's basic auth, socat as a TCP proxy the fault
 /// tests freeze in front of PostgreSQL, openssl to make the TLS tests'
-/// certificates, and a real headless browser (Chromium
+/// certificates, promtool (from Debian's prometheus package) to check
+/// `/metrics`, and a real headless browser (Chromium
 /// and its WebDriver server) for the page's tests.
 const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
@@ -25,6 +26,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("tar", "tar"),
     ("socat", "socat"),
     ("openssl", "openssl"),
+    ("promtool", "prometheus"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
 ];

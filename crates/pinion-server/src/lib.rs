@@ -14,6 +14,7 @@ mod feed;
 mod fleet;
 mod fresh;
 mod handlers;
+mod http_metrics;
 mod listen;
 mod middleware;
 pub use middleware::log_every_request;
@@ -191,6 +192,7 @@ pub enum ServeError {
 /// ([`deadline::Deadline`]); none is cut off from outside, which could
 /// answer while a write it started is still on its way to a commit.
 fn router(state: AppState) -> Router {
+    let observe = middleware::ObserveLayer::new(state.http_metrics().clone());
     Router::new()
         .route("/cp/admin/runtime-image", get(handlers::list_pins))
         .route("/cp/runtime-image/resolve", get(handlers::resolve))
@@ -249,7 +251,7 @@ fn router(state: AppState) -> Router {
         .merge(ui::routes())
         .fallback(handlers::not_found)
         .with_state(state)
-        .layer(middleware::ObserveLayer)
+        .layer(observe)
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.

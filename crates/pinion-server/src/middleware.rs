@@ -16,7 +16,10 @@ use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
 use tracing::Span;
 
+use std::sync::Arc;
+
 use crate::error::{ApiError, ContractBody, LogDetail};
+use crate::http_metrics::HttpMetrics;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -33,20 +36,33 @@ pub fn log_every_request() {
 /// The layer in front of every route. A plain [`Service`] with its own
 /// future rather than `axum::middleware::from_fn`: this runs on every read,
 /// and `from_fn` boxes two futures and clones the router per request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ObserveLayer;
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<HttpMetrics>,
+}
+
+impl ObserveLayer {
+    /// Counts every answer in `metrics`.
+    pub fn new(metrics: Arc<HttpMetrics>) -> ObserveLayer {
+        ObserveLayer { metrics }
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
 
     fn layer(&self, inner: S) -> Observe<S> {
-        Observe { inner }
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
+    metrics: Arc<HttpMetrics>,
 }
 
 impl<S> Service<Request> for Observe<S>
@@ -104,6 +120,7 @@ where
                 elapsed_ms = tracing::field::Empty,
             )
         };
+        let method = request.method().clone();
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -114,6 +131,9 @@ where
             span,
             is_read,
             started: Instant::now(),
+            route: matched,
+            method,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -128,6 +148,9 @@ pin_project_lite::pin_project! {
         span: Span,
         is_read: bool,
         started: Instant,
+        route: Option<axum::extract::MatchedPath>,
+        method: Method,
+        metrics: Arc<HttpMetrics>,
     }
 }
 
@@ -161,7 +184,16 @@ where
             response.headers_mut().insert(REQUEST_ID.clone(), id);
         }
         // Milliseconds to the microsecond: `0.033`, not `0.033142000000000005`.
-        let elapsed_ms = (this.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let elapsed = this.started.elapsed().as_secs_f64();
+        this.metrics.observe(
+            this.route
+                .as_ref()
+                .map_or("unmatched", axum::extract::MatchedPath::as_str),
+            this.method,
+            status.as_u16(),
+            elapsed,
+        );
+        let elapsed_ms = (elapsed * 1_000_000.0).round() / 1000.0;
         this.span.record("status", status.as_u16());
         this.span.record("elapsed_ms", elapsed_ms);
         // Reads are the hot path: a line each would cost more than answering.

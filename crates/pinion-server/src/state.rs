@@ -488,6 +488,8 @@ struct Inner {
     fleet: Fleet,
     /// What the page knows of the other environments.
     peers: Arc<crate::peers::Peers>,
+    /// Every answer, by route, method and status, for `/metrics`.
+    http_metrics: Arc<crate::http_metrics::HttpMetrics>,
 }
 
 /// Drops its value on a thread of its own: a PostgreSQL connection owns a
@@ -596,8 +598,14 @@ impl AppState {
                 feed_store: DropOffRuntime(Some(Mutex::new(feed_store))),
                 fleet,
                 peers,
+                http_metrics: Arc::default(),
             }),
         })
+    }
+
+    /// The answers counted for `/metrics`.
+    pub fn http_metrics(&self) -> &Arc<crate::http_metrics::HttpMetrics> {
+        &self.inner.http_metrics
     }
 
     /// The peers' readings, for the page.

@@ -501,13 +501,17 @@ fn watcher_errors_are_counted() {
 
 /// Checks the exposition format the way `promtool check metrics` would at
 /// its core: every sample belongs to the family the last `# TYPE` line
-/// declared (families are not interleaved), and every value is a number.
+/// declared (families are not interleaved; a histogram's samples are its
+/// `_bucket`, `_sum` and `_count`), and every value is a number.
 fn assert_well_formed(text: &str) {
     let mut family = String::new();
+    let mut histogram = false;
     let mut seen = std::collections::HashSet::new();
     for line in text.lines() {
         if let Some(declared) = line.strip_prefix("# TYPE ") {
-            let name = declared.split(' ').next().unwrap().to_owned();
+            let mut words = declared.split(' ');
+            let name = words.next().unwrap().to_owned();
+            histogram = words.next() == Some("histogram");
             assert!(seen.insert(name.clone()), "{name} declared twice");
             family = name;
             continue;
@@ -516,6 +520,14 @@ fn assert_well_formed(text: &str) {
             continue;
         }
         let name = line.split(['{', ' ']).next().unwrap();
+        let name = if histogram {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+        } else {
+            name
+        };
         assert_eq!(name, family, "a sample outside its family: {line}");
         let value = line.rsplit(' ').next().unwrap();
         assert!(
@@ -553,6 +565,11 @@ fn a_registry_outage_keeps_a_stale_pin_stale_and_says_the_check_failed() {
     );
     let text = crate::support::http(server.addr, "GET", "/metrics", None, None).body;
     assert_well_formed(&text);
+    let checked = promtool_check(&text).expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {checked:?}"
+    );
 
     // Back: checked again, still stale; promoted to the tag, fresh.
     registry.run();
@@ -600,4 +617,86 @@ fn a_pin_never_checked_or_without_its_tag_is_unknown_from_the_first_scrape() {
         ),
         None => assert!(version["git_sha"].is_null()),
     }
+}
+
+#[test]
+fn every_answer_is_counted_by_route_method_and_status() {
+    let env = crate::support::Env::new();
+    env.add_template("codex", "localhost:5000/codex");
+    let read = env.token("viewer", "read", &[]);
+    let server = crate::support::Server::start(&env.database(), &[]);
+    let resolve = "/cp/runtime-image/resolve?template_name=codex";
+    for _ in 0..3 {
+        server.get(resolve, &read);
+    }
+    crate::support::http(server.addr, "GET", resolve, None, None);
+    crate::support::http(server.addr, "GET", "/no/such/path/1", None, None);
+    crate::support::http(server.addr, "GET", "/no/such/path/2", None, None);
+    crate::support::http(
+        server.addr,
+        "GET",
+        "/cp/admin/tokens/someone",
+        Some(&read),
+        None,
+    );
+    let text = crate::support::http(server.addr, "GET", "/metrics", None, None).body;
+    assert_well_formed(&text);
+    let sample = |series: &str| -> Option<String> {
+        text.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .map(|line| line.rsplit(' ').next().unwrap().to_owned())
+    };
+    // The resolves without a pin are 404s; with and without a token.
+    assert_eq!(
+        sample(r#"pinion_http_requests_total{route="/cp/runtime-image/resolve",method="GET",status="404"}"#).as_deref(),
+        Some("3"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(r#"pinion_http_requests_total{route="/cp/runtime-image/resolve",method="GET",status="401"}"#).as_deref(),
+        Some("1")
+    );
+    // Made-up paths share one series, never one each.
+    assert_eq!(
+        sample(r#"pinion_http_requests_total{route="unmatched",method="GET",status="404"}"#)
+            .as_deref(),
+        Some("2")
+    );
+    assert!(!text.contains("/no/such/path"));
+    // The route as registered, not the name in the path.
+    assert!(
+        text.contains(r#"pinion_http_requests_total{route="/cp/admin/tokens/{name}",method="GET",status="405"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains("someone"));
+    assert_eq!(
+        sample(r#"pinion_http_request_duration_seconds_count{route="/cp/runtime-image/resolve"}"#)
+            .as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        sample(r#"pinion_http_request_duration_seconds_bucket{route="/cp/runtime-image/resolve",le="+Inf"}"#).as_deref(),
+        Some("4")
+    );
+    // And promtool's own check (Debian's `prometheus` package; `cargo
+    // xtask test` installs it).
+    let output = promtool_check(&text)
+        .expect("promtool (Debian package prometheus; `cargo xtask test` installs it)");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {output:?}"
+    );
+}
+
+/// `promtool check metrics` over `text`.
+fn promtool_check(text: &str) -> std::io::Result<std::process::Output> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(text.as_bytes())?;
+    child.wait_with_output()
 }

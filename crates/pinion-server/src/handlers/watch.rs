@@ -212,6 +212,8 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
     );
     let _ = writeln!(text, "# TYPE pinion_event_subscribers gauge");
     let _ = writeln!(text, "pinion_event_subscribers {}", feed.subscribers());
+    // Routes, not templates: the same for every caller.
+    state.http_metrics().render(&mut text);
     Ok((
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
