@@ -6,6 +6,7 @@
 //!   binary, starts what it measures (a real registry, the server, and the
 //!   reference servers) on loopback, and prints the figures that
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
+//! - `cargo xtask man`: the man pages, into `target/man/`.
 
 mod bench;
 mod setup;
@@ -17,6 +18,32 @@ mod test;
 mod oci;
 
 use std::process::ExitCode;
+
+/// `cargo xtask man`: the man pages, made from the CLI's clap definitions
+/// by the binary itself, into `target/man/`.
+fn man() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
+    let out = root.join("target").join("man");
+    let status = std::process::Command::new(&cargo)
+        .args(["run", "--quiet", "-p", "pinion-cli", "--", "man-pages"])
+        .arg(&out)
+        .current_dir(&root)
+        .status()
+        .map_err(|err| format!("cargo run: {err}"))?;
+    if !status.success() {
+        return Err(format!("making the man pages failed ({status})"));
+    }
+    eprintln!(
+        "man pages in {} (try `man -l {}/pinion.1`)",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,8 +87,9 @@ fn main() -> ExitCode {
             ..bench::Which::default()
         }),
         ["test", extra @ ..] => test::run(extra),
+        ["man"] => man(),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all]"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man"
                 .to_owned(),
         ),
     };

@@ -47,6 +47,26 @@ pub enum Command {
     /// drift and fleet as each server sees them, and what disagrees. Exit 1
     /// when something is stale, behind or disagrees.
     Status(StatusArgs),
+    /// Print a shell completion script: `pinion completions bash >
+    /// /etc/bash_completion.d/pinion`.
+    Completions(CompletionsArgs),
+    /// Write a man page for `pinion` and each subcommand into a directory
+    /// (what `cargo xtask man` runs).
+    #[command(hide = true)]
+    ManPages(ManPagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManPagesArgs {
+    /// The directory to write `pinion.1`, `pinion-serve.1`, … into.
+    pub dir: std::path::PathBuf,
 }
 
 /// How to reach registries.
@@ -280,6 +300,7 @@ pub enum TokenCommand {
     },
     /// List tokens (names, scopes, restrictions; never secrets).
     List {
+        /// `human` (lines for people) or `json` (one document, for scripts).
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
         #[command(flatten)]
@@ -287,6 +308,7 @@ pub enum TokenCommand {
     },
     /// Revoke the active token of that name.
     Revoke {
+        /// The token's name (never its secret).
         name: String,
         #[command(flatten)]
         database: DatabaseArg,
@@ -297,6 +319,7 @@ pub enum TokenCommand {
 pub enum TemplateCommand {
     /// Add or change a catalog entry.
     Add {
+        /// The template's name, e.g. `codex`.
         name: String,
         /// The repository images of this template are pushed to.
         #[arg(long)]
@@ -331,6 +354,7 @@ pub struct Access {
     /// built-in roots: for control planes with a private CA.
     #[arg(long, env = "PINION_CA_CERT", value_name = "PEM")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// `human` (lines for people) or `json` (one document, for scripts).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
 }
@@ -396,13 +420,17 @@ pub struct PromoteArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The template whose pin moves back.
     #[arg(long)]
     pub template: String,
+    /// The pin's region.
     #[arg(long, default_value = "global")]
     pub region: String,
     /// The digest to return to (default: the one before the current one).
     #[arg(long, value_name = "DIGEST")]
     pub to: Option<String>,
+    /// Why: kept in the pin's history (and the hold's reason, with
+    /// `--hold` and no `--reason`).
     #[arg(long)]
     pub notes: Option<String>,
     /// Hold the pin in the same step, so no pipeline moves it off again
@@ -418,8 +446,10 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct HoldArgs {
+    /// The template whose pin is held.
     #[arg(long)]
     pub template: String,
+    /// The pin's region.
     #[arg(long, default_value = "global")]
     pub region: String,
     /// Why: shown on the pin and in every refused promotion.
@@ -431,8 +461,10 @@ pub struct HoldArgs {
 
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
+    /// The template whose pin's hold is released.
     #[arg(long)]
     pub template: String,
+    /// The pin's region.
     #[arg(long, default_value = "global")]
     pub region: String,
     #[command(flatten)]
@@ -441,8 +473,11 @@ pub struct ReleaseArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// Only this template's entries (default: every template the token
+    /// may see).
     #[arg(long)]
     pub template: Option<String>,
+    /// Only this region's entries.
     #[arg(long)]
     pub region: Option<String>,
     /// How many entries, newest first (1 to 1000).
@@ -525,4 +560,41 @@ pub struct RetentionArgs {
     pub history: u32,
     #[command(flatten)]
     pub remote: OneRemote,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every flag says what it is for, in `--help`
+    /// and in the man pages made from it.
+    #[test]
+    fn every_flag_and_subcommand_has_help() {
+        let mut missing = Vec::new();
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the subcommand)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        walk(&command, "pinion", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
 }

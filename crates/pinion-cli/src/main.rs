@@ -45,6 +45,8 @@ fn main() -> std::process::ExitCode {
         Command::Watch(args) => runtime(command::watch::run(args)),
         Command::Retention(args) => runtime(command::retention::run(args)),
         Command::Status(args) => runtime(command::status::run(args)),
+        Command::Completions(args) => command::docs::completions(args.shell),
+        Command::ManPages(args) => report(command::docs::man_pages(&args.dir)),
     };
     std::process::ExitCode::from(code as u8)
 }

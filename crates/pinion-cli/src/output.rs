@@ -28,3 +28,16 @@ pub fn json(value: &impl serde::Serialize) -> bool {
         }
     }
 }
+
+/// Writes bytes as they are to stdout.
+pub fn bytes(data: &[u8]) -> bool {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(data).and_then(|()| stdout.flush()) {
+        Ok(()) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => false,
+        Err(err) => {
+            eprintln!("error: could not write to stdout: {err}");
+            false
+        }
+    }
+}

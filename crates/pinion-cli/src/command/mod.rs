@@ -3,6 +3,7 @@
 //! the exit code.
 
 pub mod digest;
+pub mod docs;
 pub mod drift;
 pub mod history;
 pub mod hold;
