@@ -7,8 +7,11 @@
 //!   reference servers) on loopback, and prints the figures that
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
 //! - `cargo xtask man`: the man pages, into `target/man/`.
+//! - `cargo xtask dist`: a statically linked release binary and its
+//!   SHA-256, into `target/dist/`.
 
 mod bench;
+mod dist;
 mod setup;
 mod test;
 // The OCI registry and image helpers the end-to-end tests use, shared so the
@@ -88,8 +91,9 @@ fn main() -> ExitCode {
         }),
         ["test", extra @ ..] => test::run(extra),
         ["man"] => man(),
+        ["dist"] => dist::run(),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man | cargo xtask dist"
                 .to_owned(),
         ),
     };

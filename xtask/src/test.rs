@@ -14,7 +14,7 @@ use crate::setup;
 /// htpasswd for the registry's basic auth, socat as a TCP proxy the fault
 /// tests freeze in front of PostgreSQL, openssl to make the TLS tests'
 /// certificates, promtool (from Debian's prometheus package) to check
-/// `/metrics`, and a real headless browser (Chromium
+/// `/metrics`, systemd-analyze to check the systemd unit, and a real headless browser (Chromium
 /// and its WebDriver server) for the page's tests.
 const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
@@ -27,6 +27,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("openssl", "openssl"),
     ("promtool", "prometheus"),
+    ("systemd-analyze", "systemd"),
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
 ];

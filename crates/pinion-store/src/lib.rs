@@ -12,6 +12,7 @@
 //! PostgreSQL's commit is durable under its default `synchronous_commit`.
 
 mod ops;
+mod pg_tls;
 mod postgres;
 mod records;
 mod sql;
@@ -131,7 +132,15 @@ impl From<rusqlite::Error> for StoreError {
 /// SQLSTATE, and values that do not convert, are statement failures.
 impl From<::postgres::Error> for StoreError {
     fn from(err: ::postgres::Error) -> StoreError {
-        let text = err.to_string();
+        // The kind, then its causes: "error performing TLS handshake:
+        // invalid peer certificate: UnknownIssuer", "db error: ERROR: …".
+        let mut text = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
         let unavailable = err.is_closed()
             || match err.code() {
                 Some(state) => matches!(

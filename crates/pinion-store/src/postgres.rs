@@ -15,7 +15,9 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
+
+use crate::pg_tls::Connection;
 use std::collections::HashMap;
 
 use crate::sql::{Row, Sql, Value};
@@ -214,7 +216,7 @@ const MIGRATIONS: &[&str] = &[
 const MIGRATION_LOCK: i64 = 0x7069_6e69_6f6e;
 
 pub(crate) struct Postgres {
-    config: postgres::Config,
+    connection: Connection,
     client: Option<Client>,
     /// Prepared statements of the current connection, by SQL text: a query
     /// then costs one round trip instead of two.
@@ -231,14 +233,9 @@ impl Postgres {
     /// Connects and migrates; with `create` false, refuses a database that
     /// holds no Pinion schema yet rather than making one.
     pub fn open(url: &str, create: bool) -> Result<Postgres, StoreError> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|_| StoreError::UnsupportedUrl("the PostgreSQL URL does not parse".into()))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
+        let connection = Connection::parse(url)?;
         let mut store = Postgres {
-            config,
+            connection,
             client: None,
             statements: HashMap::new(),
             instance: instance_id(),
@@ -253,7 +250,7 @@ impl Postgres {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             self.statements.clear();
-            let client = self.config.connect(NoTls)?;
+            let client = self.connection.connect()?;
             self.client = Some(client);
         }
         self.client
@@ -416,13 +413,7 @@ pub(crate) fn listen(
     keep_going: &dyn Fn() -> bool,
     on_change: &mut dyn FnMut(),
 ) -> Result<(), StoreError> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|_| StoreError::UnsupportedUrl("the PostgreSQL URL does not parse".into()))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
-    }
-    let mut client = config.connect(NoTls)?;
+    let mut client = Connection::parse(url)?.connect()?;
     client.batch_execute("LISTEN pinion_changes")?;
     // Anything committed before LISTEN took effect is picked up by the
     // caller's periodic check; report once so it looks now.

@@ -9,6 +9,7 @@ mod support;
 mod api;
 mod browser;
 mod canary;
+mod deploy;
 mod docs;
 mod durability;
 mod events;

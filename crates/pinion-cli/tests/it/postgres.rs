@@ -740,3 +740,127 @@ fn a_page_session_made_on_one_replica_works_and_ends_on_the_other() {
         || get(two.addr, "/ui", Some(&second)).status == 303,
     );
 }
+
+/// Runs SQL as the PostgreSQL admin; its output, trimmed.
+fn admin_sql(sql: &str) -> String {
+    let output = std::process::Command::new("psql")
+        .args(["-Atq", &crate::support::postgres_admin_url(), "-c", sql])
+        .output()
+        .expect("psql");
+    assert!(output.status.success(), "{sql}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Puts the server's TLS settings back however the test ends, and removes
+/// the test's certificate files.
+struct TlsSettingsBack(Vec<String>);
+
+impl Drop for TlsSettingsBack {
+    fn drop(&mut self) {
+        for sql in [
+            "ALTER SYSTEM RESET ssl_cert_file",
+            "ALTER SYSTEM RESET ssl_key_file",
+            "ALTER SYSTEM RESET ssl",
+            "SELECT pg_reload_conf()",
+        ] {
+            let _ = std::process::Command::new("psql")
+                .args(["-Atq", &crate::support::postgres_admin_url(), "-c", sql])
+                .output();
+        }
+        for file in &self.0 {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// How many of the database's connections are encrypted.
+fn encrypted_connections(database: &str) -> u32 {
+    admin_sql(&format!(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = '{database}' AND s.ssl"
+    ))
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn the_store_talks_to_postgres_over_tls_require_and_verify_full() {
+    let env = Env::postgres();
+    let url = env.database();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    env.add_template("codex", "localhost:5000/codex");
+    let token = env.token("ci", "promote", &[]);
+    // The test's own CA and a certificate for 127.0.0.1, installed as the
+    // server's (in its data directory, owned by its user), then put back.
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = crate::tls::make_pki(pki.path(), "pg");
+    let (_wrong_ca, _, _) = crate::tls::make_pki(pki.path(), "other");
+    let data = admin_sql("SHOW data_directory");
+    let (server_cert, server_key) = (
+        format!("{data}/pinion-test-server.crt"),
+        format!("{data}/pinion-test-server.key"),
+    );
+    std::fs::copy(&cert, &server_cert).expect("write into the PostgreSQL data directory");
+    std::fs::copy(&key, &server_key).unwrap();
+    let owned = std::process::Command::new("chown")
+        .args(["postgres:postgres", &server_cert, &server_key])
+        .status()
+        .unwrap();
+    assert!(owned.success(), "chown to the PostgreSQL user");
+    std::fs::set_permissions(
+        &server_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let _back = TlsSettingsBack(vec![server_cert.clone(), server_key.clone()]);
+    admin_sql(&format!("ALTER SYSTEM SET ssl_cert_file = '{server_cert}'"));
+    admin_sql(&format!("ALTER SYSTEM SET ssl_key_file = '{server_key}'"));
+    admin_sql("ALTER SYSTEM SET ssl = on");
+    admin_sql("SELECT pg_reload_conf()");
+    eventually(
+        "PostgreSQL serves the new certificate",
+        Duration::from_secs(10),
+        || admin_sql("SHOW ssl_cert_file") == server_cert,
+    );
+
+    // verify-full with the right CA: the server runs, encrypted.
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let server = Server::start(&verified, &[]);
+    assert_eq!(promote(&server, &token, 1).status, 201);
+    assert!(
+        encrypted_connections(&name) >= 1,
+        "the server's connections are encrypted"
+    );
+    drop(server);
+    // require: encrypted, not verified.
+    let server = Server::start(&format!("{url}?sslmode=require"), &[]);
+    assert_eq!(promote(&server, &token, 2).status, 201);
+    assert!(encrypted_connections(&name) >= 1);
+    drop(server);
+    // verify-full with another CA: refused, saying why.
+    let refused = crate::support::run(crate::support::pinion().args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &format!(
+            "{url}?sslmode=verify-full&sslrootcert={}",
+            pki.path().join("other-ca.pem").display()
+        ),
+    ]));
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(
+        refused.stderr.contains("certificate"),
+        "names the certificate problem: {refused:?}"
+    );
+    // verify-full without a root: refused before connecting.
+    let refused = crate::support::run(crate::support::pinion().args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &format!("{url}?sslmode=verify-full"),
+    ]));
+    assert_eq!(refused.code, 2, "{refused:?}");
+    assert!(refused.stderr.contains("sslrootcert"), "{refused:?}");
+}

@@ -12,7 +12,7 @@ use crate::support::{Env, Server, digest, eventually, pinion, run};
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`
 /// under `name`: `<name>-ca.pem`, `<name>-cert.pem`, `<name>-key.pem`.
-fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+pub fn make_pki(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let path = |file: &str| dir.join(format!("{name}-{file}"));
     let openssl = |args: &[&str]| {
         let output = Command::new("openssl")
