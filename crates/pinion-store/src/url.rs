@@ -12,8 +12,7 @@ pub enum DatabaseUrl {
     /// or `sqlite:PATH`. The file is created if absent.
     Sqlite(PathBuf),
     /// `postgres://user@host:port/database` (or `postgresql://`), as libpq
-    /// takes it. Connections are not encrypted by this build: use a local
-    /// socket, a private network, or a TLS-terminating proxy.
+    /// takes it, with `sslmode` and `sslrootcert` for TLS (see `pg_tls`).
     Postgres(String),
 }
 
