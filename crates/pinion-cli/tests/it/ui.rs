@@ -225,6 +225,34 @@ fn without_a_session_every_page_sends_you_to_sign_in() {
         assert_eq!(answer.status, 303, "{answer:?}");
         assert_eq!(answer.header("location"), Some("/ui"), "next {next}");
     }
+    // A sign-in posted from another site is refused (login CSRF).
+    let body = format!("token={}", site.read);
+    let head = format!(
+        "POST /ui/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nOrigin: https://evil.example\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len(),
+        addr = site.server.addr
+    );
+    let forged = checked(raw_http(site.server.addr, head.as_bytes(), body.as_bytes()));
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert!(forged.header("set-cookie").is_none());
+    let cross = head.replace(
+        "Origin: https://evil.example",
+        "Origin: null\r\nSec-Fetch-Site: cross-site",
+    );
+    let forged = checked(raw_http(
+        site.server.addr,
+        cross.as_bytes(),
+        body.as_bytes(),
+    ));
+    assert_eq!(forged.status, 403, "{forged:?}");
+    // From this server itself: fine.
+    let head = head.replace(
+        "https://evil.example",
+        &format!("http://{}", site.server.addr),
+    );
+    let own = checked(raw_http(site.server.addr, head.as_bytes(), body.as_bytes()));
+    assert_eq!(own.status, 303, "{own:?}");
     // The event stream of the page: 401 without a session.
     let events = get(site.server.addr, "/ui/events", None);
     assert_eq!(events.status, 401, "{events:?}");

@@ -175,13 +175,54 @@ fn login_page(status: StatusCode, next: &str, problem: Option<&str>) -> Response
     )
 }
 
+/// Whether a browser's `Origin` (sent with every form post) is this
+/// server: a login form posted from another site would sign the victim in
+/// as the attacker. `Sec-Fetch-Site` when the browser sends it, else
+/// `Origin`; neither (not a browser, or an old one): allowed, there is
+/// nothing to judge by.
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    // Browsers that say where a request comes from, say it plainly.
+    if let Some(site) = headers
+        .get("sec-fetch-site")
+        .and_then(|site| site.to_str().ok())
+    {
+        return matches!(site, "same-origin" | "none");
+    }
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return true;
+    };
+    let Some(origin_host) = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.split_once("://"))
+        .map(|(_, host)| host.trim_end_matches('/'))
+    else {
+        return false;
+    };
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str));
+    host.is_some_and(|host| host.eq_ignore_ascii_case(origin_host))
+}
+
 /// `POST /ui/login`: a token in, a session cookie out.
 pub async fn login(
     State(state): State<AppState>,
     source: Source,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     body: Body,
 ) -> Response {
+    if !same_origin(&headers, &uri) {
+        return super::error_page(
+            &ApiError::new(
+                crate::error::Code::Forbidden,
+                "the sign-in form was posted from another site; nothing was done",
+            ),
+            None,
+        );
+    }
     let form = match Form::read(body, state.settings().body_limit).await {
         Ok(form) => form,
         Err(error) => return super::error_page(&error, None),
