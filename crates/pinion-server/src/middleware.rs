@@ -161,9 +161,26 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         let _entered = this.span.enter();
-        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        // A handler that panics answers 500 with the contract's body (its
+        // detail logged with the request id below), instead of the
+        // connection dropping without an answer.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.inner.as_mut().poll(cx)
+        }));
+        let mut response = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => response,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                ApiError::internal(format!("the handler panicked: {what}")).into_response()
+            }
+        };
         let status = response.status();
         if (status.is_client_error() || status.is_server_error())
             && response.extensions().get::<ContractBody>().is_none()
@@ -263,6 +280,44 @@ mod tests {
                 Some(format!("{prefix:08x}-{count:x}").as_str())
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_with_the_contract_body() {
+        use tower::ServiceExt;
+        let metrics = Arc::new(HttpMetrics::default());
+        let router = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("on purpose");
+                    }
+                    "never"
+                }),
+            )
+            .layer(ObserveLayer::new(metrics.clone()));
+        let request = axum::http::Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+        assert!(
+            !body.to_string().contains("on purpose"),
+            "the detail is for the log only"
+        );
+        let mut text = String::new();
+        metrics.render(&mut text);
+        assert!(
+            text.contains(r#"route="/boom",method="GET",status="500"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]
