@@ -7,6 +7,7 @@
 //!   reference servers) on loopback, and prints the figures that
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
 //! - `cargo xtask man`: the man pages, into `target/man/`.
+//! - `cargo xtask openapi`: `docs/openapi.json`, written again from the code.
 //! - `cargo xtask dist`: a statically linked release binary and its
 //!   SHA-256, into `target/dist/`.
 
@@ -45,6 +46,32 @@ fn man() -> Result<(), String> {
         out.display(),
         out.display()
     );
+    Ok(())
+}
+
+/// `cargo xtask openapi`: writes `docs/openapi.json` again from the code
+/// (the test `the_committed_description_is_the_generated_one` asks for it
+/// after a change to the API).
+fn openapi() -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
+    let output = std::process::Command::new(&cargo)
+        .args(["run", "--quiet", "-p", "pinion-cli", "--", "openapi"])
+        .current_dir(&root)
+        .output()
+        .map_err(|err| format!("cargo run: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "making the description failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let path = root.join("docs").join("openapi.json");
+    std::fs::write(&path, &output.stdout).map_err(|err| format!("{}: {err}", path.display()))?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }
 
@@ -91,9 +118,10 @@ fn main() -> ExitCode {
         }),
         ["test", extra @ ..] => test::run(extra),
         ["man"] => man(),
+        ["openapi"] => openapi(),
         ["dist"] => dist::run(),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man | cargo xtask dist"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man | cargo xtask dist | cargo xtask openapi"
                 .to_owned(),
         ),
     };

@@ -5,13 +5,14 @@
 //! the edge parses them into `pinion-core` types. Response types ignore
 //! unknown fields, so a client keeps working when the server adds some.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod status;
 
 /// `POST /cp/admin/runtime-image/promote`. Unknown fields are refused: a typo
 /// in an optional field must not be silently dropped.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
     pub template_name: String,
@@ -42,7 +43,7 @@ pub struct PromoteRequest {
 }
 
 /// `POST /cp/admin/runtime-image/rollback`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     pub template_name: String,
@@ -64,7 +65,7 @@ pub struct RollbackRequest {
 }
 
 /// `POST /cp/admin/runtime-image/hold`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
     pub template_name: String,
@@ -74,7 +75,7 @@ pub struct HoldRequest {
 }
 
 /// A pin's hold: promotions to it are refused until it is released.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Hold {
     pub template_name: String,
     pub region: String,
@@ -85,13 +86,13 @@ pub struct Hold {
 }
 
 /// The answer of a hold or a release.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct HoldResponse {
     pub hold: Hold,
 }
 
 /// One entry of `GET /cp/admin/runtime-image/history`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct HistoryEntry {
     pub revision: i64,
     pub template_name: String,
@@ -118,14 +119,14 @@ pub struct HistoryEntry {
 }
 
 /// How long a promoted digest had soaked on the source environment.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct SoakFigures {
     pub source: String,
     pub soaked_seconds: u64,
     pub required_seconds: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct HistoryList {
     pub history: Vec<HistoryEntry>,
     /// Pass as `before` to get the next page; null on the last page.
@@ -134,7 +135,7 @@ pub struct HistoryList {
 }
 
 /// One refused write in `GET /cp/admin/audit`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: String,
@@ -157,7 +158,7 @@ fn one() -> i64 {
     1
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct AuditList {
     pub audit: Vec<AuditEntry>,
     #[serde(default)]
@@ -165,7 +166,7 @@ pub struct AuditList {
 }
 
 /// A pin as every response shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Pin {
     pub template_name: String,
     pub region: String,
@@ -193,7 +194,7 @@ pub struct Pin {
 }
 
 /// A pin's canary: a second digest the instances of a share of buckets get.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct PinCanary {
     pub image_digest: String,
     /// `<repository>@<digest>`; null when the template has no repository.
@@ -207,7 +208,7 @@ pub struct PinCanary {
 }
 
 /// `POST /cp/admin/runtime-image/canary`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryRequest {
     pub template_name: String,
@@ -221,19 +222,19 @@ pub struct CanaryRequest {
 }
 
 /// The body of a promote response (`201` moved, `200` already there).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct PinResponse {
     pub pin: Pin,
 }
 
 /// `GET /cp/admin/runtime-image`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct PinList {
     pub pins: Vec<Pin>,
 }
 
 /// `GET /cp/runtime-image/resolve`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Resolved {
     pub template_name: String,
     /// The region that was asked for.
@@ -249,7 +250,7 @@ pub struct Resolved {
 }
 
 /// One entry of the template catalog.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Runtime {
     pub name: String,
     /// The repository images of this template are pushed to.
@@ -258,13 +259,19 @@ pub struct Runtime {
 }
 
 /// `GET /cp/runtimes`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct RuntimeList {
     pub runtimes: Vec<Runtime>,
 }
 
+/// `PUT /cp/admin/runtimes/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+pub struct RuntimeResponse {
+    pub runtime: Runtime,
+}
+
 /// `PUT /cp/admin/runtimes/{name}`. `pinnable` defaults to true.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeUpdate {
     pub image: Option<String>,
@@ -277,7 +284,7 @@ fn default_pinnable() -> bool {
 }
 
 /// The body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
     /// On 409 `pin_conflict` and `stale_build`: the pin as it is now.
@@ -285,7 +292,7 @@ pub struct ErrorBody {
     pub pin: Option<Pin>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case; clients branch on this.
     pub code: String,
@@ -294,7 +301,7 @@ pub struct ErrorDetail {
 }
 
 /// `GET /cp/admin/runtime-image/drift`: the drift watcher's latest report.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct DriftReport {
     /// When the last check finished (RFC 3339); null before the first.
     pub checked_at: Option<String>,
@@ -303,7 +310,7 @@ pub struct DriftReport {
     pub pins: Vec<DriftEntry>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct DriftEntry {
     pub template_name: String,
     pub region: String,
@@ -324,14 +331,14 @@ pub struct DriftEntry {
 }
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Health {
     pub status: String,
 }
 
 /// One event of the change feed (`GET /cp/events`, the SSE stream and
 /// webhook bodies all carry this shape).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Event {
     pub id: i64,
     #[serde(rename = "type")]
@@ -343,7 +350,7 @@ pub struct Event {
 }
 
 /// `GET /cp/events`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct EventList {
     pub events: Vec<Event>,
     /// The id of the last event returned, or `after` when none was.
@@ -353,7 +360,7 @@ pub struct EventList {
 }
 
 /// `PUT /cp/admin/webhooks/{name}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     pub url: String,
@@ -366,7 +373,7 @@ pub struct WebhookRequest {
 }
 
 /// A webhook as answers show it: never its secret.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Webhook {
     pub name: String,
     pub url: String,
@@ -383,7 +390,7 @@ pub struct Webhook {
 }
 
 /// `201` to a webhook PUT that created it: the only answer with its secret.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct WebhookCreated {
     pub webhook: Webhook,
     /// `whsec_` and the base64 of 32 random bytes.
@@ -391,19 +398,19 @@ pub struct WebhookCreated {
 }
 
 /// `200` to a webhook PUT that changed it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct WebhookResponse {
     pub webhook: Webhook,
 }
 
 /// `GET /cp/admin/webhooks`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct WebhookList {
     pub webhooks: Vec<Webhook>,
 }
 
 /// One event's delivery to one webhook.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Delivery {
     pub event_id: i64,
     /// `pending`, `delivered` or `failed`.
@@ -416,13 +423,13 @@ pub struct Delivery {
 }
 
 /// `GET /cp/admin/webhooks/{name}/deliveries`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct DeliveryList {
     pub deliveries: Vec<Delivery>,
 }
 
 /// `POST /cp/fleet/report`: a heartbeat of up to 10,000 instances.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FleetReport {
     pub instances: Vec<InstanceReport>,
@@ -432,7 +439,7 @@ pub struct FleetReport {
 }
 
 /// One instance of a report.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceReport {
     pub instance_id: String,
@@ -444,19 +451,19 @@ pub struct InstanceReport {
 }
 
 /// The answer to a report.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct ReportAccepted {
     pub accepted: usize,
 }
 
 /// `GET /cp/fleet`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct FleetList {
     pub fleet: Vec<FleetEntry>,
 }
 
 /// The fleet one pin governs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct FleetEntry {
     pub template_name: String,
     /// The governing pin's region.
@@ -488,21 +495,21 @@ pub struct FleetEntry {
     pub revision: i64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct RunningDigest {
     pub image_digest: String,
     pub instances: u64,
 }
 
 /// `GET /cp/fleet/instances`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct InstanceList {
     pub instances: Vec<Instance>,
     /// Pass as `after` for the next page; null on the last.
     pub next_after: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Instance {
     pub instance_id: String,
     pub template_name: String,
@@ -528,12 +535,12 @@ pub struct Instance {
 }
 
 /// `GET /cp/admin/runtime-image/retention`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Retention {
     pub retain: Vec<Retained>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Retained {
     pub repository: String,
     pub image_digest: String,
@@ -570,7 +577,7 @@ mod tests {
 }
 
 /// A canary's fleet, in `GET /cp/fleet`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct FleetCanary {
     pub image_digest: String,
     pub percent: u8,
@@ -592,7 +599,7 @@ pub struct FleetCanary {
 }
 
 /// `GET /version`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct Version {
     pub version: String,
     /// The commit the build came from; null outside a git checkout.
@@ -600,7 +607,7 @@ pub struct Version {
 }
 
 /// `POST /cp/admin/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     pub name: String,
@@ -614,7 +621,7 @@ pub struct TokenRequest {
 }
 
 /// A token as the API shows it: never its secret.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct TokenInfo {
     pub name: String,
     pub scope: String,
@@ -628,14 +635,14 @@ pub struct TokenInfo {
 }
 
 /// The answer to `POST /cp/admin/tokens`: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct TokenCreated {
     pub token: TokenInfo,
     pub secret: String,
 }
 
 /// `GET /cp/admin/tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenInfo>,
 }

@@ -54,6 +54,10 @@ pub enum Command {
     /// (what `cargo xtask man` runs).
     #[command(hide = true)]
     ManPages(ManPagesArgs),
+    /// Print the API's OpenAPI description, as `GET /openapi.json` serves it
+    /// (what `cargo xtask openapi` writes to `docs/openapi.json`).
+    #[command(hide = true)]
+    Openapi,
 }
 
 #[derive(Debug, Args)]

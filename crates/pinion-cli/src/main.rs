@@ -47,6 +47,13 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => runtime(command::status::run(args)),
         Command::Completions(args) => command::docs::completions(args.shell),
         Command::ManPages(args) => report(command::docs::man_pages(&args.dir)),
+        Command::Openapi => {
+            if output::line(pinion_server::openapi::document()) {
+                ExitCode::Success
+            } else {
+                ExitCode::Error
+            }
+        }
     };
     std::process::ExitCode::from(code as u8)
 }

@@ -17,6 +17,7 @@ mod handlers;
 mod http_metrics;
 mod listen;
 mod middleware;
+pub mod openapi;
 pub use middleware::log_every_request;
 mod outbox;
 pub mod peers;
@@ -34,7 +35,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post, put};
 use pinion_store::{DatabaseUrl, StoreError};
 use tokio::net::TcpListener;
 
@@ -193,61 +193,7 @@ pub enum ServeError {
 /// answer while a write it started is still on its way to a commit.
 fn router(state: AppState) -> Router {
     let observe = middleware::ObserveLayer::new(state.http_metrics().clone());
-    Router::new()
-        .route("/cp/admin/runtime-image", get(handlers::list_pins))
-        .route("/cp/runtime-image/resolve", get(handlers::resolve))
-        .route("/cp/runtimes", get(handlers::list_runtimes))
-        .route("/cp/admin/runtime-image/drift", get(handlers::drift))
-        .route("/metrics", get(handlers::metrics))
-        .route("/healthz", get(handlers::healthz))
-        .route("/version", get(handlers::version))
-        .route("/cp/admin/runtime-image/promote", post(handlers::promote))
-        .route("/cp/admin/runtime-image/rollback", post(handlers::rollback))
-        .route(
-            "/cp/admin/runtime-image/hold",
-            post(handlers::hold).delete(handlers::release),
-        )
-        .route(
-            "/cp/admin/runtime-image/canary",
-            post(handlers::start_canary).delete(handlers::abort_canary),
-        )
-        .route("/cp/admin/runtimes/{name}", put(handlers::put_runtime))
-        .route("/cp/admin/runtime-image/history", get(handlers::history))
-        .route("/cp/admin/audit", get(handlers::audit))
-        .route("/readyz", get(handlers::readyz))
-        .route("/cp/events", get(handlers::events))
-        .route("/cp/fleet/report", post(handlers::report))
-        .route("/cp/fleet", get(handlers::fleet))
-        .route("/cp/fleet/instances", get(handlers::instances))
-        .route(
-            "/cp/fleet/instances/{instance_id}",
-            axum::routing::delete(handlers::delete_instance),
-        )
-        .route(
-            "/cp/admin/runtime-image/retention",
-            get(handlers::retention),
-        )
-        .route(
-            "/cp/admin/tokens",
-            get(handlers::list_tokens).post(handlers::create_token),
-        )
-        .route(
-            "/cp/admin/tokens/{name}",
-            axum::routing::delete(handlers::revoke_token),
-        )
-        .route("/cp/admin/webhooks", get(handlers::list_webhooks))
-        .route(
-            "/cp/admin/webhooks/{name}",
-            put(handlers::put_webhook).delete(handlers::delete_webhook),
-        )
-        .route(
-            "/cp/admin/webhooks/{name}/deliveries",
-            get(handlers::deliveries),
-        )
-        .route(
-            "/cp/admin/webhooks/{name}/deliveries/{event_id}/redeliver",
-            post(handlers::redeliver),
-        )
+    openapi::routes()
         .merge(ui::routes())
         .fallback(handlers::not_found)
         .with_state(state)

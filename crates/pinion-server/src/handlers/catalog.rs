@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pinion_api::{Runtime, RuntimeList, RuntimeUpdate};
+use pinion_api::{RuntimeList, RuntimeResponse, RuntimeUpdate};
 use pinion_core::{Repository, Scope, TemplateName};
 use pinion_store::RuntimeRecord;
 
@@ -30,11 +30,6 @@ pub async fn list_runtimes(
         .map(runtime_body)
         .collect();
     Ok(Json(RuntimeList { runtimes }))
-}
-
-#[derive(serde::Serialize)]
-struct RuntimeResponse {
-    runtime: Runtime,
 }
 
 pub async fn put_runtime(
