@@ -8,11 +8,14 @@
 //!   `docs/benchmarks.md` records, each beside its baseline from the same run.
 //! - `cargo xtask man`: the man pages, into `target/man/`.
 //! - `cargo xtask openapi`: `docs/openapi.json`, written again from the code.
+//! - `cargo xtask fuzz`: schemathesis against a server on each engine (the
+//!   last step of `cargo xtask test`).
 //! - `cargo xtask dist`: a statically linked release binary and its
 //!   SHA-256, into `target/dist/`.
 
 mod bench;
 mod dist;
+mod fuzz;
 mod setup;
 mod test;
 // The OCI registry and image helpers the end-to-end tests use, shared so the
@@ -119,9 +122,10 @@ fn main() -> ExitCode {
         ["test", extra @ ..] => test::run(extra),
         ["man"] => man(),
         ["openapi"] => openapi(),
+        ["fuzz"] => setup::postgres().and_then(|postgres| fuzz::run(&postgres)),
         ["dist"] => dist::run(),
         _ => Err(
-            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man | cargo xtask dist | cargo xtask openapi"
+            "usage: cargo xtask test [CARGO TEST ARGS] | cargo xtask bench [registry|http|events|fleet|policy|page|postgres|all] | cargo xtask man | cargo xtask dist | cargo xtask openapi | cargo xtask fuzz"
                 .to_owned(),
         ),
     };

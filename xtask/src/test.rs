@@ -2,7 +2,8 @@
 //! Debian packages the suite drives, makes sure a PostgreSQL server runs,
 //! then runs every test: the workspace once (the store suite on both
 //! engines, the end-to-end suite on SQLite plus its PostgreSQL-only tests),
-//! then the end-to-end suite again with every server on PostgreSQL.
+//! then the end-to-end suite again with every server on PostgreSQL, then
+//! schemathesis against a server on each engine (see `fuzz.rs`).
 
 use std::process::Command;
 
@@ -57,7 +58,10 @@ pub fn run(extra: &[&str]) -> Result<(), String> {
         .args(["--", "--skip", "postgres::"])
         .env("PINION_TEST_POSTGRES_URL", &postgres)
         .env("PINION_TEST_ENGINE", "postgres");
-    check(end_to_end.status(), "the end-to-end tests on PostgreSQL")
+    check(end_to_end.status(), "the end-to-end tests on PostgreSQL")?;
+
+    // The API against its own description, on both engines.
+    crate::fuzz::run(&postgres)
 }
 
 fn check(status: std::io::Result<std::process::ExitStatus>, what: &str) -> Result<(), String> {
