@@ -191,6 +191,9 @@ pub struct Pin {
     /// Set while the pin has a canary.
     #[serde(default)]
     pub canary: Option<PinCanary>,
+    /// The CI run of the change that put the pin where it is, when it said.
+    #[serde(default)]
+    pub ci_run_url: Option<String>,
 }
 
 /// A pin's canary: a second digest the instances of a share of buckets get.

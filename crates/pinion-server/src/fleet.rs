@@ -1226,6 +1226,7 @@ mod tests {
                 build_sequence: None,
                 hold: None,
                 canary: None,
+                ci_run_url: None,
             }],
             runtimes: Vec::new(),
             tokens: Vec::new(),

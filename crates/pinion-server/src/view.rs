@@ -374,6 +374,7 @@ mod tests {
             build_sequence: None,
             hold: None,
             canary: None,
+            ci_run_url: None,
         }
     }
 

@@ -210,6 +210,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
 "#,
+    r#"
+    ALTER TABLE pins ADD COLUMN ci_run_url TEXT;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

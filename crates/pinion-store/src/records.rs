@@ -31,6 +31,8 @@ pub struct PinRecord {
     /// The pin's canary: a second digest a share of its instances get.
     /// Boxed: most pins have none.
     pub canary: Option<Box<Canary>>,
+    /// The CI run of the change that put the pin where it is, if it said.
+    pub ci_run_url: Option<RunUrl>,
 }
 
 /// A pin's canary.

@@ -255,6 +255,10 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
 "#,
+    // The CI run of the change that put the pin where it is.
+    r#"
+    ALTER TABLE pins ADD COLUMN ci_run_url TEXT;
+"#,
 ];
 
 /// One SQLite connection.

@@ -160,6 +160,8 @@ impl Site {
             "region": region,
             "image_digest": digest(n),
             "notes": notes,
+            "git_sha": format!("{n:x}").repeat(40),
+            "ci_run_url": format!("https://ci.example.com/team/codex/actions/runs/{n}"),
         })
         .to_string();
         let answer = self.server.post(PROMOTE, &self.ci, &body);
@@ -309,6 +311,12 @@ fn the_matrix_shows_pins_escapes_notes_and_keeps_tokens_out() {
             .contains(r#"<th scope="row"><a href="/ui?template=codex">codex</a></th>"#)
     );
     assert!(page.body.contains("by ci"), "who moved it");
+    // The commit, linked to the CI run that moved the pin.
+    assert!(
+        page.body.contains(r#"<a href="https://ci.example.com/team/codex/actions/runs/2" rel="noopener noreferrer" title="its CI run"><code>2222222</code></a>"#),
+        "{}",
+        page.body
+    );
     assert!(
         page.body.contains("not checked"),
         "drift said, not assumed fine"
@@ -341,10 +349,15 @@ fn the_matrix_shows_pins_escapes_notes_and_keeps_tokens_out() {
         assert_eq!(answer.status, 200, "{asset}");
         assert!(page.body.contains(asset));
     }
-    assert!(
-        !page.body.contains("http://") && !page.body.contains("https://"),
-        "no external asset"
-    );
+    // Whatever the page loads (scripts, stylesheets, images) is the
+    // server's own; links out (a CI run) load nothing.
+    for loaded in page.body.split(" src=\"").skip(1) {
+        assert!(loaded.starts_with('/'), "an external asset: {loaded:.60}");
+    }
+    for tag in page.body.split("<link ").skip(1) {
+        let href = tag.split("href=\"").nth(1).unwrap_or_default();
+        assert!(href.starts_with('/'), "an external stylesheet: {tag:.60}");
+    }
     // The database keeps no session id, only its hash.
     if !site.env.is_postgres() {
         let bytes = std::fs::read(site.env.sqlite_path()).unwrap();

@@ -258,6 +258,7 @@ pub(crate) fn pin_body(view: &View, pin: &PinRecord) -> Pin {
             started_at: format_time(canary.started_at),
             started_by: canary.started_by.to_string(),
         }),
+        ci_run_url: pin.ci_run_url.as_ref().map(|url| url.as_str().to_owned()),
     }
 }
 

@@ -390,7 +390,12 @@ fn cell(
                 span.meta {
                     @if let Ok(at) = OffsetDateTime::parse(&pin.promoted_at, &Rfc3339) { (ago(at, now)) }
                     " by " (pin.promoted_by)
-                    @if let Some(sha) = &pin.git_sha { " · " code { (sha.get(..7).unwrap_or(sha)) } }
+                    @match (&pin.git_sha, &pin.ci_run_url) {
+                        (Some(sha), Some(run)) => { " · " a href=(run) rel="noopener noreferrer" title="its CI run" { code { (sha.get(..7).unwrap_or(sha)) } } }
+                        (Some(sha), None) => { " · " code { (sha.get(..7).unwrap_or(sha)) } }
+                        (None, Some(run)) => { " · " a href=(run) rel="noopener noreferrer" { "CI run" } }
+                        (None, None) => {}
+                    }
                 }
             }
             br;

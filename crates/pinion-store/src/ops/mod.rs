@@ -62,6 +62,7 @@ const PINS: Columns = Columns {
         "canary_percent",
         "canary_started_at",
         "canary_started_by",
+        "ci_run_url",
     ],
 };
 
@@ -833,18 +834,19 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
         build_sequence: change.pin_build_sequence,
         hold: change.hold.clone(),
         canary: change.canary.clone(),
+        ci_run_url: change.ci.run_url.clone(),
     };
     // The hold and canary columns are left as they are: a change keeps the
     // pin's hold, and its canary unless it moves to the canary's digest.
     db.execute(
         &format!(
             "INSERT INTO pins ({})
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, NULL, NULL, NULL, NULL, NULL, ?10)
              ON CONFLICT (template_name, region) DO UPDATE SET
                image_digest = excluded.image_digest, git_sha = excluded.git_sha,
                notes = excluded.notes, promoted_at = excluded.promoted_at,
                promoted_by = excluded.promoted_by, revision = excluded.revision,
-               build_sequence = excluded.build_sequence",
+               build_sequence = excluded.build_sequence, ci_run_url = excluded.ci_run_url",
             PINS.list()
         ),
         &[
@@ -857,6 +859,7 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             pin.promoted_by.as_str().into(),
             pin.revision.into(),
             pin.build_sequence.into(),
+            pin.ci_run_url.as_ref().map(RunUrl::as_str).into(),
         ],
     )?;
     let kind = match change.action {
@@ -1188,6 +1191,7 @@ fn read_pin(row: &mut Reader<'_>) -> Result<PinRecord, StoreError> {
                 _ => None,
             }
         },
+        ci_run_url: row.next()?,
     })
 }
 
