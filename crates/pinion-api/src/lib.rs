@@ -40,6 +40,11 @@ pub struct PromoteRequest {
     pub repository: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<String>,
+    /// Keep the pin's canary standing when the pin moves to a digest other
+    /// than the canary's (by default such a move ends the canary:
+    /// `canary.aborted` with cause `superseded`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_canary: bool,
 }
 
 /// `POST /cp/admin/runtime-image/rollback`.
@@ -62,6 +67,13 @@ pub struct RollbackRequest {
     /// the rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Compare-and-swap: refuse with 409 `pin_conflict` unless the pin is at
+    /// this digest now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_digest: Option<String>,
+    /// Keep the pin's canary standing (see the promote request's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_canary: bool,
 }
 
 /// `POST /cp/admin/runtime-image/hold`.
@@ -228,6 +240,10 @@ pub struct CanaryRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 pub struct PinResponse {
     pub pin: Pin,
+    /// This promotion created the first pin of its region (only said when
+    /// the server has no `--regions` list to check regions against).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_region: bool,
 }
 
 /// `GET /cp/admin/runtime-image`.

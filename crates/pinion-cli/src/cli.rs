@@ -283,6 +283,41 @@ pub struct ServeArgs {
         value_name = "DURATION"
     )]
     pub session_lifetime: String,
+    /// The regions pins may be in, comma-separated (e.g.
+    /// `global,us-east-2,eu-west-1`): a pin, canary or hold elsewhere is
+    /// refused with `unknown_region`. Unset: any region, and a promotion
+    /// that creates a region's first pin says so.
+    #[arg(long, env = "PINION_REGIONS", value_name = "REGION,...")]
+    pub regions: Option<String>,
+    /// The most instances the fleet holds (live, and silent but not yet
+    /// forgotten): a report of new instances past it is refused whole with
+    /// `429 fleet_full`. About 400 bytes of memory an instance.
+    #[arg(
+        long,
+        env = "PINION_FLEET_MAX_INSTANCES",
+        default_value_t = 200_000,
+        value_name = "N"
+    )]
+    pub fleet_max_instances: usize,
+    /// The most instances one reporting token may have in the fleet.
+    /// Unset: no limit beyond the total.
+    #[arg(long, env = "PINION_FLEET_MAX_INSTANCES_PER_TOKEN", value_name = "N")]
+    pub fleet_max_instances_per_token: Option<usize>,
+    /// The most event streams (`/cp/events` as a stream, the page's live
+    /// updates) one token may hold open; one more is `429 too_many_streams`.
+    #[arg(
+        long,
+        env = "PINION_MAX_STREAMS_PER_TOKEN",
+        default_value_t = 64,
+        value_name = "N"
+    )]
+    pub max_streams_per_token: usize,
+    /// Let webhooks point at loopback, private (RFC 1918), link-local,
+    /// unique-local or unspecified addresses. Off: such a URL is refused
+    /// when set, and never connected to (checked on the address connected
+    /// to, so a name that resolves there later is refused too).
+    #[arg(long, env = "PINION_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub webhook_allow_private: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,6 +453,10 @@ pub struct PromoteArgs {
     /// Workflow name (default in Actions: `$GITHUB_WORKFLOW`).
     #[arg(long, value_name = "NAME")]
     pub workflow: Option<String>,
+    /// Keep the pin's canary standing (by default a promotion of another
+    /// digest than the canary's ends it, so every instance moves).
+    #[arg(long)]
+    pub keep_canary: bool,
     #[command(flatten)]
     pub remote: Remote,
 }
@@ -444,6 +483,10 @@ pub struct RollbackArgs {
     /// Why it is held (with `--hold`; default: the notes).
     #[arg(long, requires = "hold")]
     pub reason: Option<String>,
+    /// Keep the pin's canary standing (by default a move to another digest
+    /// than the canary's ends it).
+    #[arg(long)]
+    pub keep_canary: bool,
     #[command(flatten)]
     pub remote: Remote,
 }

@@ -158,6 +158,8 @@ pub struct Promoted {
     /// How the outcome was learnt when the answer did not say: the write's
     /// outcome was unknown and the pin was read back.
     pub settled: Option<String>,
+    /// The server said this created the first pin of its region.
+    pub new_region: bool,
 }
 
 /// What a hold or a release got back.
@@ -368,6 +370,7 @@ impl Client {
                                 settled: Some(format!(
                                     "{why}; the pin was read back at the digest"
                                 )),
+                                new_region: false,
                             });
                         }
                         Some(pin) => last_seen = format!("is `{}`", pin.image_digest),
@@ -465,6 +468,7 @@ impl Client {
                 preview(&body)
             ))
         })?;
+        let new_region = response.new_region;
         let pin = response.pin;
         if !expected(&pin) {
             return Err(ClientError::Protocol(format!(
@@ -479,6 +483,7 @@ impl Client {
             status,
             pin,
             settled: None,
+            new_region,
         })
     }
 

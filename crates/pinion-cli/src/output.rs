@@ -41,3 +41,8 @@ pub fn bytes(data: &[u8]) -> bool {
         }
     }
 }
+
+/// A warning on stderr: the step goes on, a person should look.
+pub fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "warning: {text}");
+}

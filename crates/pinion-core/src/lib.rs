@@ -33,6 +33,7 @@ pub use reference::{Digest, ImageRef, Repository};
 pub use scope::Scope;
 pub use soak::{Soak, SoakScan, SourceMove, soaked};
 pub use text::{GitSha, HoldReason, Label, Notes, RunUrl, WebhookUrl};
+pub use url::is_internal_address;
 
 /// Why a value was refused. `kind` says which field it was for, so the edge
 /// can name it (for example as the error code `invalid_digest`).

@@ -120,6 +120,15 @@ codes! {
     /// A token's `expires_at` is not an RFC 3339 time in the future.
     InvalidExpiresAt = "invalid_expires_at", UNPROCESSABLE_ENTITY;
     UnknownTemplate = "unknown_template", UNPROCESSABLE_ENTITY;
+    /// A region not in the server's `--regions` list.
+    UnknownRegion = "unknown_region", UNPROCESSABLE_ENTITY;
+    /// The fleet holds as many instances as it may (in total, or for this
+    /// token): a report of new instances is refused whole.
+    FleetFull = "fleet_full", TOO_MANY_REQUESTS;
+    /// This token has as many event streams open as it may.
+    TooManyStreams = "too_many_streams", TOO_MANY_REQUESTS;
+    /// The request body is JSON, but not an object.
+    BodyNotObject = "body_not_object", BAD_REQUEST;
     TemplateNotPinnable = "template_not_pinnable", UNPROCESSABLE_ENTITY;
     ProvenanceRequired = "provenance_required", UNPROCESSABLE_ENTITY;
     DigestNotInHistory = "digest_not_in_history", UNPROCESSABLE_ENTITY;

@@ -160,6 +160,8 @@ pub struct Live {
     pub last_seen_ms: i64,
     pub digest_since_ms: i64,
     pub updated_ms: i64,
+    /// The token that last reported it (shared with its other instances).
+    pub reporter: Option<Arc<TokenName>>,
 }
 
 impl Live {
@@ -176,6 +178,7 @@ impl Live {
             digest_since_ms: self.digest_since_ms,
             deleted: false,
             updated_ms: self.updated_ms,
+            reporter: self.reporter.as_deref().cloned(),
         }
     }
 }
@@ -193,6 +196,7 @@ struct Shard {
 struct Interned {
     places: HashMap<TemplateName, HashMap<Region, Arc<Place>>>,
     digests: HashMap<Digest, Arc<Digest>>,
+    reporters: HashMap<TokenName, Arc<TokenName>>,
 }
 
 impl Interned {
@@ -224,6 +228,15 @@ impl Interned {
         shared
     }
 
+    fn reporter(&mut self, token: &TokenName) -> Arc<TokenName> {
+        if let Some(shared) = self.reporters.get(token) {
+            return shared.clone();
+        }
+        let shared = Arc::new(token.clone());
+        self.reporters.insert(token.clone(), shared.clone());
+        shared
+    }
+
     /// Drops what no instance shares any more.
     fn prune(&mut self) {
         for regions in self.places.values_mut() {
@@ -232,6 +245,8 @@ impl Interned {
         self.places.retain(|_, regions| !regions.is_empty());
         self.digests
             .retain(|_, digest| Arc::strong_count(digest) > 1);
+        self.reporters
+            .retain(|_, reporter| Arc::strong_count(reporter) > 1);
     }
 
     fn live(&mut self, record: &InstanceRecord) -> Live {
@@ -245,6 +260,7 @@ impl Interned {
             last_seen_ms: record.last_seen_ms,
             digest_since_ms: record.digest_since_ms,
             updated_ms: record.updated_ms,
+            reporter: record.reporter.as_ref().map(|token| self.reporter(token)),
         }
     }
 }
@@ -264,6 +280,57 @@ pub struct Fleet {
     progress_deadline: Duration,
     /// `--canary-max-unhealthy` and `--canary-min-reports`, when set.
     canary_rule: Option<HealthRule>,
+    /// How many instances memory holds (live and silent, not forgotten),
+    /// in total and per reporting token: what the caps are checked on.
+    counts: Mutex<Counts>,
+    limits: FleetLimits,
+}
+
+/// The fleet's caps (`--fleet-max-instances`,
+/// `--fleet-max-instances-per-token`).
+#[derive(Debug, Clone, Copy)]
+pub struct FleetLimits {
+    pub total: usize,
+    pub per_token: Option<usize>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    by_token: HashMap<Arc<TokenName>, usize>,
+}
+
+impl Counts {
+    fn add(&mut self, live: &Live) {
+        self.total += 1;
+        if let Some(token) = &live.reporter {
+            *self.by_token.entry(token.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, live: &Live) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(token) = &live.reporter {
+            if let Some(count) = self.by_token.get_mut(token) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.by_token.remove(token);
+                }
+            }
+        }
+    }
+}
+
+/// A report that would take the fleet past one of its caps; nothing of it
+/// was recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetFull {
+    /// Instances the report would have added.
+    pub new: usize,
+    /// Which cap: the whole fleet's, or the reporting token's.
+    pub per_token: bool,
+    pub limit: usize,
+    pub held: usize,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -301,6 +368,7 @@ impl Fleet {
         alive_before_ms: i64,
         progress_deadline: Duration,
         canary_rule: Option<HealthRule>,
+        limits: FleetLimits,
     ) -> Fleet {
         let fleet = Fleet {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -312,14 +380,22 @@ impl Fleet {
             alive_before_ms,
             progress_deadline,
             canary_rule,
+            counts: Mutex::default(),
+            limits,
         };
         let mut interned = lock(&fleet.interned);
+        let mut counts = lock(&fleet.counts);
         for record in stored {
             let live = interned.live(&record);
-            lock(fleet.shard_of(&record.id))
+            counts.add(&live);
+            if let Some(before) = lock(fleet.shard_of(&record.id))
                 .instances
-                .insert(record.id, live);
+                .insert(record.id, live)
+            {
+                counts.remove(&before);
+            }
         }
+        drop(counts);
         drop(interned);
         fleet
     }
@@ -355,8 +431,15 @@ impl Fleet {
         }
     }
 
-    /// Takes a batch of reports, all of them already valid.
-    pub fn report(&self, reports: Vec<Report>, ttl_seconds: i64) {
+    /// Takes a batch of reports, all of them already valid, from `reporter`;
+    /// or none of them, when the instances it would add take the fleet past
+    /// a cap. Instances already known are heartbeats and always fit.
+    pub fn report(
+        &self,
+        reports: Vec<Report>,
+        ttl_seconds: i64,
+        reporter: &TokenName,
+    ) -> Result<(), FleetFull> {
         let now = now_ms();
         // Hashed before any lock is taken.
         let buckets: Vec<u8> = reports
@@ -365,6 +448,7 @@ impl Fleet {
             .collect();
         let mut sorted: Vec<(usize, Live, Report)> = {
             let mut interned = lock(&self.interned);
+            let reporter = interned.reporter(reporter);
             reports
                 .into_iter()
                 .zip(buckets)
@@ -379,30 +463,91 @@ impl Fleet {
                         last_seen_ms: now,
                         digest_since_ms: now,
                         updated_ms: now,
+                        reporter: Some(reporter.clone()),
                     };
                     (self.index_of(&report.id), live, report)
                 })
                 .collect()
         };
         sorted.sort_unstable_by_key(|(index, _, _)| *index);
-        let mut held: Option<(usize, MutexGuard<'_, Shard>)> = None;
+        // Every shard the report touches, locked in ascending order (as
+        // every report locks them), so what is new is counted exactly and
+        // nothing changes between the count and the write.
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = Vec::new();
+        for (index, _, _) in &sorted {
+            if guards.last().is_none_or(|(at, _)| at != index) {
+                guards.push((*index, lock(&self.shards[*index])));
+            }
+        }
+        let shard_at = |guards: &[(usize, MutexGuard<'_, Shard>)], index: usize| {
+            guards
+                .binary_search_by_key(&index, |(at, _)| *at)
+                .unwrap_or_default()
+        };
+        let new = sorted
+            .iter()
+            .filter(|(index, _, report)| {
+                !guards[shard_at(&guards, *index)]
+                    .1
+                    .instances
+                    .contains_key(&report.id)
+            })
+            .count();
+        let mut counts = lock(&self.counts);
+        if new > 0 {
+            let held = counts.total;
+            if held.saturating_add(new) > self.limits.total {
+                return Err(FleetFull {
+                    new,
+                    per_token: false,
+                    limit: self.limits.total,
+                    held,
+                });
+            }
+            if let Some(limit) = self.limits.per_token {
+                let held = counts.by_token.get(reporter).copied().unwrap_or_default();
+                if held.saturating_add(new) > limit {
+                    return Err(FleetFull {
+                        new,
+                        per_token: true,
+                        limit,
+                        held,
+                    });
+                }
+            }
+        }
         for (index, mut live, report) in sorted {
-            let shard = match &mut held {
-                Some((at, shard)) if *at == index => shard,
-                _ => &mut held.insert((index, lock(&self.shards[index]))).1,
-            };
+            let at = shard_at(&guards, index);
+            let shard = &mut guards[at].1;
             if let Some(before) = shard.instances.get(&report.id) {
                 live.first_seen_ms = before.first_seen_ms;
                 if before.digest == live.digest {
                     live.digest_since_ms = before.digest_since_ms;
                 }
+                counts.remove(before);
             }
+            counts.add(&live);
             shard.tombstones.remove(&report.id);
             shard.dirty.insert(report.id.clone());
             shard.instances.insert(report.id, live);
         }
-        drop(held);
+        drop(counts);
+        drop(guards);
         self.changed();
+        Ok(())
+    }
+
+    /// How many instances memory holds, and how many each token last
+    /// reported (for `/metrics`).
+    pub fn held(&self) -> (usize, Vec<(TokenName, usize)>) {
+        let counts = lock(&self.counts);
+        let mut by_token: Vec<(TokenName, usize)> = counts
+            .by_token
+            .iter()
+            .map(|(token, count)| (TokenName::clone(token), *count))
+            .collect();
+        by_token.sort();
+        (counts.total, by_token)
     }
 
     /// The instance, if this server knows it (for a restricted token's
@@ -423,12 +568,11 @@ impl Fleet {
             // Deleted here already.
             return false;
         }
-        let Some(mut record) = shard
-            .instances
-            .remove(id)
-            .map(|live| live.record(id))
-            .or(known)
-        else {
+        let removed = shard.instances.remove(id);
+        if let Some(live) = &removed {
+            lock(&self.counts).remove(live);
+        }
+        let Some(mut record) = removed.map(|live| live.record(id)).or(known) else {
             return false;
         };
         record.deleted = true;
@@ -481,12 +625,18 @@ impl Fleet {
             }
             changed = true;
             if row.deleted {
-                shard.instances.remove(&row.id);
+                if let Some(before) = shard.instances.remove(&row.id) {
+                    lock(&self.counts).remove(&before);
+                }
                 shard.tombstones.insert(row.id.clone(), row);
             } else {
                 let live = lock(&self.interned).live(&row);
                 shard.tombstones.remove(&row.id);
-                shard.instances.insert(row.id, live);
+                let mut counts = lock(&self.counts);
+                counts.add(&live);
+                if let Some(before) = shard.instances.insert(row.id, live) {
+                    counts.remove(&before);
+                }
             }
         }
         if changed {
@@ -514,11 +664,18 @@ impl Fleet {
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let before = shard.instances.len();
+            let mut counts = lock(&self.counts);
             shard.instances.retain(|_, live| {
-                live.last_seen_ms
+                let keep = live
+                    .last_seen_ms
                     .saturating_add(live.ttl_seconds.saturating_mul(1000))
-                    >= before_ms
+                    >= before_ms;
+                if !keep {
+                    counts.remove(live);
+                }
+                keep
             });
+            drop(counts);
             changed |= shard.instances.len() != before;
         }
         lock(&self.interned).prune();
@@ -674,10 +831,14 @@ impl Fleet {
                 tally.health.1 += u64::from(!healthy);
             }
             if let Some(canary) = &governing.pin.canary {
+                // Only instances where the contract's bucket puts them
+                // count: a report of made-up ids outside the ring, running
+                // the canary's digest, says nothing about the canary.
                 let unhealthy = u64::from(live.healthy == Some(false));
-                let side = if *live.digest == canary.digest {
+                let in_ring = ring(live.bucket, canary.percent) == Ring::Canary;
+                let side = if in_ring && *live.digest == canary.digest {
                     Some(&mut tally.canary)
-                } else if *live.digest == governing.pin.digest {
+                } else if !in_ring && *live.digest == governing.pin.digest {
                     Some(&mut tally.stable)
                 } else {
                     None
@@ -1148,6 +1309,61 @@ pub async fn poll(state: AppState) {
 mod tests {
     use super::*;
 
+    const UNLIMITED: FleetLimits = FleetLimits {
+        total: usize::MAX,
+        per_token: None,
+    };
+
+    fn reporter() -> TokenName {
+        TokenName::parse("provisioner").unwrap()
+    }
+
+    fn reports(prefix: &str, count: usize) -> Vec<Report> {
+        (0..count)
+            .map(|n| report(&format!("{prefix}-{n}"), 1))
+            .collect()
+    }
+
+    #[test]
+    fn reports_past_a_cap_are_refused_whole_and_heartbeats_always_fit() {
+        let limits = FleetLimits {
+            total: 10,
+            per_token: Some(6),
+        };
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None, limits);
+        let a = TokenName::parse("a").unwrap();
+        let b = TokenName::parse("b").unwrap();
+        fleet.report(reports("a", 6), 60, &a).unwrap();
+        // One more from `a` passes its own cap: nothing of the report is kept.
+        let refused = fleet.report(reports("a2", 1), 60, &a).unwrap_err();
+        assert!(refused.per_token);
+        assert_eq!((refused.limit, refused.held, refused.new), (6, 6, 1));
+        assert!(fleet.get(&InstanceId::parse("a2-0").unwrap()).is_none());
+        // Its instances' heartbeats still fit.
+        fleet.report(reports("a", 6), 60, &a).unwrap();
+        fleet.report(reports("b", 4), 60, &b).unwrap();
+        // The total is reached: a report of 2 new and 1 known is refused whole.
+        let mut mixed = reports("b", 1);
+        mixed.extend(reports("b2", 2));
+        let refused = fleet.report(mixed, 60, &b).unwrap_err();
+        assert!(!refused.per_token);
+        assert_eq!((refused.limit, refused.held, refused.new), (10, 10, 2));
+        assert!(fleet.get(&InstanceId::parse("b2-0").unwrap()).is_none());
+        assert_eq!(fleet.take_dirty().len(), 10);
+        // A delete makes room; counts follow the instances.
+        assert!(fleet.delete(&InstanceId::parse("b-0").unwrap(), None));
+        fleet.report(reports("c", 1), 60, &b).unwrap();
+        let (total, by_token) = fleet.held();
+        assert_eq!(total, 10);
+        assert_eq!(by_token, vec![(a.clone(), 6), (b.clone(), 4)]);
+        // An instance reported by another token moves to that token's count.
+        fleet.report(reports("a", 1), 60, &b).unwrap();
+        assert_eq!(fleet.held().1, vec![(a, 5), (b, 5)]);
+        // Forgetting frees room too.
+        fleet.forget(i64::MAX);
+        assert_eq!(fleet.held(), (0, Vec::new()));
+    }
+
     fn report(id: &str, digest: u8) -> Report {
         Report {
             id: InstanceId::parse(id).unwrap(),
@@ -1160,15 +1376,17 @@ mod tests {
 
     #[test]
     fn a_changed_digest_restarts_its_clock_and_deletes_become_tombstones() {
-        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None);
-        fleet.report(vec![report("a", 1), report("b", 1)], 60);
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None, UNLIMITED);
+        fleet
+            .report(vec![report("a", 1), report("b", 1)], 60, &reporter())
+            .unwrap();
         let first = fleet.get(&InstanceId::parse("a").unwrap()).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        fleet.report(vec![report("a", 1)], 60);
+        fleet.report(vec![report("a", 1)], 60, &reporter()).unwrap();
         let same = fleet.get(&InstanceId::parse("a").unwrap()).unwrap();
         assert_eq!(same.digest_since_ms, first.digest_since_ms);
         assert!(same.last_seen_ms > first.last_seen_ms);
-        fleet.report(vec![report("a", 2)], 60);
+        fleet.report(vec![report("a", 2)], 60, &reporter()).unwrap();
         let moved = fleet.get(&InstanceId::parse("a").unwrap()).unwrap();
         assert!(moved.digest_since_ms > first.digest_since_ms);
         assert_eq!(moved.first_seen_ms, first.first_seen_ms);
@@ -1183,9 +1401,9 @@ mod tests {
 
     #[test]
     fn a_poll_that_read_a_row_from_before_a_delete_does_not_bring_it_back() {
-        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None);
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None, UNLIMITED);
         let id = InstanceId::parse("a").unwrap();
-        fleet.report(vec![report("a", 1)], 60);
+        fleet.report(vec![report("a", 1)], 60, &reporter()).unwrap();
         let written = fleet.take_dirty();
         assert_eq!(written.len(), 1);
         std::thread::sleep(Duration::from_millis(2));
@@ -1231,19 +1449,22 @@ mod tests {
             runtimes: Vec::new(),
             tokens: Vec::new(),
         });
-        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None);
+        let fleet = Fleet::new(Vec::new(), 0, Duration::from_secs(600), None, UNLIMITED);
         // Ids spread over every shard, reported out of order; one in three
         // runs another digest.
         let ids: Vec<String> = (0..500)
             .map(|n| format!("w-{:04}", (n * 7919) % 500))
             .collect();
-        fleet.report(
-            ids.iter()
-                .enumerate()
-                .map(|(n, id)| report(id, if n % 3 == 0 { 2 } else { 1 }))
-                .collect(),
-            60,
-        );
+        fleet
+            .report(
+                ids.iter()
+                    .enumerate()
+                    .map(|(n, id)| report(id, if n % 3 == 0 { 2 } else { 1 }))
+                    .collect(),
+                60,
+                &reporter(),
+            )
+            .unwrap();
         let walk = |wanted: Option<InstanceState>| {
             let keep = |_: &Live, state: InstanceState, _: &Region| {
                 wanted.is_none_or(|wanted| wanted == state)
@@ -1290,10 +1511,17 @@ mod tests {
             digest_since_ms: last_seen_ms,
             deleted: false,
             updated_ms: last_seen_ms,
+            reporter: None,
         };
         // Reports last came in 5 minutes ago.
         let alive_before = now - 300_000;
-        let fleet = Fleet::new(Vec::new(), alive_before, Duration::from_secs(600), None);
+        let fleet = Fleet::new(
+            Vec::new(),
+            alive_before,
+            Duration::from_secs(600),
+            None,
+            UNLIMITED,
+        );
         let was_live = stored("live", alive_before - 10_000);
         let long_silent = stored("silent", alive_before - 3_600_000);
         assert!(

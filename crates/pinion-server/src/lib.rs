@@ -24,6 +24,7 @@ pub mod peers;
 pub mod seal;
 pub mod soak;
 mod state;
+mod targets;
 pub mod tls;
 pub mod token;
 mod ui;
@@ -131,6 +132,17 @@ pub struct Settings {
     pub secure_cookies: bool,
     /// Serve HTTPS with this certificate and key.
     pub tls: Option<tls::TlsFiles>,
+    /// The regions pins may be in (`--regions`); none: any region, and a
+    /// promotion that opens a region says so.
+    pub regions: Option<std::collections::BTreeSet<pinion_core::Region>>,
+    /// The most instances the fleet holds (live and silent, not yet
+    /// forgotten), in total and per reporting token.
+    pub fleet_max_instances: usize,
+    pub fleet_max_instances_per_token: Option<usize>,
+    /// The most event streams one token may hold open.
+    pub max_streams_per_token: usize,
+    /// Webhooks may point at loopback, private and link-local addresses.
+    pub webhook_allow_private: bool,
 }
 
 impl Settings {
@@ -164,6 +176,11 @@ impl Settings {
             session_lifetime: Duration::from_secs(12 * 3600),
             secure_cookies: false,
             tls: None,
+            regions: None,
+            fleet_max_instances: 200_000,
+            fleet_max_instances_per_token: None,
+            max_streams_per_token: 64,
+            webhook_allow_private: false,
         }
     }
 }

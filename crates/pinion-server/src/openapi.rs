@@ -115,6 +115,7 @@ const AUTH: &[Code] = &[
 /// A JSON body was read.
 const BODY: &[Code] = &[
     Code::MalformedJson,
+    Code::BodyNotObject,
     Code::MalformedBody,
     Code::PayloadTooLarge,
     Code::UnsupportedMediaType,
@@ -213,6 +214,7 @@ pub fn operations() -> Vec<Operation> {
                 PIN,
                 &[
                     Code::InvalidIfMatch,
+                    Code::UnknownRegion,
                     Code::InvalidDigest,
                     Code::InvalidGitSha,
                     Code::InvalidNotes,
@@ -269,6 +271,8 @@ pub fn operations() -> Vec<Operation> {
                     Code::RuntimePinMissing,
                     Code::NothingToRollBack,
                     Code::DigestNotInHistory,
+                    Code::PinConflict,
+                    Code::InvalidExpectedDigest,
                 ],
             ],
             handler: || post(handlers::rollback),
@@ -296,6 +300,7 @@ pub fn operations() -> Vec<Operation> {
                 WRITE,
                 PIN,
                 &[Code::InvalidReason, Code::RuntimePinMissing],
+                &[Code::UnknownRegion],
             ],
             handler: || post(handlers::hold),
         },
@@ -350,6 +355,7 @@ pub fn operations() -> Vec<Operation> {
                 &[
                     Code::InvalidDigest,
                     Code::InvalidPercent,
+                    Code::UnknownRegion,
                     Code::CanaryIsStable,
                     Code::RuntimePinMissing,
                     Code::PinHeld,
@@ -535,6 +541,7 @@ pub fn operations() -> Vec<Operation> {
                 STORE,
                 &[
                     Code::InvalidAfter,
+                    Code::TooManyStreams,
                     Code::InvalidRequest,
                     Code::InvalidTemplateName,
                     Code::InvalidEventType,
@@ -562,6 +569,7 @@ pub fn operations() -> Vec<Operation> {
                     Code::InvalidRegion,
                     Code::InvalidDigest,
                     Code::InvalidTtlSeconds,
+                    Code::FleetFull,
                     Code::UnknownTemplate,
                 ],
             ],

@@ -10,15 +10,15 @@
 //! server killed at any point leaves the rows behind, so every committed
 //! event is delivered at least once; receivers deduplicate by `webhook-id`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use pinion_core::{AttemptOutcome, next_step};
+use pinion_core::{AttemptOutcome, WebhookName, next_step};
 use pinion_store::{AttemptRecord, DueDelivery};
-use std::sync::Arc;
 use time::OffsetDateTime;
-
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 
 use crate::feed::event_json;
 use crate::seal::sign;
@@ -26,29 +26,101 @@ use crate::state::AppState;
 
 /// Only a 2xx within this counts as delivered (the contract's figure).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Deliveries claimed at once (and attempted concurrently).
-const CLAIM: usize = 256;
-/// Attempts in flight at once: a receiver gets at most this many
-/// connections from one server.
-const IN_FLIGHT: usize = 16;
+/// Attempts in flight at once, across every webhook.
+const IN_FLIGHT: usize = 64;
+/// Attempts in flight at once to one webhook: a receiver gets at most this
+/// many connections from one server, and a slow one holds no more of the
+/// worker than this.
+const PER_WEBHOOK: usize = 4;
 /// While deliveries keep coming, claims are made at most this often, so each
 /// takes up many.
 const CLAIM_INTERVAL: Duration = Duration::from_millis(5);
-/// Most of a receiver's answer that is read, to describe a failure.
-const ERROR_BODY_LIMIT: usize = 1024;
+/// A claimed delivery that could not start within this (its webhook's
+/// slots were busy) is left for its claim to lapse and be claimed again:
+/// an attempt must end inside its claim's lease.
+const START_WITHIN: Duration = Duration::from_secs(10);
+/// After this many attempts in a row that got no answer (timeouts,
+/// refused connections), a webhook rests: its deliveries are not claimed
+/// for [`REST_FIRST`], doubling with each further failure up to
+/// [`REST_MOST`]. Its first answer ends the rest.
+const FAILURES_BEFORE_REST: u32 = 3;
+const REST_FIRST: Duration = Duration::from_secs(30);
+const REST_MOST: Duration = Duration::from_secs(600);
 /// The longest `last_error` kept.
 const ERROR_LINE_LIMIT: usize = 200;
 
+/// What this worker knows of one webhook's receiver.
+struct Receiver {
+    slots: Arc<Semaphore>,
+    in_flight: usize,
+    /// Attempts in a row that got no answer.
+    silent: u32,
+    rest_until: Option<Instant>,
+}
+
+impl Receiver {
+    fn new() -> Receiver {
+        Receiver {
+            slots: Arc::new(Semaphore::new(PER_WEBHOOK)),
+            in_flight: 0,
+            silent: 0,
+            rest_until: None,
+        }
+    }
+
+    /// Not to be claimed for now: as many in flight as it may have, or
+    /// resting.
+    fn busy(&self, now: Instant) -> bool {
+        self.in_flight >= PER_WEBHOOK || self.rest_until.is_some_and(|until| until > now)
+    }
+
+    fn answered(&mut self, answered: bool, now: Instant) {
+        if answered {
+            self.silent = 0;
+            self.rest_until = None;
+            return;
+        }
+        self.silent = self.silent.saturating_add(1);
+        if self.silent >= FAILURES_BEFORE_REST {
+            let doublings = (self.silent - FAILURES_BEFORE_REST).min(8);
+            let rest = REST_FIRST.saturating_mul(1u32 << doublings).min(REST_MOST);
+            self.rest_until = Some(now + rest);
+        }
+    }
+}
+
+/// How an attempt ended, for the worker's bookkeeping.
+struct Finished {
+    webhook: WebhookName,
+    /// None: not attempted (it could not start in time); its claim lapses.
+    record: Option<AttemptRecord>,
+    /// The receiver answered (any status).
+    answered: bool,
+}
+
 /// The worker: whenever woken (a write appended events, a redelivery was
-/// asked for) and at least once a second, delivers what is due.
+/// asked for, an attempt ended) and at least once a second, records what
+/// ended and claims what is due, for the webhooks with room. Attempts run
+/// on their own: one receiver's slowness never holds another's deliveries.
 pub async fn deliver(state: AppState) {
-    let client = match reqwest::Client::builder()
+    if state.settings().secret_key.is_none() {
+        tracing::warn!(
+            "this server has no secret key (--secret-key-file), so it cannot sign webhook deliveries: it claims none; replicas with the key deliver them"
+        );
+        return;
+    }
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(ATTEMPT_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("pinion/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+        // A proxy from the environment would connect for us, to wherever.
+        .no_proxy()
+        .user_agent(concat!("pinion/", env!("CARGO_PKG_VERSION")));
+    let allow_private = state.settings().webhook_allow_private;
+    if !allow_private {
+        builder = builder.dns_resolver(Arc::new(crate::targets::PublicOnly));
+    }
+    let client = match builder.build() {
         Ok(client) => client,
         Err(err) => {
             tracing::error!(error = %err, "could not set up the webhook client: no deliveries");
@@ -56,18 +128,35 @@ pub async fn deliver(state: AppState) {
         }
     };
     let mut closing = state.feed().closing();
-    let mut last_claim = tokio::time::Instant::now();
+    let mut last_claim = Instant::now();
+    let mut receivers: HashMap<WebhookName, Receiver> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let mut in_flight = 0usize;
+    let mut results: Vec<AttemptRecord> = Vec::new();
     loop {
         tokio::select! {
             () = state.outbox_wake().notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Some(finished) = done_rx.recv() => {
+                in_flight = in_flight.saturating_sub(1);
+                note(&mut receivers, &mut results, finished);
+            }
             _ = closing.changed() => return,
         }
-        // Drain what is due: each transaction records the attempts just
-        // made and claims the next deliveries.
-        let mut results = Vec::new();
         loop {
+            while let Ok(finished) = done_rx.try_recv() {
+                in_flight = in_flight.saturating_sub(1);
+                note(&mut receivers, &mut results, finished);
+            }
+            let now = Instant::now();
+            receivers.retain(|_, receiver| {
+                receiver.in_flight > 0 || receiver.rest_until.is_some_and(|until| until > now)
+            });
+            let room = IN_FLIGHT.saturating_sub(in_flight);
             if results.is_empty() {
+                if room == 0 {
+                    break;
+                }
                 match state.any_delivery_due().await {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -81,9 +170,14 @@ pub async fn deliver(state: AppState) {
                 }
             }
             tokio::time::sleep_until(last_claim + CLAIM_INTERVAL).await;
-            last_claim = tokio::time::Instant::now();
+            last_claim = Instant::now();
+            let skip: Vec<WebhookName> = receivers
+                .iter()
+                .filter(|(_, receiver)| receiver.busy(last_claim))
+                .map(|(name, _)| name.clone())
+                .collect();
             let claimed = match state
-                .record_and_claim(std::mem::take(&mut results), CLAIM)
+                .record_and_claim(std::mem::take(&mut results), room, skip)
                 .await
             {
                 Ok(claimed) => claimed,
@@ -100,28 +194,75 @@ pub async fn deliver(state: AppState) {
             if claimed.is_empty() {
                 break;
             }
-            let mut attempts = JoinSet::new();
-            let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
             for due in claimed {
-                let (client, state, in_flight) = (client.clone(), state.clone(), in_flight.clone());
-                attempts.spawn(async move {
-                    let _slot = in_flight.acquire_owned().await;
-                    attempt(&client, &state, due).await
+                let receiver = receivers
+                    .entry(due.webhook.clone())
+                    .or_insert_with(Receiver::new);
+                receiver.in_flight += 1;
+                in_flight += 1;
+                let slots = receiver.slots.clone();
+                let (client, state, done) = (client.clone(), state.clone(), done_tx.clone());
+                let claimed_at = last_claim;
+                tokio::spawn(async move {
+                    let webhook = due.webhook.clone();
+                    let started =
+                        tokio::time::timeout_at(claimed_at + START_WITHIN, slots.acquire_owned())
+                            .await;
+                    let finished = match started {
+                        Ok(Ok(_slot)) => {
+                            let (record, answered) = attempt(&client, &state, due).await;
+                            Finished {
+                                webhook,
+                                record: Some(record),
+                                answered,
+                            }
+                        }
+                        _ => Finished {
+                            webhook,
+                            record: None,
+                            answered: true,
+                        },
+                    };
+                    let _ = done.send(finished);
                 });
-            }
-            while let Some(done) = attempts.join_next().await {
-                match done {
-                    Ok(result) => results.push(result),
-                    Err(err) => tracing::error!(error = %err, "a delivery attempt failed to run"),
-                }
             }
         }
     }
 }
 
+/// Books an ended attempt: its record to write, its receiver's state.
+fn note(
+    receivers: &mut HashMap<WebhookName, Receiver>,
+    results: &mut Vec<AttemptRecord>,
+    finished: Finished,
+) {
+    if let Some(receiver) = receivers.get_mut(&finished.webhook) {
+        receiver.in_flight = receiver.in_flight.saturating_sub(1);
+        if finished.record.is_some() {
+            let was_resting = receiver.rest_until.is_some();
+            receiver.answered(finished.answered, Instant::now());
+            if !was_resting && receiver.rest_until.is_some() {
+                tracing::warn!(
+                    webhook = %finished.webhook,
+                    failures = receiver.silent,
+                    "webhook receiver keeps not answering: resting it"
+                );
+            }
+        }
+    }
+    if let Some(record) = finished.record {
+        results.push(record);
+    }
+}
+
 /// One attempt of one delivery, and what follows it.
-async fn attempt(client: &reqwest::Client, state: &AppState, due: DueDelivery) -> AttemptRecord {
+async fn attempt(
+    client: &reqwest::Client,
+    state: &AppState,
+    due: DueDelivery,
+) -> (AttemptRecord, bool) {
     let (status, error, outcome) = post(client, state, &due).await;
+    let answered = status.is_some();
     let next = next_step(
         u32::try_from(due.attempts + 1).unwrap_or(u32::MAX),
         &state.settings().webhook_retry_schedule,
@@ -134,14 +275,15 @@ async fn attempt(client: &reqwest::Client, state: &AppState, due: DueDelivery) -
             "delivery attempt failed"
         ),
     }
-    AttemptRecord {
+    let record = AttemptRecord {
         webhook: due.webhook,
         event_id: due.event.id,
         at_ms: unix_ms(OffsetDateTime::now_utc()),
         status,
         error,
         next,
-    }
+    };
+    (record, answered)
 }
 
 /// Posts the event: its status, a one-line error unless delivered, and the
@@ -158,6 +300,14 @@ async fn post(
             AttemptOutcome::Failed { retry_after: None },
         )
     };
+    if !state.settings().webhook_allow_private {
+        // An address written into the URL is connected to as it is, without
+        // the resolver: check it here too (the setting may have changed
+        // since the webhook was made).
+        if let Some(why) = crate::targets::refused(&due.url) {
+            return failed(format!("not connected: {why}"));
+        }
+    }
     let Some(key) = state.settings().secret_key.as_ref() else {
         return failed("this server has no secret key to open webhook secrets with".into());
     };
@@ -178,7 +328,7 @@ async fn post(
         .body(body)
         .send()
         .await;
-    let mut response = match sent {
+    let response = match sent {
         Ok(response) => response,
         Err(err) if err.is_timeout() => {
             return failed(format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs()));
@@ -197,34 +347,13 @@ async fn post(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(retry_after);
-    let location = response
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    // A short look at the body, never all of it: a line for the log.
-    let mut seen = Vec::new();
-    while seen.len() < ERROR_BODY_LIMIT {
-        match tokio::time::timeout(Duration::from_secs(2), response.chunk()).await {
-            Ok(Ok(Some(chunk))) => seen.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    seen.truncate(ERROR_BODY_LIMIT);
-    let said = String::from_utf8_lossy(&seen);
-    let said = said
-        .lines()
-        .find(|line| !line.trim().is_empty())
-        .unwrap_or("");
+    // The status alone: nothing of what the receiver said comes back
+    // (neither its body nor where it redirects), so a webhook cannot be
+    // used to read what an address inside the network answers.
     let error = if status.is_redirection() {
-        format!(
-            "{status}: redirects are not followed (to `{}`)",
-            location.as_deref().unwrap_or("?")
-        )
-    } else if said.is_empty() {
-        status.to_string()
+        format!("{status}: redirects are not followed")
     } else {
-        format!("{status}: {said}")
+        status.to_string()
     };
     let outcome = match status.as_u16() {
         410 => AttemptOutcome::Gone,

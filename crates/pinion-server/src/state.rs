@@ -336,6 +336,7 @@ struct RecordAndClaim {
     attempts: Vec<AttemptRecord>,
     now: time::OffsetDateTime,
     limit: usize,
+    skip: Vec<WebhookName>,
 }
 
 impl Write for RecordAndClaim {
@@ -344,7 +345,10 @@ impl Write for RecordAndClaim {
         if !self.attempts.is_empty() {
             batch.record_attempts(&self.attempts)?;
         }
-        batch.claim_deliveries(self.now, self.limit)
+        if self.limit == 0 {
+            return Ok(Vec::new());
+        }
+        batch.claim_deliveries(self.now, self.limit, &self.skip)
     }
     fn announce(&self) -> bool {
         self.attempts
@@ -563,6 +567,10 @@ impl AppState {
             reader.fleet_alive_ms()?,
             settings.progress_deadline,
             settings.canary_rule,
+            crate::fleet::FleetLimits {
+                total: settings.fleet_max_instances,
+                per_token: settings.fleet_max_instances_per_token,
+            },
         );
         let outbox_wake = Arc::new(Notify::new());
         let (writer, jobs) = mpsc::channel();
@@ -633,6 +641,24 @@ impl AppState {
 
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// Refuses a region outside `--regions`, when the server has the list.
+    pub fn known_region(&self, region: &pinion_core::Region) -> Result<(), ApiError> {
+        match &self.inner.settings.regions {
+            Some(regions) if !regions.contains(region) => Err(ApiError::new(
+                Code::UnknownRegion,
+                format!(
+                    "region `{region}` is not one of this server's regions ({}); nothing was changed",
+                    regions
+                        .iter()
+                        .map(|region| region.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn registry(&self) -> Arc<Registry> {
@@ -920,17 +946,20 @@ impl AppState {
         .await
     }
 
-    /// Records attempts made and claims up to `limit` due deliveries.
+    /// Records attempts made and claims up to `limit` due deliveries, none
+    /// to the webhooks in `skip`.
     pub async fn record_and_claim(
         &self,
         attempts: Vec<AttemptRecord>,
         limit: usize,
+        skip: Vec<WebhookName>,
     ) -> Result<Vec<DueDelivery>, ApiError> {
         let now = time::OffsetDateTime::now_utc();
         let write = RecordAndClaim {
             attempts,
             now,
             limit,
+            skip,
         };
         self.write(write, self.background_deadline()).await
     }

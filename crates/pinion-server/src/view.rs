@@ -278,6 +278,13 @@ impl View {
             .map(|slot| &slot.pin)
     }
 
+    /// Whether any template has a pin of its own in `region`.
+    pub fn region_has_pins(&self, region: &Region) -> bool {
+        self.templates
+            .values()
+            .any(|pins| pins.regions.contains_key(region))
+    }
+
     /// The pin that answers a resolve of `template` in `region`: its own,
     /// else the `global` one.
     pub fn resolve_pin(&self, template: &str, region: &str) -> Option<&PinRecord> {

@@ -296,8 +296,9 @@ writes! {
     fn delete_webhook(name: &WebhookName) -> bool = ops::delete_webhook;
     /// Queues one more attempt of a delivery, now.
     fn redeliver(name: &WebhookName, event_id: i64, now: OffsetDateTime) -> Redelivery = ops::redeliver;
-    /// Claims up to `limit` due deliveries (see [`CLAIM_LEASE_MS`]).
-    fn claim_deliveries(now: OffsetDateTime, limit: usize) -> Vec<DueDelivery> = ops::claim_deliveries;
+    /// Claims up to `limit` due deliveries (see [`CLAIM_LEASE_MS`]), none of
+    /// the webhooks in `skip`.
+    fn claim_deliveries(now: OffsetDateTime, limit: usize, skip: &[WebhookName]) -> Vec<DueDelivery> = ops::claim_deliveries;
     /// Records delivery attempts; true if one appended an event (a webhook
     /// disabled by its receiver's `410`).
     fn record_attempts(attempts: &[AttemptRecord]) -> bool = ops::record_attempts;

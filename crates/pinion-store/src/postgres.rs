@@ -213,6 +213,9 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE pins ADD COLUMN ci_run_url TEXT;
 "#,
+    r#"
+    ALTER TABLE instances ADD COLUMN reported_by TEXT;
+"#,
 ];
 
 /// The advisory lock key migrations hold ("pinion" in ASCII).

@@ -215,6 +215,9 @@ pub struct Promotion {
     /// What the soak rule found, and on which source.
     pub soak: Soak,
     pub soak_source: Option<Label>,
+    /// Keep the pin's canary when moving to another digest than its (by
+    /// default the move ends it, cause `superseded`).
+    pub keep_canary: bool,
 }
 
 /// What a promotion did. Refusals are values: they are expected answers.
@@ -257,6 +260,10 @@ pub struct Rollback {
     pub notes: Option<Notes>,
     /// Hold the pin, in the same transaction, for this reason.
     pub hold: Option<HoldReason>,
+    /// Compare-and-swap: only if the pin is at this digest now.
+    pub expected: Option<Digest>,
+    /// Keep the pin's canary (see [`Promotion::keep_canary`]).
+    pub keep_canary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +282,10 @@ pub enum RollbackOutcome {
     NoPrevious,
     /// `to` was never this pin's digest; a rollback only returns to one that was.
     NotInHistory,
+    /// The pin is not at the expected digest; nothing was written.
+    Conflict {
+        current: PinRecord,
+    },
 }
 
 /// A request to hold a pin.
@@ -624,6 +635,9 @@ pub struct InstanceRecord {
     pub deleted: bool,
     /// When this row was last written: replicas read what changed since.
     pub updated_ms: i64,
+    /// The token that last reported it (none: written before tokens were
+    /// recorded).
+    pub reporter: Option<TokenName>,
 }
 
 /// A pin's fleet entering a state, for the change feed: `fleet.converged`

@@ -259,6 +259,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE pins ADD COLUMN ci_run_url TEXT;
 "#,
+    // The token that last reported an instance (the fleet's per-token cap).
+    r#"
+    ALTER TABLE instances ADD COLUMN reported_by TEXT;
+"#,
 ];
 
 /// One SQLite connection.

@@ -24,6 +24,7 @@ struct Promotion {
     ci_run_url: Option<RunUrl>,
     repository: Option<Label>,
     workflow: Option<Label>,
+    keep_canary: bool,
 }
 
 impl Promotion {
@@ -61,6 +62,7 @@ impl Promotion {
                     .as_deref(),
                 Label::parse,
             )?,
+            keep_canary: args.keep_canary,
         })
     }
 
@@ -84,6 +86,7 @@ impl Promotion {
                 .workflow
                 .as_ref()
                 .map(|label| label.as_str().to_owned()),
+            keep_canary: self.keep_canary,
         }
     }
 }
@@ -115,7 +118,17 @@ pub async fn run(args: PromoteArgs) -> ExitCode {
     let mut reports = Vec::new();
     for target in &targets {
         reports.push(match client.promote(target, &request).await {
-            Ok(promoted) => TargetReport::written(target, promoted),
+            Ok(promoted) => {
+                if promoted.new_region {
+                    // A typo'd region makes a pin nobody resolves: say so,
+                    // though the promotion itself went through.
+                    crate::output::warn(&format!(
+                        "{}: this created the first pin of region `{}` on that server; if the region is misspelled, nothing resolves it",
+                        target.name, promotion.region
+                    ));
+                }
+                TargetReport::written(target, promoted)
+            }
             Err(err) => TargetReport::failed(target, &err),
         });
     }

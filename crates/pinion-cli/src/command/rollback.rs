@@ -6,9 +6,9 @@ use pinion_core::{Digest, HoldReason, Notes, Region, TemplateName};
 use super::{connect, flag, optional_flag};
 use crate::ExitCode;
 use crate::cli::RollbackArgs;
-use crate::client::ClientError;
+use crate::client::{Client, ClientError};
 use crate::report::{self, GateCommand, Subject, TargetReport};
-use crate::target::Preflight;
+use crate::target::{Preflight, Target};
 
 struct Rollback {
     template: TemplateName,
@@ -17,6 +17,7 @@ struct Rollback {
     notes: Option<Notes>,
     hold: bool,
     reason: Option<HoldReason>,
+    keep_canary: bool,
 }
 
 impl Rollback {
@@ -28,23 +29,76 @@ impl Rollback {
             notes: optional_flag("--notes", args.notes.as_deref(), Notes::parse)?,
             hold: args.hold,
             reason: optional_flag("--reason", args.reason.as_deref(), HoldReason::parse)?,
+            keep_canary: args.keep_canary,
         })
     }
 
-    fn request(&self) -> RollbackRequest {
+    /// The wire request, aimed at one target's pin as it is now: the pin's
+    /// digest as `expected_digest`, and the target resolved, so two
+    /// rollbacks at once (two on-call engineers, a retried job) make one
+    /// move and one clear `pin_conflict`, never undo each other.
+    async fn aimed(
+        &self,
+        client: &Client,
+        target: &Target,
+    ) -> Result<RollbackRequest, ClientError> {
+        let mut request = self.request(self.to.clone());
+        let pins = client
+            .list_pins(target, &self.template, &self.region)
+            .await?;
+        let Some(current) = pins.into_iter().find(|pin| {
+            pin.template_name == self.template.as_str() && pin.region == self.region.as_str()
+        }) else {
+            // No pin: the server says so.
+            return Ok(request);
+        };
+        if request.to_digest.is_none() {
+            let history = client
+                .history(
+                    target,
+                    Some(&self.template),
+                    Some(&self.region),
+                    ROLLBACK_HISTORY,
+                )
+                .await?;
+            request.to_digest = history
+                .history
+                .into_iter()
+                .find(|entry| {
+                    entry.template_name == self.template.as_str()
+                        && entry.region == self.region.as_str()
+                        && matches!(entry.action.as_str(), "promote" | "rollback")
+                })
+                .and_then(|entry| entry.from_digest);
+            if request.to_digest.is_none() {
+                // Nothing earlier: the server answers `nothing_to_roll_back`.
+                return Ok(request);
+            }
+        }
+        request.expected_digest = Some(current.image_digest);
+        Ok(request)
+    }
+
+    fn request(&self, to: Option<Digest>) -> RollbackRequest {
         RollbackRequest {
             template_name: self.template.to_string(),
             region: Some(self.region.to_string()),
-            to_digest: self.to.as_ref().map(ToString::to_string),
+            to_digest: to.as_ref().map(ToString::to_string),
             notes: self.notes.as_ref().map(|notes| notes.as_str().to_owned()),
             hold: self.hold,
             reason: self
                 .reason
                 .as_ref()
                 .map(|reason| reason.as_str().to_owned()),
+            expected_digest: None,
+            keep_canary: self.keep_canary,
         }
     }
 }
+
+/// How far back the pin's history is read for its previous digest (holds
+/// and releases are entries too).
+const ROLLBACK_HISTORY: u32 = 100;
 
 pub async fn run(args: RollbackArgs) -> ExitCode {
     let prepared = Rollback::parse(&args)
@@ -54,10 +108,13 @@ pub async fn run(args: RollbackArgs) -> ExitCode {
         Ok(prepared) => prepared,
         Err(preflight) => return report::preflight_failed("rollback", &preflight),
     };
-    let request = rollback.request();
     let mut reports = Vec::new();
     for target in &targets {
-        reports.push(match client.rollback(target, &request).await {
+        let sent = match rollback.aimed(&client, target).await {
+            Ok(request) => client.rollback(target, &request).await,
+            Err(err) => Err(err),
+        };
+        reports.push(match sent {
             Ok(moved) if rollback.hold && moved.pin.hold.is_none() => TargetReport::failed(
                 target,
                 &ClientError::Protocol(

@@ -94,6 +94,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--audit-retention must be at least 1");
     }
     settings.audit_retention = args.audit_retention;
+    settings.regions = match &args.regions {
+        None => None,
+        Some(list) => {
+            let regions = list
+                .split(',')
+                .map(str::trim)
+                .filter(|region| !region.is_empty())
+                .map(|region| {
+                    pinion_core::Region::parse(region)
+                        .map_err(|err| anyhow::anyhow!("--regions: {}", err.reason()))
+                })
+                .collect::<anyhow::Result<std::collections::BTreeSet<_>>>()?;
+            if regions.is_empty() {
+                anyhow::bail!("--regions names no region");
+            }
+            Some(regions)
+        }
+    };
+    if args.fleet_max_instances == 0 {
+        anyhow::bail!("--fleet-max-instances must be at least 1");
+    }
+    settings.fleet_max_instances = args.fleet_max_instances;
+    if args.fleet_max_instances_per_token == Some(0) {
+        anyhow::bail!("--fleet-max-instances-per-token must be at least 1");
+    }
+    settings.fleet_max_instances_per_token = args.fleet_max_instances_per_token;
+    if args.max_streams_per_token == 0 {
+        anyhow::bail!("--max-streams-per-token must be at least 1");
+    }
+    settings.max_streams_per_token = args.max_streams_per_token;
+    settings.webhook_allow_private = args.webhook_allow_private;
     let workers = args.workers.map_or_else(default_workers, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -158,7 +158,13 @@ fn list_is_ordered_and_filtered() {
         rows("?template_name=codex&region=us-east-2"),
         ["codex/us-east-2"]
     );
-    assert_eq!(rows("?template_name=&region="), rows(""));
+    // A parameter that is there must parse: empty is not "no filter".
+    let empty = fixture.server.get(
+        "/cp/admin/runtime-image?template_name=&region=",
+        &fixture.read,
+    );
+    assert_eq!(empty.status, 422, "{empty:?}");
+    assert_eq!(empty.error_code(), "invalid_template_name");
     assert!(rows("?template_name=nothing").is_empty());
 }
 

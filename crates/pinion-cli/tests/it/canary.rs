@@ -498,3 +498,86 @@ fn the_health_rule_decides_only_with_enough_reports_then_aborts_and_holds() {
 fn two_postgres_replicas_answer_alike_and_abort_a_sick_canary_once() {
     health_rule(Env::postgres(), 2);
 }
+
+/// Twenty made-up instance ids outside the canary's ring, running its
+/// digest and saying they are sick, say nothing about the canary: only
+/// instances the contract's bucket puts in the ring count for it (and only
+/// those outside it for the stable side).
+#[test]
+fn invented_instances_outside_the_ring_do_not_abort_a_canary() {
+    let plane = Plane::new(Env::new(), 1, &[("PINION_CANARY_MAX_UNHEALTHY", "10")]);
+    assert_eq!(plane.promote(&plane.ci, 1).status, 201);
+    assert_eq!(plane.canary(&plane.ci, 2, 10, false).status, 201);
+    let (canary_ids, stable_ids) = rings(10, 20);
+    // 18 outside the ring on the canary's digest, sick; 2 in the ring, sick
+    // too; 20 stable ones on the stable digest, healthy.
+    let mut sick: Vec<(String, u32, bool)> = stable_ids[..18]
+        .iter()
+        .map(|id| (id.clone(), 2, false))
+        .collect();
+    sick.extend(canary_ids[..2].iter().map(|id| (id.clone(), 2, false)));
+    plane.report(plane.server(), &sick);
+    let healthy: Vec<(String, u32, bool)> = rings(10, 60)
+        .1
+        .into_iter()
+        .skip(20)
+        .take(20)
+        .map(|id| (id, 1, true))
+        .collect();
+    plane.report(plane.server(), &healthy);
+    let entry = poll_until("the reports counted", Duration::from_secs(15), || {
+        let entry = plane.fleet(plane.server());
+        (entry["behind"] == 18).then_some(entry)
+    });
+    assert_eq!(entry["canary"]["instances"], 2, "{entry}");
+    assert_eq!(entry["canary"]["unhealthy"], 2, "{entry}");
+    assert_eq!(entry["canary"]["stable_instances"], 20, "{entry}");
+    assert_eq!(entry["canary"]["stable_unhealthy"], 0, "{entry}");
+    assert_eq!(entry["canary"]["health"], "insufficient_reports", "{entry}");
+    assert_eq!(plane.pin()["canary"]["image_digest"], digest(2));
+    assert!(plane.pin()["hold"].is_null());
+    assert!(plane.events("canary.aborted").is_empty());
+    assert_eq!(plane.promote(&plane.ci, 3).status, 201, "not held");
+}
+
+/// A promotion of another digest than the canary's ends the canary in the
+/// same transaction (`canary.aborted`, cause `superseded`): a green gate
+/// means every instance moves. `keep_canary` keeps it.
+#[test]
+fn a_promotion_past_a_canary_ends_it_unless_told_to_keep_it() {
+    let plane = Plane::new(Env::new(), 1, &[]);
+    assert_eq!(plane.promote(&plane.ci, 1).status, 201);
+    assert_eq!(plane.canary(&plane.ci, 2, 99, false).status, 201);
+    let (canary_ids, _) = rings(99, 1);
+    let moved = plane.promote(&plane.ci, 3);
+    assert_eq!(moved.status, 201, "{moved:?}");
+    assert!(moved.json()["pin"]["canary"].is_null(), "{moved:?}");
+    assert_eq!(
+        plane.resolve(plane.server(), Some(&canary_ids[0]))["image_digest"],
+        digest(3)
+    );
+    let aborted = plane.events("canary.aborted");
+    assert_eq!(aborted.len(), 1, "{aborted:?}");
+    assert_eq!(aborted[0]["data"]["cause"], "superseded");
+    assert_eq!(aborted[0]["data"]["image_digest"], digest(2));
+    assert_eq!(aborted[0]["data"]["stable_digest"], digest(3));
+
+    // Kept on request: the answer's pin shows the canary standing.
+    assert_eq!(plane.canary(&plane.ci, 2, 99, false).status, 201);
+    let body = format!(
+        r#"{{"template_name":"codex","image_digest":"{}","keep_canary":true}}"#,
+        digest(4)
+    );
+    let kept = plane.server().post(PROMOTE, &plane.ci, &body);
+    assert_eq!(kept.status, 201, "{kept:?}");
+    assert_eq!(kept.json()["pin"]["canary"]["image_digest"], digest(2));
+    // A rollback ends it as a promotion does.
+    let back = plane.server().post(
+        "/cp/admin/runtime-image/rollback",
+        &plane.ci,
+        r#"{"template_name":"codex"}"#,
+    );
+    assert_eq!(back.status, 201, "{back:?}");
+    assert!(back.json()["pin"]["canary"].is_null(), "{back:?}");
+    assert_eq!(plane.events("canary.aborted").len(), 2);
+}

@@ -30,9 +30,9 @@ fn hostile_bodies_get_4xx_and_change_nothing() {
         ("".into(), 400, "malformed_json"),
         ("{".into(), 400, "malformed_json"),
         ("\u{0}\u{1}".into(), 400, "malformed_json"),
-        ("null".into(), 422, "invalid_request"),
-        ("[]".into(), 422, "invalid_request"),
-        (r#""codex""#.into(), 422, "invalid_request"),
+        ("null".into(), 400, "body_not_object"),
+        ("[]".into(), 400, "body_not_object"),
+        (r#""codex""#.into(), 400, "body_not_object"),
         (
             format!(r#"{{"template_name":1,"image_digest":"{d}"}}"#),
             422,
@@ -102,7 +102,7 @@ fn hostile_bodies_get_4xx_and_change_nothing() {
             "invalid_notes",
         ),
         (too_deep, 413, "payload_too_large"),
-        (deep_array, 422, "invalid_request"),
+        (deep_array, 400, "body_not_object"),
         (deep_object, 422, "invalid_request"),
         (deep_value, 422, "invalid_request"),
     ];

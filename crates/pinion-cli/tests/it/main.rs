@@ -20,6 +20,7 @@ mod gate_failures;
 mod history;
 mod holds;
 mod hostile;
+mod neighbours;
 mod oci;
 mod offline;
 mod pipeline;

@@ -319,7 +319,10 @@ impl Server {
         command
             .args(["serve", "--listen", listen, "--database", database])
             .args(args)
-            .env("PINION_REGISTRY_CHECK", "off");
+            .env("PINION_REGISTRY_CHECK", "off")
+            // The suite's receivers listen on loopback; the tests of the
+            // refusal turn this off again.
+            .env("PINION_WEBHOOK_ALLOW_PRIVATE", "true");
         // PostgreSQL has no default key file: every replica of the suite
         // shares one, as every replica of a deployment must.
         if database.starts_with("postgres") {

@@ -32,12 +32,13 @@ pub async fn start_canary(
         caller.require(Scope::Promote)?;
         let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
         let request: pinion_api::CanaryRequest =
-            read_json(body, state.settings().body_limit, &deadline).await?;
+            read_json(body, &headers, state.settings().body_limit, &deadline).await?;
         let (template, region) =
             attempt.pin(&request.template_name, request.region.as_deref())?;
         let digest = parse_field(Field::ImageDigest, Digest::parse(&request.image_digest))?;
         let percent = parse_field(Field::Percent, Percent::new(request.percent))?;
         caller.require_template(&template)?;
+        state.known_region(&region)?;
         deadline
             .run(super::pins::check_registry(&state, &template, &digest), || {
                 ApiError::new(
@@ -88,6 +89,7 @@ pub async fn start_canary(
             status,
             Json(PinResponse {
                 pin: pin_body(&view, &pin),
+                new_region: false,
             }),
         )
             .into_response())
@@ -142,6 +144,7 @@ pub(crate) async fn abort_pin_canary(
                 let view = state.view();
                 Ok(Json(PinResponse {
                     pin: pin_body(&view, &pin),
+                    new_region: false,
                 })
                 .into_response())
             }

@@ -58,7 +58,8 @@ async fn put_runtime_inner(
     let name = parse_field(Field::TemplateName, TemplateName::parse(name))?;
     attempt.template = Some(name.clone());
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
-    let update: RuntimeUpdate = read_json(body, state.settings().body_limit, &deadline).await?;
+    let update: RuntimeUpdate =
+        read_json(body, headers, state.settings().body_limit, &deadline).await?;
     let repository = optional_field(Field::Image, update.image.as_deref(), Repository::parse)?;
     caller.require_template(&name)?;
     let runtime = RuntimeRecord {

@@ -108,7 +108,7 @@ pub async fn events(
         .filter_map(|value| value.to_str().ok())
         .any(|value| value.contains("text/event-stream"));
     let after =
-        match query.non_empty("after") {
+        match query.one("after")? {
             None => None,
             Some(text) => Some(text.parse::<i64>().ok().filter(|id| *id >= 0).ok_or_else(
                 || invalid_after("`after` must be an event id: a whole number, 0 or more"),
@@ -136,7 +136,6 @@ pub async fn events(
     let types = query
         .all("type")
         .into_iter()
-        .filter(|value| !value.is_empty())
         .map(|value| parse_field(Field::EventType, EventType::parse(&value)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut wanted = Wanted {

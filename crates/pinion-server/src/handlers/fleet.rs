@@ -57,7 +57,7 @@ async fn report_inner(
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Report)?;
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
-    let request: FleetReport = read_json(body, REPORT_BODY_LIMIT, &deadline).await?;
+    let request: FleetReport = read_json(body, headers, REPORT_BODY_LIMIT, &deadline).await?;
     let ttl = request.ttl_seconds.unwrap_or(DEFAULT_TTL);
     if !TTL_RANGE.contains(&ttl) {
         return Err(ApiError::new(
@@ -75,6 +75,7 @@ async fn report_inner(
         ));
     }
     let view = state.view();
+    let fleet = state.fleet();
     let mut seen = std::collections::HashSet::with_capacity(request.instances.len());
     let mut reports = Vec::with_capacity(request.instances.len());
     for (index, entry) in request.instances.iter().enumerate() {
@@ -112,6 +113,20 @@ async fn report_inner(
                 format!("`instances[{index}].instance_id`: `{id}` is reported twice in one report"),
             ));
         }
+        // A restricted token may not take an instance away from a template
+        // it may not use (that would empty the other template's fleet).
+        if caller.templates().is_some() {
+            if let Some(known) = fleet
+                .get(&id)
+                .filter(|known| !caller.may_use(&known.template))
+            {
+                return Err(ApiError::forbidden(format!(
+                    "`instances[{index}]`: instance `{id}` runs template `{}`, which token `{}` may not report for",
+                    known.template,
+                    caller.name()
+                )));
+            }
+        }
         reports.push(Report {
             id,
             template,
@@ -121,7 +136,22 @@ async fn report_inner(
         });
     }
     let accepted = reports.len();
-    state.fleet().report(reports, ttl);
+    fleet
+        .report(reports, ttl, caller.name())
+        .map_err(|full| {
+            let whose = if full.per_token {
+                format!("token `{}` has", caller.name())
+            } else {
+                "the fleet has".to_owned()
+            };
+            ApiError::new(
+                Code::FleetFull,
+                format!(
+                    "{whose} {} of at most {} instances; this report would add {} new ones, so none of it was recorded (instances already known always fit; silent ones are forgotten 7 days after their time to live)",
+                    full.held, full.limit, full.new
+                ),
+            )
+        })?;
     Ok(Json(ReportAccepted { accepted }).into_response())
 }
 
@@ -220,7 +250,7 @@ pub async fn instances(
     let query = Query::parse(raw.as_deref());
     let template = query.template()?;
     let region = query.region()?;
-    let wanted_state = match query.non_empty("state") {
+    let wanted_state = match query.one("state")? {
         None => None,
         Some(text) => Some(InstanceState::parse(&text).ok_or_else(|| {
             ApiError::new(
@@ -229,7 +259,7 @@ pub async fn instances(
             )
         })?),
     };
-    let after = match query.non_empty("after") {
+    let after = match query.one("after")? {
         None => None,
         Some(text) => Some(parse_field(Field::InstanceId, InstanceId::parse(&text))?),
     };

@@ -30,7 +30,7 @@ pub async fn hold(
         caller.require(Scope::Promote)?;
         let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
         let request: pinion_api::HoldRequest =
-            read_json(body, state.settings().body_limit, &deadline).await?;
+            read_json(body, &headers, state.settings().body_limit, &deadline).await?;
         hold_pin(&state, &mut attempt, &caller, request, deadline).await
     }
     .await;
@@ -49,6 +49,7 @@ pub(crate) async fn hold_pin(
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let reason = parse_field(Field::Reason, HoldReason::parse(&request.reason))?;
     caller.require_template(&template)?;
+    state.known_region(&region)?;
     let hold = HoldRequest {
         template: template.clone(),
         region: region.clone(),

@@ -90,8 +90,8 @@ impl Attempt {
     /// `global`).
     fn pin_in_query(&mut self, raw: Option<&str>) -> Result<(TemplateName, Region), ApiError> {
         let query = Query::parse(raw);
-        let template = query.get("template_name").unwrap_or_default();
-        let region = query.get("region");
+        let template = query.one("template_name")?.unwrap_or_default();
+        let region = query.one("region")?;
         self.pin(&template, region.as_deref())
     }
 
@@ -155,9 +155,11 @@ pub(crate) async fn audited(
 /// when it does not arrive in time, 422 when it is JSON of the wrong shape.
 async fn read_json<T: DeserializeOwned>(
     body: Body,
+    headers: &HeaderMap,
     limit: usize,
     deadline: &Deadline,
 ) -> Result<T, ApiError> {
+    json_content_type(headers)?;
     let read = async {
         axum::body::to_bytes(body, limit).await.map_err(|err| {
             let too_large = std::error::Error::source(&err)
@@ -183,6 +185,23 @@ async fn read_json<T: DeserializeOwned>(
             )
         })
         .await?;
+    // Every body of the API is an object: serde would build a struct from
+    // an array by position (`["codex", "sha256:…"]` a promotion, `[null]` a
+    // catalog entry without its repository), so anything else is refused.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => ApiError::new(
+                    Code::BodyNotObject,
+                    "the request body must be a JSON object (`{…}`)",
+                ),
+                Err(err) => ApiError::new(
+                    Code::MalformedJson,
+                    format!("the request body is not valid JSON: {err}"),
+                ),
+            },
+        );
+    }
     serde_json::from_slice(&bytes).map_err(|err| {
         use serde_json::error::Category;
         match err.classify() {
@@ -196,6 +215,33 @@ async fn read_json<T: DeserializeOwned>(
             ),
         }
     })
+}
+
+/// The body's media type: JSON (`application/json`, or any `+json`), none
+/// at all, or the form type `curl -d` sends (pipelines post JSON that way);
+/// anything else is `415`.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.split(';').next())
+        .map(|text| text.trim().to_ascii_lowercase());
+    let accepted = essence.as_deref().is_some_and(|essence| {
+        essence == "application/json"
+            || essence == "application/x-www-form-urlencoded"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    });
+    if accepted {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            Code::UnsupportedMediaType,
+            "the request body must be JSON (`Content-Type: application/json`)",
+        ))
+    }
 }
 
 fn parse_field<T>(field: Field, value: Result<T, ParseError>) -> Result<T, ApiError> {
@@ -388,33 +434,62 @@ fn to_bytes(body: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
-/// A query string, decoded on lookup. Unknown keys are ignored; a repeated
-/// key keeps its first value.
+/// A query string, decoded on lookup. Unknown keys are ignored; a known
+/// key given twice is refused, and one given empty must parse like any
+/// other value (`?limit=` is not "no limit").
 struct Query<'a>(&'a str);
+
+type Text<'a> = std::borrow::Cow<'a, str>;
 
 impl<'a> Query<'a> {
     fn parse(raw: Option<&'a str>) -> Query<'a> {
         Query(raw.unwrap_or_default())
     }
 
-    /// `application/x-www-form-urlencoded` rules (`&` between pairs, the
-    /// first `=` splits, `+` and `%XX` decode); a pair with nothing to
-    /// decode, as every query of a well-behaved client, is only borrowed.
-    fn get(&self, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    /// The pairs, by `application/x-www-form-urlencoded` rules (`&`
+    /// between pairs, the first `=` splits, `+` and `%XX` decode); a pair
+    /// with nothing to decode, as every query of a well-behaved client, is
+    /// only borrowed.
+    fn pairs(&self) -> impl Iterator<Item = (Text<'a>, Text<'a>)> {
         let plain = |text: &str| !text.bytes().any(|b| b == b'%' || b == b'+');
-        for pair in self.0.split('&').filter(|pair| !pair.is_empty()) {
-            if plain(pair) {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                if name == key {
-                    return Some(std::borrow::Cow::Borrowed(value));
+        self.0
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter_map(move |pair| {
+                if plain(pair) {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    Some((Text::Borrowed(name), Text::Borrowed(value)))
+                } else {
+                    form_urlencoded::parse(pair.as_bytes()).next()
                 }
-            } else if let Some((name, value)) = form_urlencoded::parse(pair.as_bytes()).next() {
-                if name == key {
-                    return Some(value);
-                }
+            })
+    }
+
+    /// The first value of `key`.
+    #[cfg(test)]
+    fn get(&self, key: &str) -> Option<Text<'a>> {
+        self.pairs()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value)
+    }
+
+    /// The value of a parameter that may be given once: `None` when
+    /// absent, `422 invalid_request` naming it when repeated.
+    fn one(&self, key: &'static str) -> Result<Option<Text<'a>>, ApiError> {
+        let mut found = None;
+        for (name, value) in self.pairs() {
+            if name != key {
+                continue;
             }
+            if found.is_some() {
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
+                    format!("`{key}` is given more than once; give it once"),
+                ));
+            }
+            found = Some(value);
         }
-        None
+        Ok(found)
     }
 
     /// Every value of a repeated key, in order.
@@ -425,26 +500,21 @@ impl<'a> Query<'a> {
             .collect()
     }
 
-    /// The value, treating `?key=` like an absent key.
-    fn non_empty(&self, key: &str) -> Option<std::borrow::Cow<'a, str>> {
-        self.get(key).filter(|value| !value.is_empty())
-    }
-
     fn template(&self) -> Result<Option<TemplateName>, ApiError> {
-        self.non_empty("template_name")
+        self.one("template_name")?
             .map(|value| parse_field(Field::TemplateName, TemplateName::parse(&value)))
             .transpose()
     }
 
     fn region(&self) -> Result<Option<Region>, ApiError> {
-        self.non_empty("region")
+        self.one("region")?
             .map(|value| parse_field(Field::Region, Region::parse(&value)))
             .transpose()
     }
 
     /// A positive integer parameter within `1..=max`.
     fn number(&self, key: &'static str, max: i64) -> Result<Option<i64>, ApiError> {
-        self.non_empty(key)
+        self.one(key)?
             .map(|value| {
                 value
                     .parse::<i64>()
@@ -464,6 +534,36 @@ impl<'a> Query<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parameter_given_twice_or_empty_is_refused_not_ignored() {
+        let query = Query::parse(Some("limit=&limit=%C3%8A&region=&template_name=codex"));
+        assert_eq!(
+            query.number("limit", 10).map_err(|err| err.code),
+            Err(Code::InvalidRequest)
+        );
+        assert_eq!(
+            query.region().map_err(|err| err.code),
+            Err(Code::InvalidRegion)
+        );
+        assert_eq!(
+            Query::parse(Some("history="))
+                .number("history", 10)
+                .map_err(|err| err.code),
+            Err(Code::InvalidRequest)
+        );
+        assert_eq!(
+            Query::parse(Some("before="))
+                .number("before", 10)
+                .map_err(|err| err.code),
+            Err(Code::InvalidRequest)
+        );
+        assert_eq!(
+            query.template().ok().flatten().map(|t| t.to_string()),
+            Some("codex".to_owned())
+        );
+        assert_eq!(Query::parse(None).number("limit", 10).ok(), Some(None));
+    }
 
     /// The borrowed fast path answers exactly what the full decoder answers.
     #[test]

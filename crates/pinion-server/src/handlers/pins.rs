@@ -50,7 +50,8 @@ async fn promote_inner(
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Promote)?;
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
-    let request: PromoteRequest = read_json(body, state.settings().body_limit, &deadline).await?;
+    let request: PromoteRequest =
+        read_json(body, headers, state.settings().body_limit, &deadline).await?;
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let digest = parse_field(Field::ImageDigest, Digest::parse(&request.image_digest))?;
     let git_sha = optional_field(Field::GitSha, request.git_sha.as_deref(), GitSha::parse)?;
@@ -97,6 +98,7 @@ async fn promote_inner(
         ));
     }
     caller.require_template(&template)?;
+    state.known_region(&region)?;
     deadline
         .run(check_registry(state, &template, &digest), || {
             ApiError::new(
@@ -142,7 +144,13 @@ async fn promote_inner(
         may_override_hold: admin,
         soak,
         soak_source: soak_source.map(|source| source.name.clone()),
+        keep_canary: request.keep_canary,
     };
+    // Without a list of regions, a typo'd region would make a pin nobody
+    // resolves: the answer says when a promotion opens a region.
+    let opens_region = state.settings().regions.is_none()
+        && !region_is_global(&promotion.region)
+        && !state.view().region_has_pins(&promotion.region);
     let requested = promotion.clone();
     let mut outcome = state.promote(promotion, deadline).await?;
     // The pin seemed to be at the digest, so the source was not asked, but
@@ -177,7 +185,12 @@ async fn promote_inner(
                 revision = pin.revision,
                 "pin moved"
             );
-            Ok(pin_answer(StatusCode::CREATED, &view, &pin))
+            let new_region = opens_region && previous.is_none();
+            if new_region {
+                tracing::warn!(template = %pin.template, region = %pin.region,
+                    "this promotion created the region's first pin");
+            }
+            Ok(pin_answer_with(StatusCode::CREATED, &view, &pin, new_region))
         }
         PromoteOutcome::Unchanged { pin } => Ok(pin_answer(StatusCode::OK, &view, &pin)),
         PromoteOutcome::UnknownTemplate => Err(ApiError::new(Code::UnknownTemplate,
@@ -292,12 +305,21 @@ pub(super) async fn check_registry(
     }
 }
 
+fn region_is_global(region: &Region) -> bool {
+    *region == Region::global()
+}
+
 /// `{"pin": …}` with the pin's revision as its ETag.
 fn pin_answer(status: StatusCode, view: &View, pin: &PinRecord) -> Response {
+    pin_answer_with(status, view, pin, false)
+}
+
+fn pin_answer_with(status: StatusCode, view: &View, pin: &PinRecord, new_region: bool) -> Response {
     let mut response = (
         status,
         Json(PinResponse {
             pin: pin_body(view, pin),
+            new_region,
         }),
     )
         .into_response();
@@ -354,7 +376,8 @@ async fn rollback_inner(
     let caller = attempt.caller(caller)?;
     caller.require(Scope::Promote)?;
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
-    let request: RollbackRequest = read_json(body, state.settings().body_limit, &deadline).await?;
+    let request: RollbackRequest =
+        read_json(body, headers, state.settings().body_limit, &deadline).await?;
     rollback_request(state, attempt, &caller, request, deadline).await
 }
 
@@ -369,6 +392,11 @@ pub(crate) async fn rollback_request(
 ) -> Result<Response, ApiError> {
     let (template, region) = attempt.pin(&request.template_name, request.region.as_deref())?;
     let to = optional_field(Field::ToDigest, request.to_digest.as_deref(), Digest::parse)?;
+    let expected = optional_field(
+        Field::ExpectedDigest,
+        request.expected_digest.as_deref(),
+        Digest::parse,
+    )?;
     let notes = optional_field(Field::Notes, request.notes.as_deref(), Notes::parse)?;
     let hold = match (request.hold, request.reason.as_deref()) {
         (false, None) => None,
@@ -401,6 +429,8 @@ pub(crate) async fn rollback_request(
         at: now(),
         notes,
         hold,
+        expected: expected.clone(),
+        keep_canary: request.keep_canary,
     };
     let outcome = state.rollback(rollback, deadline).await?;
     let view = state.view();
@@ -424,6 +454,16 @@ pub(crate) async fn rollback_request(
             Code::DigestNotInHistory,
             format!("the pin for {what} never pointed at that digest; promote it instead"),
         )),
+        RollbackOutcome::Conflict { current } => Err(ApiError::new(
+            Code::PinConflict,
+            format!(
+                "pin for {what} is at `{}` (revision {}), not at the expected `{}`; nothing was changed",
+                current.digest,
+                current.revision,
+                expected.as_ref().map_or("", Digest::as_str),
+            ),
+        )
+        .with_pin(Some(pin_body(&view, &current)))),
     }
 }
 
@@ -486,11 +526,11 @@ pub async fn resolve(
     let query = Query::parse(parts.uri.query());
     let template = parse_field(
         Field::TemplateName,
-        TemplateName::parse(query.get("template_name").as_deref().unwrap_or_default()),
+        TemplateName::parse(query.one("template_name")?.as_deref().unwrap_or_default()),
     )?;
     let region = query.region()?.unwrap_or_default();
     // An instance's bucket puts it in the stable or the canary ring.
-    let bucket = match query.get("instance_id") {
+    let bucket = match query.one("instance_id")? {
         None => None,
         Some(id) => Some(pinion_core::bucket(
             &template,

@@ -59,7 +59,7 @@ pub async fn create_token(
         let caller = attempt.caller(caller)?;
         caller.require(Scope::Admin)?;
         let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
-        let request: TokenRequest = read_json(body, state.settings().body_limit, &deadline).await?;
+        let request: TokenRequest = read_json(body, &headers, state.settings().body_limit, &deadline).await?;
         let name = parse_field(Field::TokenName, TokenName::parse(&request.name))?;
         let scope = parse_field(Field::Scope, Scope::parse(&request.scope))?;
         let templates = match &request.templates {

@@ -199,6 +199,50 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
             );
         }
     }
+    // The fleet's caps: what it holds against them, in total and per
+    // reporting token (a restricted caller sees neither: other tokens'
+    // names are not its business).
+    if caller
+        .as_ref()
+        .is_none_or(|caller| caller.templates().is_none())
+    {
+        let (held, by_token) = state.fleet().held();
+        let limits = (
+            state.settings().fleet_max_instances,
+            state.settings().fleet_max_instances_per_token,
+        );
+        let _ = writeln!(
+            text,
+            "# HELP pinion_fleet_instances_held Instances the fleet holds (live and silent, not yet forgotten), against --fleet-max-instances"
+        );
+        let _ = writeln!(text, "# TYPE pinion_fleet_instances_held gauge");
+        let _ = writeln!(text, "pinion_fleet_instances_held {held}");
+        let _ = writeln!(
+            text,
+            "# HELP pinion_fleet_instances_max The most instances the fleet holds (--fleet-max-instances)"
+        );
+        let _ = writeln!(text, "# TYPE pinion_fleet_instances_max gauge");
+        let _ = writeln!(text, "pinion_fleet_instances_max {}", limits.0);
+        if let Some(per_token) = limits.1 {
+            let _ = writeln!(
+                text,
+                "# HELP pinion_fleet_instances_per_token_max The most instances one token may have in the fleet (--fleet-max-instances-per-token)"
+            );
+            let _ = writeln!(text, "# TYPE pinion_fleet_instances_per_token_max gauge");
+            let _ = writeln!(text, "pinion_fleet_instances_per_token_max {per_token}");
+        }
+        let _ = writeln!(
+            text,
+            "# HELP pinion_fleet_instances_by_token Instances the fleet holds, by the token that last reported them"
+        );
+        let _ = writeln!(text, "# TYPE pinion_fleet_instances_by_token gauge");
+        for (token, count) in by_token {
+            let _ = writeln!(
+                text,
+                "pinion_fleet_instances_by_token{{token=\"{token}\"}} {count}"
+            );
+        }
+    }
     let feed = state.feed();
     let _ = writeln!(
         text,

@@ -139,13 +139,24 @@ async fn put_webhook_inner(
     caller.require(Scope::Admin)?;
     let name = parse_field(Field::WebhookName, WebhookName::parse(name))?;
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
-    let request: WebhookRequest = read_json(body, state.settings().body_limit, &deadline).await?;
+    let request: WebhookRequest =
+        read_json(body, headers, state.settings().body_limit, &deadline).await?;
     let url = parse_field(Field::WebhookUrl, WebhookUrl::parse(&request.url))?;
     if let Err(err) = reqwest::Url::parse(url.as_str()) {
         return Err(ApiError::new(
             Code::InvalidWebhookUrl,
             format!("`url`: not a URL: {err}"),
         ));
+    }
+    if !state.settings().webhook_allow_private {
+        if let Some(why) = crate::targets::refused(&url) {
+            return Err(ApiError::new(
+                Code::InvalidWebhookUrl,
+                format!(
+                    "`url`: {why}; webhooks may not point inside this server's network (an operator may allow it with `--webhook-allow-private true`)"
+                ),
+            ));
+        }
     }
     let events = list(Field::Events, request.events.as_deref(), EventType::parse)?;
     let templates = list(

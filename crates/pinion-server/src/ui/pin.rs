@@ -325,6 +325,9 @@ fn forms(
                 form.action method="post" action={ (path) "/rollback" } aria-labelledby="rollback-title" {
                     h3 #rollback-title { "Roll back" }
                     input type="hidden" name="csrf" value=(session.csrf);
+                    // The digest this page showed: a pin moved meanwhile is
+                    // a conflict, not a rollback of something unseen.
+                    input type="hidden" name="expected_digest" value=(pin.digest.as_str());
                     p {
                         label for="rollback-to" { "To digest" } " "
                         select #rollback-to name="to_digest" {
@@ -502,6 +505,12 @@ pub async fn rollback(
                     notes: Some(submitted.reason.clone()),
                     hold: submitted.form.get("hold") == Some("1"),
                     reason: None,
+                    expected_digest: submitted
+                        .form
+                        .get("expected_digest")
+                        .filter(|digest| !digest.is_empty())
+                        .map(str::to_owned),
+                    keep_canary: false,
                 };
                 let caller = submitted.session.caller.clone();
                 let result =

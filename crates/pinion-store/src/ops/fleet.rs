@@ -3,7 +3,7 @@
 //! deletions, forgetting the long silent, convergence transitions as events,
 //! and the history that registry clean-ups must keep.
 
-use pinion_core::{Convergence, Digest, EventType, InstanceId, Region, TemplateName};
+use pinion_core::{Convergence, Digest, EventType, InstanceId, Region, TemplateName, TokenName};
 use serde_json::json;
 
 use super::events::{self, NewEvent};
@@ -24,10 +24,11 @@ const INSTANCES: Columns = Columns {
         "digest_since_ms",
         "deleted",
         "updated_ms",
+        "reported_by",
     ],
 };
 
-/// Rows one statement writes: 100 rows of 11 values stay far below both
+/// Rows one statement writes: 100 rows of 12 values stay far below both
 /// engines' limits on parameters.
 const ROWS_PER_STATEMENT: usize = 100;
 
@@ -57,6 +58,7 @@ pub(crate) fn flush(db: &mut dyn Sql, rows: &[InstanceRecord]) -> Result<(), Sto
                 row.digest_since_ms.into(),
                 row.deleted.into(),
                 row.updated_ms.into(),
+                row.reporter.as_ref().map(TokenName::as_str).into(),
             ]);
         }
         db.execute(
@@ -67,7 +69,8 @@ pub(crate) fn flush(db: &mut dyn Sql, rows: &[InstanceRecord]) -> Result<(), Sto
                    image_digest = excluded.image_digest, healthy = excluded.healthy,
                    ttl_seconds = excluded.ttl_seconds, first_seen_ms = excluded.first_seen_ms,
                    last_seen_ms = excluded.last_seen_ms, digest_since_ms = excluded.digest_since_ms,
-                   deleted = excluded.deleted, updated_ms = excluded.updated_ms",
+                   deleted = excluded.deleted, updated_ms = excluded.updated_ms,
+                   reported_by = excluded.reported_by",
                 INSTANCES.list(),
                 placeholders.join(", ")
             ),
@@ -264,5 +267,6 @@ fn read_instance(row: &mut Reader<'_>) -> Result<InstanceRecord, StoreError> {
         digest_since_ms: row.next()?,
         deleted: row.next()?,
         updated_ms: row.next()?,
+        reporter: row.next()?,
     })
 }

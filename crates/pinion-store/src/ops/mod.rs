@@ -229,6 +229,7 @@ pub(crate) fn promote(
             }
             _ => None,
         },
+        keep_canary: promotion.keep_canary,
     };
     let pin = write_change(db, &change)?;
     Ok(PromoteOutcome::Moved { pin, previous })
@@ -241,6 +242,13 @@ pub(crate) fn rollback(
     let Some(current) = current_pin(db, &rollback.template, &rollback.region)? else {
         return Ok(RollbackOutcome::NoPin);
     };
+    if rollback
+        .expected
+        .as_ref()
+        .is_some_and(|expected| *expected != current.digest)
+    {
+        return Ok(RollbackOutcome::Conflict { current });
+    }
     let key = [
         Value::from(rollback.template.as_str()),
         Value::from(rollback.region.as_str()),
@@ -317,6 +325,7 @@ pub(crate) fn rollback(
         hold: current.hold.clone(),
         canary: current.canary.clone(),
         soak: None,
+        keep_canary: rollback.keep_canary,
     };
     let mut pin = write_change(db, &change)?;
     // Held in the same transaction; a hold it has already stands.
@@ -784,8 +793,10 @@ struct Change<'a> {
     hold: Option<Box<Hold>>,
     /// The soak the change was judged by.
     soak: Option<SoakFigures>,
-    /// The pin's canary, which a change keeps unless it moves to its digest.
+    /// The pin's canary, which a change to its digest graduates, and a
+    /// change to another digest ends unless `keep_canary`.
     canary: Option<Box<Canary>>,
+    keep_canary: bool,
 }
 
 /// Appends the history entry, then points the pin at it. The caller owns the
@@ -890,9 +901,15 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
         },
     )?;
     let mut pin = pin;
-    // The pin now runs what its canary ran: the canary graduates.
-    if let Some(canary) = pin.canary.take_if(|canary| canary.digest == *change.to) {
-        clear_canary(db, &pin)?;
+    let Some(canary) = pin
+        .canary
+        .take_if(|canary| canary.digest == *change.to || !change.keep_canary)
+    else {
+        return Ok(pin);
+    };
+    clear_canary(db, &pin)?;
+    if canary.digest == *change.to {
+        // The pin now runs what its canary ran: the canary graduates.
         events::append(
             db,
             NewEvent {
@@ -909,6 +926,26 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
                     "actor": change.actor.as_str(),
                 }),
             },
+        )?;
+    } else {
+        // The pin moved past its canary: what the ring pulled is no longer
+        // the pin's next step, so it ends with the move.
+        append_pin_event(
+            db,
+            &pin,
+            EventType::CanaryAborted,
+            change.at,
+            json!({
+                "image_digest": canary.digest.as_str(),
+                "percent": canary.percent.get(),
+                "stable_digest": change.to.as_str(),
+                "started_at": format_time(canary.started_at)?,
+                "started_by": canary.started_by.as_str(),
+                "actor": change.actor.as_str(),
+                "cause": "superseded",
+                "health": null,
+                "held": false,
+            }),
         )?;
     }
     Ok(pin)

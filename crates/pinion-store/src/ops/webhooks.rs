@@ -189,13 +189,26 @@ pub(crate) fn redeliver(
 /// Claims up to `limit` deliveries that are due, for `CLAIM_LEASE_MS`:
 /// another replica skips them meanwhile (rows it cannot lock are skipped,
 /// not waited for), and picks them up once the lease lapses if this one
-/// died mid-attempt.
+/// died mid-attempt. Deliveries to the webhooks in `skip` (those the
+/// caller has enough of in flight, or is resting) are left for later.
 pub(crate) fn claim_due(
     db: &mut dyn Sql,
     now: OffsetDateTime,
     limit: usize,
+    skip: &[WebhookName],
 ) -> Result<Vec<DueDelivery>, StoreError> {
     let now_ms = unix_ms(now);
+    let skipped = if skip.is_empty() {
+        String::new()
+    } else {
+        let placeholders: Vec<String> = (0..skip.len()).map(|n| format!("?{}", n + 3)).collect();
+        format!(" AND d.webhook NOT IN ({})", placeholders.join(", "))
+    };
+    let mut params = vec![
+        now_ms.into(),
+        i64::try_from(limit).unwrap_or(i64::MAX).into(),
+    ];
+    params.extend(skip.iter().map(|name| Value::from(name.as_str())));
     let rows = db.query(
         &format!(
             "SELECT d.webhook, d.event_id, d.attempts, w.url, w.secret, {events}
@@ -204,7 +217,7 @@ pub(crate) fn claim_due(
              JOIN events e ON e.id = d.event_id
              WHERE d.state = 'pending' AND d.next_attempt_ms <= ?1
                AND (d.claimed_until IS NULL OR d.claimed_until < ?1)
-               AND w.disabled_at IS NULL
+               AND w.disabled_at IS NULL{skipped}
              ORDER BY d.next_attempt_ms, d.event_id LIMIT ?2{lock}",
             events = EVENTS
                 .names
@@ -214,10 +227,7 @@ pub(crate) fn claim_due(
                 .join(", "),
             lock = db.skip_locked("d"),
         ),
-        &[
-            now_ms.into(),
-            i64::try_from(limit).unwrap_or(i64::MAX).into(),
-        ],
+        &params,
     )?;
     let mut due = Vec::with_capacity(rows.len());
     for row in &rows {

@@ -148,6 +148,7 @@ fn promotion(template: &str, region: &str, digest: Digest) -> Promotion {
         may_override_hold: false,
         soak: pinion_core::Soak::NotRequired,
         soak_source: None,
+        keep_canary: false,
     }
 }
 
@@ -457,6 +458,8 @@ fn rollback(to: Option<Digest>) -> Rollback {
         at: OffsetDateTime::now_utc(),
         notes: None,
         hold: None,
+        expected: None,
+        keep_canary: false,
     }
 }
 
@@ -884,6 +887,8 @@ fn changes_are_events_in_their_own_transaction() {
                 at: OffsetDateTime::now_utc(),
                 notes: None,
                 hold: None,
+                expected: None,
+                keep_canary: false,
             })
             .unwrap();
         let page = events(&mut store, 0);
@@ -1071,10 +1076,10 @@ fn the_outbox_queues_claims_and_records_deliveries() {
         assert_eq!(codex[0].state, DeliveryState::Pending);
 
         let now = OffsetDateTime::now_utc() + time::Duration::seconds(1);
-        let claimed = store.claim_deliveries(now, 10).unwrap();
+        let claimed = store.claim_deliveries(now, 10, &[]).unwrap();
         assert_eq!(claimed.len(), 3);
         assert!(
-            open(&db).claim_deliveries(now, 10).unwrap().is_empty(),
+            open(&db).claim_deliveries(now, 10, &[]).unwrap().is_empty(),
             "leased"
         );
         let ms = |at: OffsetDateTime| (at.unix_timestamp_nanos() / 1_000_000) as i64;
@@ -1150,6 +1155,7 @@ fn instance(id: &str, template: &str, region: &str, digest_n: u8, seen_ms: i64) 
         digest_since_ms: seen_ms,
         deleted: false,
         updated_ms: seen_ms,
+        reporter: None,
     }
 }
 
@@ -1275,5 +1281,145 @@ fn report_tokens_exist_after_the_scope_migration() {
             .unwrap();
         let tokens = store.tokens().unwrap();
         assert_eq!(tokens[0].scope, Scope::Report);
+    }
+}
+
+fn canary_on(store: &mut Store, to: Digest) {
+    let outcome = store
+        .start_canary(&pinion_store::CanaryRequest {
+            template: TemplateName::parse("codex").unwrap(),
+            region: Region::global(),
+            digest: to,
+            percent: pinion_core::Percent::new(99).unwrap(),
+            actor: TokenName::parse("ci").unwrap(),
+            at: OffsetDateTime::now_utc(),
+            force: false,
+            may_override_hold: false,
+        })
+        .unwrap();
+    assert!(
+        matches!(outcome, pinion_store::CanaryOutcome::Started { .. }),
+        "{outcome:?}"
+    );
+}
+
+fn canary_of(store: &mut Store) -> Option<Digest> {
+    let snapshot = store.snapshot().unwrap();
+    let pin = snapshot
+        .pins
+        .iter()
+        .find(|pin| pin.template.as_str() == "codex" && pin.region == Region::global())
+        .unwrap();
+    pin.canary.as_ref().map(|canary| canary.digest.clone())
+}
+
+#[test]
+fn a_move_past_a_canary_ends_it_in_the_same_transaction_unless_kept() {
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        canary_on(&mut store, digest(2));
+        let head = events(&mut store, 0).head;
+
+        // A promotion of another digest ends the canary: the answer's pin
+        // has none, the table has none, and `canary.aborted` says why.
+        let PromoteOutcome::Moved { pin, .. } = store
+            .promote(&promotion("codex", "global", digest(3)))
+            .unwrap()
+        else {
+            panic!("not moved")
+        };
+        assert!(pin.canary.is_none());
+        assert_eq!(canary_of(&mut store), None);
+        let page = events(&mut store, head);
+        let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["pin.promoted", "canary.aborted"]);
+        let aborted = data(&page.events[1]);
+        assert_eq!(aborted["cause"], "superseded");
+        assert_eq!(aborted["image_digest"], digest(2).as_str());
+        assert_eq!(aborted["stable_digest"], digest(3).as_str());
+
+        // Kept on request, by a promotion and by a rollback.
+        canary_on(&mut store, digest(2));
+        let kept = Promotion {
+            keep_canary: true,
+            ..promotion("codex", "global", digest(4))
+        };
+        let PromoteOutcome::Moved { pin, .. } = store.promote(&kept).unwrap() else {
+            panic!("not moved")
+        };
+        assert_eq!(pin.canary.map(|canary| canary.digest), Some(digest(2)));
+        let keep_back = Rollback {
+            keep_canary: true,
+            ..rollback(Some(digest(3)))
+        };
+        assert!(matches!(
+            store.rollback(&keep_back).unwrap(),
+            RollbackOutcome::Moved { .. }
+        ));
+        assert_eq!(canary_of(&mut store), Some(digest(2)));
+
+        // A rollback ends it too; one to the canary's digest graduates it.
+        let head = events(&mut store, 0).head;
+        assert!(matches!(
+            store.rollback(&rollback(Some(digest(4)))).unwrap(),
+            RollbackOutcome::Moved { .. }
+        ));
+        assert_eq!(canary_of(&mut store), None);
+        let page = events(&mut store, head);
+        let kinds: Vec<&str> = page.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["pin.rolled_back", "canary.aborted"]);
+        canary_on(&mut store, digest(1));
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        let page = events(&mut store, head);
+        assert_eq!(
+            page.events.last().map(|e| e.kind.as_str()),
+            Some("canary.promoted")
+        );
+    }
+}
+
+#[test]
+fn a_rollback_with_an_expected_digest_is_a_compare_and_swap() {
+    for dir in databases() {
+        let mut store = open(&dir);
+        add_template(&mut store, "codex", true);
+        for n in [1, 2] {
+            store
+                .promote(&promotion("codex", "global", digest(n)))
+                .unwrap();
+        }
+        let from_b = || Rollback {
+            expected: Some(digest(2)),
+            ..rollback(Some(digest(1)))
+        };
+        let before = events(&mut store, 0).head;
+        // The first of two rollbacks aimed at B moves the pin; the second
+        // finds it elsewhere and writes nothing.
+        assert!(matches!(
+            store.rollback(&from_b()).unwrap(),
+            RollbackOutcome::Moved { .. }
+        ));
+        let after_first = events(&mut store, 0).head;
+        assert!(after_first > before);
+        match store.rollback(&from_b()).unwrap() {
+            RollbackOutcome::Conflict { current } => assert_eq!(current.digest, digest(1)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(events(&mut store, 0).head, after_first);
+        let history = store
+            .history(&HistoryQuery {
+                template: Some(TemplateName::parse("codex").unwrap()),
+                region: Some(Region::global()),
+                limit: 100,
+                ..HistoryQuery::default()
+            })
+            .unwrap();
+        assert_eq!(history.len(), 3);
     }
 }
