@@ -9,11 +9,13 @@
 //! resuming from an older id reads the log itself first, having subscribed
 //! before it read, so it sees every event once and in order.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use pinion_core::{EventType, TemplateName};
+use pinion_core::{EventType, TemplateName, TokenName};
 use pinion_store::{EventQuery, EventRecord};
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -122,6 +124,8 @@ pub struct Feed {
     /// Set when the server stops: every stream ends.
     closing: watch::Sender<bool>,
     subscribers: AtomicUsize,
+    /// Open streams by token, for `--max-streams-per-token`.
+    streams: Arc<Mutex<HashMap<TokenName, usize>>>,
 }
 
 impl Feed {
@@ -134,6 +138,7 @@ impl Feed {
             wake: Notify::new(),
             closing: watch::Sender::new(false),
             subscribers: AtomicUsize::new(0),
+            streams: Arc::default(),
         }
     }
 
@@ -166,6 +171,39 @@ impl Feed {
 
     pub fn subscribers(&self) -> usize {
         self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// A place for one more stream of `token`, held as long as the guard
+    /// lives; `None` when the token has `max` open already.
+    pub fn stream_slot(&self, token: &TokenName, max: usize) -> Option<StreamSlot> {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = streams.entry(token.clone()).or_default();
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(StreamSlot {
+            streams: self.streams.clone(),
+            token: token.clone(),
+        })
+    }
+}
+
+/// One of a token's open streams.
+pub struct StreamSlot {
+    streams: Arc<Mutex<HashMap<TokenName, usize>>>,
+    token: TokenName,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = streams.get_mut(&self.token) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.token);
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! start it on port 0 and `pinion serve` passes SIGTERM / ctrl-c.
 
 mod auth;
+mod capped;
 mod deadline;
 mod drift;
 mod error;

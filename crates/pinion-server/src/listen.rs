@@ -42,6 +42,10 @@ pub struct Peer(pub SocketAddr);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write to a client may wait for room (the client not reading)
+/// before the connection is closed: an event stream whose reader stopped
+/// taking what was written is dropped after this (the contract's figure).
+pub const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// Serves `router` on every connection `listener` accepts until `shutdown`
 /// completes, then stops accepting and lets requests in flight finish
@@ -85,8 +89,8 @@ pub async fn serve(
         });
         let watcher = graceful.watcher();
         let Some(tls) = &tls else {
-            let connection =
-                http1.serve_connection(ContractErrors::new(TokioIo::new(stream)), service);
+            let io = ContractErrors::new(WriteStall::new(TokioIo::new(stream), WRITE_STALL));
+            let connection = http1.serve_connection(io, service);
             tokio::spawn(async move {
                 if let Err(err) = watcher.watch(connection).await {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -110,7 +114,7 @@ pub async fn serve(
                     }
                 };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = ContractErrors::new(TokioIo::new(stream));
+            let io = ContractErrors::new(WriteStall::new(TokioIo::new(stream), WRITE_STALL));
             let ended = if h2 {
                 watcher.watch(http2.serve_connection(io, service)).await
             } else {
@@ -238,6 +242,93 @@ impl<T: Write + Unpin> Write for ContractErrors<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A connection's IO whose writes fail once they have waited `limit` for
+/// room without any progress: a client that stops reading is let go
+/// rather than held, with its buffers and its event stream, for ever.
+pub struct WriteStall<T> {
+    inner: T,
+    limit: Duration,
+    /// Running while a write waits.
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    pub fn new(inner: T, limit: Duration) -> WriteStall<T> {
+        WriteStall {
+            inner,
+            limit,
+            waiting: None,
+        }
+    }
+
+    /// Passes a write's outcome through, timing how long it has waited.
+    fn timed<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.waiting = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if waiting.as_mut().poll(cx).is_ready() {
+            self.waiting = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing written to it for the write-stall limit",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: Read + Unpin> Read for WriteStall<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: Write + Unpin> Write for WriteStall<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

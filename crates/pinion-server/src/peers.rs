@@ -221,10 +221,9 @@ async fn get<T: serde::de::DeserializeOwned>(
     if !status.is_success() {
         return Err(format!("{path}: HTTP {status}"));
     }
-    response
-        .json::<T>()
+    crate::capped::json::<T>(response, crate::capped::ANSWER_LIMIT)
         .await
-        .map_err(|err| format!("{path}: {}", one_line(&err)))
+        .map_err(|err| format!("{path}: {err}"))
 }
 
 /// An error and its causes on one line.

@@ -145,10 +145,9 @@ impl SoakSource {
             if !status.is_success() {
                 return Err(format!("it answered {}", status.as_u16()));
             }
-            let page: HistoryList = response
-                .json()
+            let page: HistoryList = crate::capped::json(response, crate::capped::ANSWER_LIMIT)
                 .await
-                .map_err(|err| format!("its history did not decode: {}", err.without_url()))?;
+                .map_err(|err| format!("its history: {err}"))?;
             for entry in &page.history {
                 let step = parse_entry(template, entry)?;
                 let Some(step) = step else { continue };

@@ -43,6 +43,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     settings.event_retention_age = parse_duration(&args.event_retention_age)
         .map_err(|err| anyhow::anyhow!("--event-retention-age: {err}"))?;
     settings.event_retention_count = i64::from(args.event_retention_count);
+    // An event must outlive its deliveries' retries (it is never pruned
+    // while one waits, but a retention that cannot hold a delivery's whole
+    // schedule is a misconfiguration to refuse, not to find out about).
+    let schedule: Duration = settings.webhook_retry_schedule.iter().sum();
+    if settings.event_retention_age < schedule {
+        anyhow::bail!(
+            "--event-retention-age ({}s) is shorter than --webhook-retry-schedule takes in all ({}s): events must be kept at least as long as their deliveries are retried",
+            settings.event_retention_age.as_secs(),
+            schedule.as_secs()
+        );
+    }
     settings.progress_deadline = parse_duration(&args.progress_deadline)
         .map_err(|err| anyhow::anyhow!("--progress-deadline: {err}"))?;
     settings.soak = soak_source(&args)?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     Answer, Env, EventStream, Fixture, Receiver, Server, digest, eventually, http, pinion,
-    poll_until, register_secret, run, signature_holds,
+    poll_until, raw_http, register_secret, run, signature_holds,
 };
 
 const PROMOTE: &str = "/cp/admin/runtime-image/promote";
@@ -342,9 +342,25 @@ fn a_stream_resumes_after_its_last_id_with_no_gap() {
     assert_eq!(stream.next_event().id, live.id);
 }
 
+struct StreamFixture {
+    server: Server,
+    read: String,
+    promote: String,
+}
+
 #[test]
 fn two_hundred_subscribers_all_receive_a_promotion() {
-    let fixture = Fixture::new();
+    let env = Env::new();
+    env.add_template("codex", "registry.example.com/codex");
+    let read = env.token("provisioner", "read", &[]);
+    let ci = env.token("ci", "promote", &[]);
+    // One token for all 200: its stream limit opened for them.
+    let server = Server::start(&env.database(), &[("PINION_MAX_STREAMS_PER_TOKEN", "200")]);
+    let fixture = StreamFixture {
+        server,
+        read,
+        promote: ci,
+    };
     let addr = fixture.server.addr;
     let readers: Vec<_> = (0..200)
         .map(|_| {
@@ -369,19 +385,23 @@ fn two_hundred_subscribers_all_receive_a_promotion() {
 }
 
 /// A reader that stops reading stops its stream where it stands; writes go
-/// on at their pace meanwhile, and once it has fallen more than the server
-/// keeps behind, it is disconnected with a last comment saying where to
-/// resume.
+/// on at their pace meanwhile. Once nothing written to it has been taken
+/// for the write-stall limit (10 s), or it has fallen more than the server
+/// keeps behind, it is disconnected, and so is every other reader that
+/// stopped: twenty idle streams do not stay subscribed. A reader resumes
+/// after the last event it got whole.
 #[test]
 fn a_slow_subscriber_is_disconnected_and_resumes_where_it_left() {
     let fixture = Fixture::new();
     let addr = fixture.server.addr;
     let mut idle = EventStream::open(addr, &fixture.read, None, "");
+    let others: Vec<EventStream> = (0..20)
+        .map(|_| EventStream::open(addr, &fixture.read, None, ""))
+        .collect();
     let notes = "n".repeat(1000);
     let promoted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    // Enough to fill the idle reader's socket many times over, then a few
-    // seconds more, so the events it has not taken outrun what the server
-    // keeps for it.
+    // Enough to fill the idle readers' sockets many times over, then a few
+    // seconds more.
     let started = Instant::now();
     let writers: Vec<_> = (0..8u32)
         .map(|writer| {
@@ -406,38 +426,98 @@ fn a_slow_subscriber_is_disconnected_and_resumes_where_it_left() {
         writer.join().unwrap();
     }
     eprintln!(
-        "{} promotions in {:?} while one reader did not read",
+        "{} promotions in {:?} while 21 readers did not read",
         promoted.load(std::sync::atomic::Ordering::Relaxed),
         started.elapsed()
     );
+    let subscribers = || {
+        let metrics = http(addr, "GET", "/metrics", None, None).body;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("pinion_event_subscribers "))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+    };
+    eventually(
+        "every idle stream is let go",
+        Duration::from_secs(30),
+        || subscribers() == Some(0),
+    );
+    drop(others);
     let rest = idle.rest();
-    let last_words = rest
-        .lines()
-        .rev()
-        .find(|line| line.starts_with(": disconnected"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no last words: …{}",
-                &rest[rest.len().saturating_sub(300)..]
-            )
-        });
-    assert!(last_words.contains("fell more than"), "{last_words}");
-    let resume: i64 = last_words
-        .rsplit("Last-Event-ID: ")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let last_seen = rest
+    // What came whole: up to the last blank line.
+    let whole = &rest[..rest.rfind("\n\n").unwrap_or(0)];
+    let last_seen = whole
         .lines()
         .filter_map(|line| line.strip_prefix("id: "))
         .filter_map(|id| id.parse::<i64>().ok())
         .next_back()
         .unwrap();
-    assert_eq!(resume, last_seen, "resume after the last event it was sent");
-    let mut again = EventStream::open(addr, &fixture.read, Some(resume), "");
-    assert_eq!(again.next_event().id, resume + 1);
+    // Disconnected for lagging, it says where to resume; for not reading
+    // at all, nothing could be written to it any more.
+    if let Some(words) = whole
+        .lines()
+        .rev()
+        .find(|line| line.starts_with(": disconnected"))
+    {
+        assert!(words.contains("fell more than"), "{words}");
+        let resume: i64 = words
+            .rsplit("Last-Event-ID: ")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(resume, last_seen, "resume after the last event it was sent");
+    }
+    let mut again = EventStream::open(addr, &fixture.read, Some(last_seen), "");
+    assert_eq!(again.next_event().id, last_seen + 1);
+}
+
+/// A token may hold at most `--max-streams-per-token` streams open: one
+/// more is `429 too_many_streams`; another token is not affected, and a
+/// closed stream frees its place.
+#[test]
+fn streams_are_capped_per_token() {
+    let env = Env::new();
+    env.add_template("codex", "registry.example.com/codex");
+    let read = env.token("viewer", "read", &[]);
+    let other = env.token("other-viewer", "read", &[]);
+    let promote = env.token("ci", "promote", &[]);
+    let server = Server::start(&env.database(), &[("PINION_MAX_STREAMS_PER_TOKEN", "3")]);
+    let open: Vec<EventStream> = (0..3)
+        .map(|_| EventStream::open(server.addr, &read, None, ""))
+        .collect();
+    let fourth = raw_http(
+        server.addr,
+        format!(
+            "GET /cp/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {read}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .as_bytes(),
+        b"",
+    );
+    assert_eq!(fourth.status, 429, "{fourth:?}");
+    assert_eq!(fourth.error_code(), "too_many_streams");
+    let _theirs = EventStream::open(server.addr, &other, None, "");
+    drop(open);
+    // A closed stream is noticed at its next write: at the latest its
+    // keep-alive comment, every 15 s.
+    eventually(
+        "the closed streams are gone",
+        Duration::from_secs(30),
+        || {
+            http(server.addr, "GET", "/metrics", None, None)
+                .body
+                .lines()
+                .any(|line| line == "pinion_event_subscribers 1")
+        },
+    );
+    let mut again = EventStream::open(server.addr, &read, None, "");
+    let body = format!(
+        r#"{{"template_name":"codex","image_digest":"{}"}}"#,
+        digest(1)
+    );
+    assert_eq!(server.post(PROMOTE, &promote, &body).status, 201);
+    assert_eq!(again.next_event().kind, "pin.promoted");
 }
 
 #[test]
@@ -448,6 +528,8 @@ fn events_expire_with_410_not_a_silent_skip() {
     let settings = [
         ("PINION_EVENT_RETENTION_AGE", "100ms"),
         ("PINION_EVENT_RETENTION_COUNT", "2"),
+        // A retention shorter than the retry schedule is refused.
+        ("PINION_WEBHOOK_RETRY_SCHEDULE", "100ms"),
     ];
     let server = Server::start(&env.database(), &settings);
     for n in 1..=5 {

@@ -26,6 +26,7 @@ mod offline;
 mod pipeline;
 mod postgres;
 mod registry;
+mod scopes;
 mod soak;
 mod status;
 mod tls;

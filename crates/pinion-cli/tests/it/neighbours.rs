@@ -6,7 +6,10 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use crate::support::{Env, Fixture, Server, digest, http, pinion, poll_until, raw_http, run};
+use crate::support::{
+    Answer, Env, Fault, FaultServer, Fixture, Receiver, Server, digest, eventually, http, pinion,
+    poll_until, raw_http, run,
+};
 
 const PROMOTE: &str = "/cp/admin/runtime-image/promote";
 const ROLLBACK: &str = "/cp/admin/runtime-image/rollback";
@@ -412,4 +415,262 @@ fn empty_repeated_and_malformed_query_parameters_are_refused() {
     ] {
         assert_eq!(server.get(path, &fixture.admin).status, 200, "{path}");
     }
+}
+
+fn put_webhook(server: &Server, admin: &str, name: &str, url: &str) -> crate::support::Response {
+    http(
+        server.addr,
+        "PUT",
+        &format!("/cp/admin/webhooks/{name}"),
+        Some(admin),
+        Some(format!(r#"{{"url":"{url}"}}"#).as_bytes()),
+    )
+}
+
+fn deliveries(server: &Server, admin: &str, name: &str) -> Vec<serde_json::Value> {
+    let answer = server.get(&format!("/cp/admin/webhooks/{name}/deliveries"), admin);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.json()["deliveries"].as_array().unwrap().clone()
+}
+
+fn promote_n(server: &Server, token: &str, n: u32) {
+    let body = format!(
+        r#"{{"template_name":"codex","image_digest":"{}"}}"#,
+        digest(n)
+    );
+    assert_eq!(server.post(PROMOTE, token, &body).status, 201);
+}
+
+/// Webhooks cannot point inside the server's network, however the address
+/// is written; one made while that was allowed is never connected to once
+/// it is not; and what a receiver says never comes back in the deliveries.
+#[test]
+fn webhooks_are_no_way_into_the_network_and_read_nothing_back() {
+    let env = Env::new();
+    env.add_template("codex", "registry.example.com/codex");
+    let admin = env.token("platform", "admin", &[]);
+    let restricted = env.token("codex-admin", "admin", &["codex"]);
+    let ci = env.token("ci", "promote", &[]);
+    let strict = Server::start(
+        &env.database(),
+        &[("PINION_WEBHOOK_ALLOW_PRIVATE", "false")],
+    );
+    let receiver = Receiver::start(vec![Answer(200, "", "")]);
+    for url in [
+        format!("http://{}/hook", receiver.addr),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://[::1]/".to_owned(),
+        "http://2130706433/".to_owned(),
+        "http://0.0.0.0/".to_owned(),
+        "http://localhost/".to_owned(),
+        "http://10.0.0.8/".to_owned(),
+        "http://[fd00::1]/".to_owned(),
+    ] {
+        for token in [&admin, &restricted] {
+            let answer = put_webhook(&strict, token, "inside", &url);
+            let code = answer.error_code();
+            assert_eq!(answer.status, 422, "{url}: {answer:?}");
+            assert_eq!(code, "invalid_webhook_url", "{url}");
+        }
+    }
+    assert_eq!(
+        strict.get("/cp/admin/webhooks", &admin).json()["webhooks"],
+        serde_json::json!([])
+    );
+    drop(strict);
+
+    // Made while allowed, delivered by a server that does not allow it:
+    // never connected to, and the delivery says why.
+    let open = env.start();
+    let answer = put_webhook(&open, &admin, "inside", &receiver.url());
+    assert_eq!(answer.status, 201, "{answer:?}");
+    drop(open);
+    let strict = Server::start(
+        &env.database(),
+        &[("PINION_WEBHOOK_ALLOW_PRIVATE", "false")],
+    );
+    promote_n(&strict, &ci, 1);
+    let attempted = poll_until("an attempt recorded", Duration::from_secs(15), || {
+        let list = deliveries(&strict, &admin, "inside");
+        list.iter()
+            .find(|d| d["attempts"].as_i64() >= Some(1))
+            .cloned()
+    });
+    assert!(
+        attempted["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not connected"),
+        "{attempted}"
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
+    );
+    drop(strict);
+
+    // Allowed: what a receiver answers comes back as its status alone.
+    let open = env.start();
+    let banner = Receiver::start(vec![Answer(
+        403,
+        "Content-Type: text/plain\r\n",
+        "INTERNAL-ADMIN-BANNER secret-ish words",
+    )]);
+    assert_eq!(
+        put_webhook(&open, &admin, "banner", &banner.url()).status,
+        201
+    );
+    promote_n(&open, &ci, 2);
+    banner.wait_for(1, Duration::from_secs(15));
+    let failed = poll_until("the failure recorded", Duration::from_secs(15), || {
+        deliveries(&open, &admin, "banner")
+            .into_iter()
+            .find(|d| d["last_status"] == 403)
+    });
+    assert_eq!(failed["last_error"], "403 Forbidden", "{failed}");
+}
+
+/// A receiver that accepts connections and never answers holds no other
+/// webhook's deliveries back: a healthy receiver gets its delivery at once,
+/// though forty of the dead one's are due before it.
+#[test]
+fn a_dead_receiver_does_not_delay_the_others() {
+    let fixture = Fixture::new();
+    let server = &fixture.server;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holding = held.clone();
+    std::thread::spawn(move || {
+        for stream in dead.incoming().flatten() {
+            holding.lock().unwrap().push(stream);
+        }
+    });
+    let answer = put_webhook(
+        server,
+        &fixture.admin,
+        "dead",
+        &format!("http://{dead_addr}/hook"),
+    );
+    assert_eq!(answer.status, 201, "{answer:?}");
+    for n in 1..=40 {
+        promote_n(server, &fixture.promote, n);
+    }
+    let live = Receiver::start(vec![Answer(200, "", "")]);
+    assert_eq!(
+        put_webhook(server, &fixture.admin, "live", &live.url()).status,
+        201
+    );
+    let promoted = std::time::Instant::now();
+    promote_n(server, &fixture.promote, 41);
+    live.wait_for(1, Duration::from_secs(5));
+    let took = promoted.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The dead one has at most its share of connections open.
+    let connections = held.lock().unwrap().len();
+    assert!(
+        connections <= 4,
+        "{connections} connections to the dead receiver"
+    );
+}
+
+/// Answers from other servers are read to 8 MiB at most: a peer or a soak
+/// source that answers 300 MB is unreachable or unavailable, and this
+/// server's memory stays where it was.
+#[test]
+fn huge_answers_from_peers_and_the_soak_source_are_cut_off() {
+    let huge = FaultServer::start(Fault::Huge(300 * 1024 * 1024));
+    let env = Env::new();
+    env.add_template("codex", "registry.example.com/codex");
+    let ci = env.token("ci", "promote", &[]);
+    let server = Server::start_with_args(
+        &env.database(),
+        &[
+            ("PINION_PEER_TOKEN_STAGING", "pinion_not_a_real_token"),
+            ("PINION_SOAK_SOURCE", &format!("staging={}", huge.url())),
+            ("PINION_SOAK_TOKEN", "pinion_not_a_real_token"),
+            ("PINION_SOAK", "1h"),
+        ],
+        &["--peer", &format!("staging={}", huge.url())],
+    );
+    let body = format!(
+        r#"{{"template_name":"codex","image_digest":"{}"}}"#,
+        digest(1)
+    );
+    let refused = server.post(PROMOTE, &ci, &body);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.error_code(), "soak_source_unavailable");
+    assert!(refused.body.contains("larger than 8 MiB"), "{refused:?}");
+    eventually("the peer read is cut off", Duration::from_secs(20), || {
+        server.logs().iter().any(|line| {
+            line.contains("could not read a peer") && line.contains("larger than 8 MiB")
+        })
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kb < 150 * 1024, "RSS {rss_kb} kB");
+}
+
+/// A PostgreSQL replica started without the secret key cannot sign, so it
+/// claims no delivery (and says so at start); a replica with the key
+/// delivers them all.
+#[test]
+fn a_replica_without_the_key_leaves_deliveries_to_one_with_it() {
+    let env = Env::postgres();
+    env.add_template("codex", "registry.example.com/codex");
+    let admin = env.token("platform", "admin", &[]);
+    let ci = env.token("ci", "promote", &[]);
+    let receiver = Receiver::start(vec![Answer(200, "", "")]);
+    let keyed = Server::start(&env.database(), &[]);
+    assert_eq!(
+        put_webhook(&keyed, &admin, "hook", &receiver.url()).status,
+        201
+    );
+    drop(keyed);
+    let keyless = Server::start(&env.database(), &[("PINION_SECRET_KEY_FILE", "")]);
+    for n in 1..=5 {
+        promote_n(&keyless, &ci, n);
+    }
+    eventually(
+        "the keyless replica says why",
+        Duration::from_secs(10),
+        || {
+            keyless
+                .logs()
+                .iter()
+                .any(|line| line.contains("cannot sign webhook deliveries"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let waiting = deliveries(&keyless, &admin, "hook");
+    assert_eq!(waiting.len(), 5, "{waiting:?}");
+    assert!(
+        waiting
+            .iter()
+            .all(|d| d["state"] == "pending" && d["attempts"] == 0),
+        "{waiting:?}"
+    );
+    assert!(receiver.received().is_empty());
+    let _keyed = Server::start(&env.database(), &[]);
+    receiver.wait_for(5, Duration::from_secs(20));
+}
+
+/// A retention that could prune an event before its deliveries' retries
+/// are spent is refused at start.
+#[test]
+fn an_event_retention_shorter_than_the_retry_schedule_is_refused() {
+    let env = Env::sqlite();
+    let out = run(pinion()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(env.database())
+        .args(["--event-retention-age", "1h"]));
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("shorter than --webhook-retry-schedule"),
+        "{out:?}"
+    );
 }

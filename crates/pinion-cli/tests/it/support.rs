@@ -328,8 +328,15 @@ impl Server {
         if database.starts_with("postgres") {
             command.env("PINION_SECRET_KEY_FILE", shared_key_file());
         }
+        command.envs(env.iter().copied());
+        // `PINION_SECRET_KEY_FILE` given empty: a server without a key.
+        if env
+            .iter()
+            .any(|(name, value)| *name == "PINION_SECRET_KEY_FILE" && value.is_empty())
+        {
+            command.env_remove("PINION_SECRET_KEY_FILE");
+        }
         let mut child = command
-            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -647,6 +654,13 @@ pub enum Fault {
     /// the second: a control plane that says one thing about a write and
     /// another when read.
     ByMethod((u16, String), (u16, String)),
+    /// Answer 200 with the JSON body listed for the request's path (without
+    /// its query), 404 for any other: a server that lies in well-formed
+    /// answers.
+    ByPath(Vec<(&'static str, String)>),
+    /// Answer 200 with this many bytes of JSON whitespace and no length: a
+    /// neighbour that would make a reader hold all of it.
+    Huge(usize),
 }
 
 /// A fault-injecting HTTP server on a free port; it records what it received.
@@ -675,6 +689,14 @@ impl FaultServer {
                     // answer, a fault of its own that these are not about.
                     read_body(&mut stream, &head);
                     let is_post = head.starts_with("POST ");
+                    let path = head
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or_default()
+                        .split('?')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                     seen.lock().unwrap().push(head);
                     counted.fetch_add(1, Ordering::SeqCst);
                     match fault {
@@ -700,6 +722,31 @@ impl FaultServer {
                                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                                 body.len()
                             );
+                        }
+                        Fault::ByPath(bodies) => {
+                            let (status, body) = bodies
+                                .iter()
+                                .find(|(at, _)| *at == path)
+                                .map_or((404, String::new()), |(_, body)| (200, body.clone()));
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                        }
+                        Fault::Huge(size) => {
+                            let _ = write!(
+                                stream,
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+                            );
+                            let chunk = vec![b' '; 64 * 1024];
+                            let mut sent = 0;
+                            while sent < size {
+                                if stream.write_all(&chunk).is_err() {
+                                    break;
+                                }
+                                sent += chunk.len();
+                            }
                         }
                         Fault::Redirect(location) => {
                             let _ = write!(

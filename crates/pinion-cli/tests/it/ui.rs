@@ -700,3 +700,36 @@ fn peers_columns_mark_disagreement_and_an_unreachable_peer() {
     );
     assert!(compare.body.contains(&digest(3)) && compare.body.contains(&digest(4)));
 }
+
+/// A peer's links are shown only when they are http(s): a `javascript:`
+/// CI run from a lying peer is no link at all.
+#[test]
+fn a_peers_script_link_is_not_a_link() {
+    let pin = format!(
+        r#"{{"pins":[{{"template_name":"codex","region":"global","image_digest":"{}","image_ref":null,"git_sha":"abc1234def","notes":null,"promoted_at":"2026-12-01T00:00:00Z","promoted_by":"ci","ci_run_url":"javascript:alert(document.cookie)"}}]}}"#,
+        digest(1)
+    );
+    let peer = crate::support::FaultServer::start(crate::support::Fault::ByPath(vec![
+        ("/cp/admin/runtime-image", pin),
+        (
+            "/cp/admin/runtime-image/drift",
+            r#"{"checked_at":null,"tag":"latest","pins":[]}"#.to_owned(),
+        ),
+        ("/cp/fleet", r#"{"fleet":[]}"#.to_owned()),
+    ]));
+    let env = Env::new();
+    env.add_template("codex", "registry.example.com/codex");
+    let read = env.token("viewer", "read", &[]);
+    let server = Server::start_with_args(
+        &env.database(),
+        &[("PINION_PEER_TOKEN_LIAR", "pinion_not_a_real_token")],
+        &["--peer", &format!("liar={}", peer.url())],
+    );
+    let session = login(server.addr, &read);
+    let page = crate::support::poll_until("the peer is read", Duration::from_secs(15), || {
+        let page = get(server.addr, "/ui", Some(&session));
+        page.body.contains(r#"data-env="liar""#).then_some(page)
+    });
+    assert!(page.body.contains("abc1234"), "the commit is shown");
+    assert!(!page.body.contains("javascript:"), "{}", page.body);
+}

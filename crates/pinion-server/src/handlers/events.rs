@@ -146,6 +146,19 @@ pub async fn events(
     };
     let deadline = Deadline::for_request(&headers, state.settings().request_timeout)?;
     if streaming {
+        let max = state.settings().max_streams_per_token;
+        let slot = state
+            .feed()
+            .stream_slot(caller.name(), max)
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::TooManyStreams,
+                    format!(
+                        "token `{}` has {max} event streams open already; close one first",
+                        caller.name()
+                    ),
+                )
+            })?;
         // Subscribed before the first read of the log: whatever is appended
         // after that read is in the broadcast; nothing falls in between.
         let live = state.feed().subscribe();
@@ -165,7 +178,7 @@ pub async fn events(
                 now
             }
         };
-        return Ok(stream(state, caller, wanted, first, live));
+        return Ok(stream(state, caller, wanted, first, live, slot));
     }
     let page = read(&state, &wanted, wanted.after, limit, deadline).await?;
     let next_after = page.events.last().map_or(wanted.after, |event| event.id);
@@ -233,11 +246,15 @@ fn stream(
     wanted: Wanted,
     first: EventPage,
     live: broadcast::Receiver<Arc<Batch>>,
+    slot: crate::feed::StreamSlot,
 ) -> Response {
     let queue = Arc::new(Queue::default());
     let feeding = queue.clone();
-    let feeder =
-        Box::pin(async move { follow(&state, &caller, &wanted, first, live, &feeding).await });
+    let feeder = Box::pin(async move {
+        // The token's place is held for as long as the stream is fed.
+        let _slot = slot;
+        follow(&state, &caller, &wanted, first, live, &feeding).await
+    });
     let body = Body::new(Stream {
         queue,
         feeder: Some(feeder),

@@ -211,25 +211,25 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
             state.settings().fleet_max_instances,
             state.settings().fleet_max_instances_per_token,
         );
-        let _ = writeln!(
-            text,
-            "# HELP pinion_fleet_instances_held Instances the fleet holds (live and silent, not yet forgotten), against --fleet-max-instances"
+        gauge(
+            &mut text,
+            "pinion_fleet_instances_held",
+            "Instances the fleet holds (live and silent, not yet forgotten), against --fleet-max-instances",
+            held,
         );
-        let _ = writeln!(text, "# TYPE pinion_fleet_instances_held gauge");
-        let _ = writeln!(text, "pinion_fleet_instances_held {held}");
-        let _ = writeln!(
-            text,
-            "# HELP pinion_fleet_instances_max The most instances the fleet holds (--fleet-max-instances)"
+        gauge(
+            &mut text,
+            "pinion_fleet_instances_max",
+            "The most instances the fleet holds (--fleet-max-instances)",
+            limits.0,
         );
-        let _ = writeln!(text, "# TYPE pinion_fleet_instances_max gauge");
-        let _ = writeln!(text, "pinion_fleet_instances_max {}", limits.0);
         if let Some(per_token) = limits.1 {
-            let _ = writeln!(
-                text,
-                "# HELP pinion_fleet_instances_per_token_max The most instances one token may have in the fleet (--fleet-max-instances-per-token)"
+            gauge(
+                &mut text,
+                "pinion_fleet_instances_per_token_max",
+                "The most instances one token may have in the fleet (--fleet-max-instances-per-token)",
+                per_token,
             );
-            let _ = writeln!(text, "# TYPE pinion_fleet_instances_per_token_max gauge");
-            let _ = writeln!(text, "pinion_fleet_instances_per_token_max {per_token}");
         }
         let _ = writeln!(
             text,
@@ -263,4 +263,11 @@ pub async fn metrics(State(state): State<AppState>, parts: Parts) -> Result<Resp
         text,
     )
         .into_response())
+}
+
+/// One gauge without labels, with its help and type lines.
+fn gauge(text: &mut String, name: &str, help: &str, value: usize) {
+    let _ = writeln!(text, "# HELP {name} {help}");
+    let _ = writeln!(text, "# TYPE {name} gauge");
+    let _ = writeln!(text, "{name} {value}");
 }

@@ -390,7 +390,9 @@ fn cell(
                 span.meta {
                     @if let Ok(at) = OffsetDateTime::parse(&pin.promoted_at, &Rfc3339) { (ago(at, now)) }
                     " by " (pin.promoted_by)
-                    @match (&pin.git_sha, &pin.ci_run_url) {
+                    // Only http(s) links, whoever sent them (a peer's
+                    // `javascript:` URL is shown as no link at all).
+                    @match (&pin.git_sha, pin.ci_run_url.as_deref().filter(|run| pinion_core::RunUrl::parse(run).is_ok())) {
                         (Some(sha), Some(run)) => { " · " a href=(run) rel="noopener noreferrer" title="its CI run" { code { (sha.get(..7).unwrap_or(sha)) } } }
                         (Some(sha), None) => { " · " code { (sha.get(..7).unwrap_or(sha)) } }
                         (None, Some(run)) => { " · " a href=(run) rel="noopener noreferrer" { "CI run" } }

@@ -128,9 +128,14 @@ pub(crate) fn prune(
     before: OffsetDateTime,
     keep: i64,
 ) -> Result<u64, StoreError> {
+    // Never an event a delivery still waits for: at least once means the
+    // event is there when its attempt comes, however long the receiver
+    // was down.
     let found = db.query(
         "SELECT MAX(id) FROM events
-         WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?1 AND at < ?2",
+         WHERE id <= (SELECT COALESCE(MAX(id), 0) FROM events) - ?1 AND at < ?2
+           AND id < (SELECT COALESCE(MIN(event_id), 9223372036854775807) FROM deliveries
+                     WHERE state = 'pending')",
         &[keep.into(), event_time(before)?.into()],
     )?;
     let Some(through) = found

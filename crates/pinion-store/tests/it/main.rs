@@ -1423,3 +1423,75 @@ fn a_rollback_with_an_expected_digest_is_a_compare_and_swap() {
         assert_eq!(history.len(), 3);
     }
 }
+
+/// Pruning never drops an event a delivery still waits for (nor anything
+/// after it): at least once holds however long a receiver is down.
+#[test]
+fn pruning_keeps_every_event_a_delivery_waits_for() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        store.put_webhook(&webhook("all", None, None)).unwrap();
+        // Events from before the webhook have no delivery to wait for.
+        let unwatched = events(&mut store, 0).events.len() as u64;
+        for n in 1..=10 {
+            store
+                .promote(&promotion("codex", "global", digest(n)))
+                .unwrap();
+        }
+        let all = events(&mut store, 0);
+        let all = EventPage {
+            events: all.events[usize::try_from(unwatched).unwrap()..].to_vec(),
+            ..all
+        };
+        let later = OffsetDateTime::now_utc() + time::Duration::minutes(1);
+        // Every delivery is pending: only what no delivery waits for goes.
+        assert_eq!(store.prune_events(later, 0).unwrap(), unwatched);
+        // Deliver the first five: those events may go, and no more.
+        let now = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+        let claimed = store.claim_deliveries(now, 100, &[]).unwrap();
+        let done: Vec<AttemptRecord> = claimed
+            .iter()
+            .filter(|due| due.event.id <= all.events[4].id)
+            .map(|due| AttemptRecord {
+                webhook: due.webhook.clone(),
+                event_id: due.event.id,
+                at_ms: 0,
+                status: Some(200),
+                error: None,
+                next: NextStep::Delivered,
+            })
+            .collect();
+        assert_eq!(done.len(), 5);
+        store.record_attempts(&done).unwrap();
+        assert_eq!(store.prune_events(later, 0).unwrap(), 5);
+        let left = events(&mut store, 0);
+        assert_eq!(left.events.first().map(|e| e.id), Some(all.events[5].id));
+        let name = WebhookName::parse("all").unwrap();
+        let pending = store.deliveries(&name, 100).unwrap();
+        assert_eq!(pending.len(), 5);
+        assert!(pending.iter().all(|d| d.state == DeliveryState::Pending));
+    }
+}
+
+/// Claims pass over the webhooks the caller asks to skip.
+#[test]
+fn claims_skip_the_webhooks_named() {
+    for db in databases() {
+        let mut store = open(&db);
+        add_template(&mut store, "codex", true);
+        store.put_webhook(&webhook("slow", None, None)).unwrap();
+        store.put_webhook(&webhook("fast", None, None)).unwrap();
+        store
+            .promote(&promotion("codex", "global", digest(1)))
+            .unwrap();
+        let now = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+        let skip = [WebhookName::parse("slow").unwrap()];
+        let claimed = store.claim_deliveries(now, 10, &skip).unwrap();
+        let names: Vec<&str> = claimed.iter().map(|due| due.webhook.as_str()).collect();
+        assert_eq!(names, ["fast"]);
+        let rest = store.claim_deliveries(now, 10, &[]).unwrap();
+        let names: Vec<&str> = rest.iter().map(|due| due.webhook.as_str()).collect();
+        assert_eq!(names, ["slow"]);
+    }
+}
