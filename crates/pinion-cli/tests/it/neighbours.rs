@@ -674,3 +674,57 @@ fn an_event_retention_shorter_than_the_retry_schedule_is_refused() {
         "{out:?}"
     );
 }
+
+/// On two PostgreSQL replicas: the fleet's caps count what every replica
+/// was told (a token that filled its cap on one cannot add on the other),
+/// and two rollbacks sent to the two replicas at once make one move and one
+/// conflict.
+#[test]
+fn caps_and_rollbacks_hold_across_two_replicas() {
+    let env = Env::postgres();
+    env.add_template("codex", "registry.example.com/codex");
+    let a = env.token("workspace-a", "report", &[]);
+    let ci = env.token("ci", "promote", &[]);
+    let read = env.token("viewer", "read", &[]);
+    let settings = [("PINION_FLEET_MAX_INSTANCES_PER_TOKEN", "10")];
+    let one = Server::start(&env.database(), &settings);
+    let two = Server::start(&env.database(), &settings);
+    promote_n(&one, &ci, 1);
+    let ok = one.post(REPORT, &a, &report_body("codex", &ids("a", 10), 1));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // Once the second replica has read the first's reports, its count of
+    // the token's instances is full too.
+    poll_until("the other replica reads them", Duration::from_secs(15), || {
+        (instance_count(&two, &read) == 10).then_some(())
+    });
+    let refused = two.post(REPORT, &a, &report_body("codex", &ids("a-more", 1), 1));
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.error_code(), "fleet_full");
+    // Heartbeats of the known ten fit on either.
+    let beat = two.post(REPORT, &a, &report_body("codex", &ids("a", 10), 1));
+    assert_eq!(beat.status, 200, "{beat:?}");
+
+    promote_n(&one, &ci, 2);
+    let body = std::sync::Arc::new(format!(
+        r#"{{"template_name":"codex","to_digest":"{}","expected_digest":"{}"}}"#,
+        digest(1),
+        digest(2)
+    ));
+    let barrier = Arc::new(Barrier::new(2));
+    let answers: Vec<u16> = [one.addr, two.addr]
+        .into_iter()
+        .map(|addr| {
+            let (body, barrier, token) = (body.clone(), barrier.clone(), ci.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                http(addr, "POST", ROLLBACK, Some(&token), Some(body.as_bytes())).status
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    let mut sorted = answers.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, [201, 409], "{answers:?}");
+}
