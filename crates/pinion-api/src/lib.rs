@@ -8,6 +8,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod events;
 pub mod status;
 
 /// `POST /cp/admin/runtime-image/promote`. Unknown fields are refused: a typo

@@ -64,7 +64,7 @@ impl Caller {
     /// Whether the token is still active in `view` (not revoked since the
     /// caller authenticated): long-lived streams ask now and then.
     pub fn is_active(&self, view: &crate::view::View) -> bool {
-        let now = time::OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         view.tokens
             .iter()
             .any(|token| token.secret_hash == self.token.secret_hash && token.is_active_at(now))
@@ -147,7 +147,7 @@ impl Caller {
                 .map(|record| (&record.secret_hash, record)),
         )
         .ok_or_else(|| failed(Reason::Unknown, "unknown or revoked token"))?;
-        if !record.is_active_at(time::OffsetDateTime::now_utc()) {
+        if !record.is_active_at(crate::clock::now()) {
             return Err(failed(Reason::Expired, "the token has expired"));
         }
         tracing::Span::current().record("actor", record.name.as_str());

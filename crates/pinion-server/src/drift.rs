@@ -130,7 +130,7 @@ pub async fn check_once(state: &AppState, interval: Duration) {
 
     let answers = resolve_tags(state.registry(), due, &tag, CONCURRENCY).await;
 
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now();
     let (entries, observations) = {
         let mut memory = drift.memory.lock().unwrap_or_else(PoisonError::into_inner);
         for (repository, answer) in answers {

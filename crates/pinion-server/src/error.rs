@@ -411,6 +411,22 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// An error and its causes on one line, each cause once (a message that
+/// already says its cause's words does not repeat them).
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

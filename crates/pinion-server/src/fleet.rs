@@ -308,6 +308,20 @@ impl Counts {
         }
     }
 
+    /// A known instance reported again: only a change of reporter moves
+    /// it between tokens' counts (a heartbeat touches no map).
+    fn moved(&mut self, before: &Live, after: &Live) {
+        let same = match (&before.reporter, &after.reporter) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.remove(before);
+            self.add(after);
+        }
+    }
+
     fn remove(&mut self, live: &Live) {
         self.total = self.total.saturating_sub(1);
         if let Some(token) = &live.reporter {
@@ -333,14 +347,7 @@ pub struct FleetFull {
     pub held: usize,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    unix_ms(OffsetDateTime::now_utc())
-}
-
-fn unix_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
+pub use crate::clock::now_ms;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -519,14 +526,16 @@ impl Fleet {
         for (index, mut live, report) in sorted {
             let at = shard_at(&guards, index);
             let shard = &mut guards[at].1;
-            if let Some(before) = shard.instances.get(&report.id) {
-                live.first_seen_ms = before.first_seen_ms;
-                if before.digest == live.digest {
-                    live.digest_since_ms = before.digest_since_ms;
+            match shard.instances.get(&report.id) {
+                Some(before) => {
+                    live.first_seen_ms = before.first_seen_ms;
+                    if before.digest == live.digest {
+                        live.digest_since_ms = before.digest_since_ms;
+                    }
+                    counts.moved(before, &live);
                 }
-                counts.remove(before);
+                None => counts.add(&live),
             }
-            counts.add(&live);
             shard.tombstones.remove(&report.id);
             shard.dirty.insert(report.id.clone());
             shard.instances.insert(report.id, live);
@@ -747,9 +756,9 @@ impl Fleet {
             }
             let since = match state {
                 InstanceState::Unknown => self.expires_ms(live.last_seen_ms, live.ttl_seconds),
-                InstanceState::Current | InstanceState::Behind => {
-                    live.digest_since_ms.max(unix_ms(governing.pin.promoted_at))
-                }
+                InstanceState::Current | InstanceState::Behind => live
+                    .digest_since_ms
+                    .max(crate::clock::unix_ms(governing.pin.promoted_at)),
             };
             page.push(ById {
                 id: id.clone(),
@@ -810,7 +819,9 @@ impl Fleet {
                 }
                 InstanceState::Behind => {
                     tally.counts.behind += 1;
-                    let since = live.digest_since_ms.max(unix_ms(governing.pin.promoted_at));
+                    let since = live
+                        .digest_since_ms
+                        .max(crate::clock::unix_ms(governing.pin.promoted_at));
                     tally.behind_since_ms = Some(
                         tally
                             .behind_since_ms
@@ -853,7 +864,7 @@ impl Fleet {
             .into_iter()
             .zip(tallies)
             .map(|(pin, tally)| {
-                let promoted_ms = unix_ms(pin.promoted_at);
+                let promoted_ms = crate::clock::unix_ms(pin.promoted_at);
                 let since_moved = Duration::from_millis(
                     u64::try_from(now.saturating_sub(promoted_ms)).unwrap_or(0),
                 );
@@ -1143,7 +1154,7 @@ pub async fn summarise(state: AppState) {
         };
         next_change = next;
         abort_unhealthy_canaries(&state).await;
-        let at = OffsetDateTime::now_utc();
+        let at = crate::clock::now();
         let transitions: Vec<FleetTransition> = changed
             .into_iter()
             .filter(|entry| matches!(entry.state, Convergence::Converged | Convergence::Stalled))
@@ -1204,7 +1215,7 @@ async fn abort_unhealthy_canaries(state: &AppState) {
             region: entry.region.clone(),
             digest: Some(canary.digest.clone()),
             actor: health_actor(),
-            at: OffsetDateTime::now_utc(),
+            at: crate::clock::now(),
             cause: AbortCause::Health(figures),
             hold: Some(reason),
         };

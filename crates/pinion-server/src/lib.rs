@@ -6,7 +6,9 @@
 //! start it on port 0 and `pinion serve` passes SIGTERM / ctrl-c.
 
 mod auth;
+mod body;
 mod capped;
+pub mod clock;
 mod deadline;
 mod drift;
 mod error;
@@ -22,6 +24,7 @@ pub mod openapi;
 pub use middleware::log_every_request;
 mod outbox;
 pub mod peers;
+mod query;
 pub mod seal;
 pub mod soak;
 mod state;
@@ -313,7 +316,7 @@ async fn prune_events(state: AppState) {
     loop {
         ticker.tick().await;
         let settings = state.settings();
-        let before = time::OffsetDateTime::now_utc() - settings.event_retention_age;
+        let before = crate::clock::now() - settings.event_retention_age;
         match state
             .prune_events(before, settings.event_retention_count)
             .await

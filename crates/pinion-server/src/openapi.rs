@@ -967,7 +967,12 @@ fn describe(operations: &[Operation]) -> Value {
             .or_default()
             .insert(operation.method.to_owned(), entry);
     }
-    let schemas = generator.take_definitions(true);
+    let event_data = event_payloads(&mut generator);
+    let mut schemas = generator.take_definitions(true);
+    // The event's `data`, by its type: each type's payload schema.
+    if let Some(event) = schemas.get_mut("Event").and_then(Value::as_object_mut) {
+        event.insert("x-pinion-event-data".to_owned(), Value::Object(event_data));
+    }
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -981,6 +986,33 @@ fn describe(operations: &[Operation]) -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     })
+}
+
+/// Every event type's payload schema (a reference into the components),
+/// by the type's name.
+fn event_payloads(generator: &mut SchemaGenerator) -> Map<String, Value> {
+    use pinion_api::events as payload;
+    let mut map = Map::new();
+    for kind in pinion_core::EventType::ALL {
+        let schema = match payload::schema_name(kind.as_str()) {
+            Some("PinMoved") => schema::<payload::PinMoved>(generator),
+            Some("RuntimeChanged") => schema::<payload::RuntimeChanged>(generator),
+            Some("PinDrift") => schema::<payload::PinDrift>(generator),
+            Some("WebhookDisabled") => schema::<payload::WebhookDisabled>(generator),
+            Some("FleetState") => schema::<payload::FleetState>(generator),
+            Some("PinHeld") => schema::<payload::PinHeld>(generator),
+            Some("PinReleased") => schema::<payload::PinReleased>(generator),
+            Some("CanaryStarted") => schema::<payload::CanaryStarted>(generator),
+            Some("CanaryAborted") => schema::<payload::CanaryAborted>(generator),
+            Some("CanaryPromoted") => schema::<payload::CanaryPromoted>(generator),
+            Some("TokenCreatedEvent") => schema::<payload::TokenCreated>(generator),
+            Some("TokenRevoked") => schema::<payload::TokenRevoked>(generator),
+            // A type without a payload has no entry: the test below says so.
+            _ => continue,
+        };
+        map.insert(kind.as_str().to_owned(), schema.to_value());
+    }
+    map
 }
 
 fn answer(generator: &mut SchemaGenerator, description: &str, body: Body) -> Value {
@@ -1068,6 +1100,31 @@ mod tests {
     }
 
     /// Every reference resolves, and every error answer names real codes.
+    #[test]
+    fn every_event_type_has_its_payload_described_and_documented() {
+        let document: Value = serde_json::from_str(document()).unwrap();
+        let described = &document["components"]["schemas"]["Event"]["x-pinion-event-data"];
+        let api_md = include_str!("../../../docs/api.md");
+        for kind in pinion_core::EventType::ALL {
+            let name = pinion_api::events::schema_name(kind.as_str())
+                .unwrap_or_else(|| panic!("`{}` has no payload type", kind.as_str()));
+            assert_eq!(
+                described[kind.as_str()]["$ref"],
+                format!("#/components/schemas/{name}"),
+                "`{}` in /openapi.json",
+                kind.as_str()
+            );
+            assert!(
+                api_md
+                    .lines()
+                    .any(|line| line.starts_with('|')
+                        && line.contains(&format!("`{}`", kind.as_str()))),
+                "`{}` has no row in docs/api.md",
+                kind.as_str()
+            );
+        }
+    }
+
     #[test]
     fn references_resolve_and_codes_are_real() {
         let document: Value = serde_json::from_str(document()).unwrap();

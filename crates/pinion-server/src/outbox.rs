@@ -278,7 +278,7 @@ async fn attempt(
     let record = AttemptRecord {
         webhook: due.webhook,
         event_id: due.event.id,
-        at_ms: unix_ms(OffsetDateTime::now_utc()),
+        at_ms: crate::clock::unix_ms(crate::clock::now()),
         status,
         error,
         next,
@@ -317,7 +317,7 @@ async fn post(
     };
     let body = event_json(&due.event);
     let id = format!("evt_{}", due.event.id);
-    let timestamp = OffsetDateTime::now_utc().unix_timestamp();
+    let timestamp = crate::clock::now().unix_timestamp();
     let signature = sign(&secret, &id, timestamp, body.as_bytes());
     let sent = client
         .post(due.url.as_str())
@@ -336,7 +336,7 @@ async fn post(
         // Without the URL: a webhook URL may hold a secret of its receiver's
         // (a path or a query token), and this line goes to the log and the
         // delivery log.
-        Err(err) => return failed(describe(&err.without_url())),
+        Err(err) => return failed(crate::error::chain(&err.without_url())),
     };
     let status = response.status();
     if status.is_success() {
@@ -370,7 +370,7 @@ fn retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let at = OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
-    let wait = at - OffsetDateTime::now_utc();
+    let wait = at - crate::clock::now();
     Some(Duration::try_from(wait).unwrap_or_default())
 }
 
@@ -387,25 +387,6 @@ fn one_line(text: &str) -> String {
         line.push('…');
     }
     line
-}
-
-/// An error and its causes, on one line.
-fn describe(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-fn unix_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl Peers {
         reading.attempted = true;
         match result {
             Ok(environment) => {
-                reading.last = Some((Arc::new(environment), OffsetDateTime::now_utc()));
+                reading.last = Some((Arc::new(environment), crate::clock::now()));
                 reading.error = None;
             }
             Err(error) => reading.error = Some(error),
@@ -216,7 +216,7 @@ async fn get<T: serde::de::DeserializeOwned>(
     let response = request
         .send()
         .await
-        .map_err(|err| format!("{path}: {}", one_line(&err)))?;
+        .map_err(|err| format!("{path}: {}", crate::error::chain(&err)))?;
     let status = response.status();
     if !status.is_success() {
         return Err(format!("{path}: HTTP {status}"));
@@ -224,16 +224,4 @@ async fn get<T: serde::de::DeserializeOwned>(
     crate::capped::json::<T>(response, crate::capped::ANSWER_LIMIT)
         .await
         .map_err(|err| format!("{path}: {err}"))
-}
-
-/// An error and its causes on one line.
-fn one_line(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

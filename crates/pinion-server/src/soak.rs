@@ -86,7 +86,7 @@ impl SoakSource {
                 ),
             )
         };
-        let now_ms = unix_ms(OffsetDateTime::now_utc());
+        let now_ms = crate::clock::unix_ms(crate::clock::now());
         let pins = if *region == Region::global() {
             vec![region.clone()]
         } else {
@@ -197,7 +197,7 @@ fn parse_entry(
     Ok(Some(Move {
         region,
         to,
-        at_ms: unix_ms(at),
+        at_ms: crate::clock::unix_ms(at),
         rollback,
     }))
 }
@@ -208,10 +208,6 @@ struct Move {
     to: Digest,
     at_ms: i64,
     rollback: bool,
-}
-
-fn unix_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// `1h 2m 3s`-style, for messages.

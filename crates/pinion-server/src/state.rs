@@ -931,7 +931,7 @@ impl AppState {
         event_id: i64,
         deadline: Deadline,
     ) -> Result<Redelivery, ApiError> {
-        let at = time::OffsetDateTime::now_utc();
+        let at = crate::clock::now();
         let queued = self.write(Redeliver(name, event_id, at), deadline).await?;
         self.inner.outbox_wake.notify_one();
         Ok(queued)
@@ -939,7 +939,7 @@ impl AppState {
 
     /// Whether a delivery is due, on the reader connection.
     pub async fn any_delivery_due(&self) -> Result<bool, ApiError> {
-        let now = time::OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         self.query(self.background_deadline(), move |store| {
             store.any_delivery_due(now)
         })
@@ -954,7 +954,7 @@ impl AppState {
         limit: usize,
         skip: Vec<WebhookName>,
     ) -> Result<Vec<DueDelivery>, ApiError> {
-        let now = time::OffsetDateTime::now_utc();
+        let now = crate::clock::now();
         let write = RecordAndClaim {
             attempts,
             now,

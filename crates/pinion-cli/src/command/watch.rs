@@ -119,34 +119,87 @@ fn print(data: &str, format: Format) -> bool {
 
 /// `<at>  <type>  <template>/<region>  <what>`.
 fn human(event: &Event) -> String {
-    let short = |value: &serde_json::Value| {
-        value.as_str().map_or_else(
-            || "-".to_owned(),
-            |digest| {
-                digest
-                    .trim_start_matches("sha256:")
-                    .chars()
-                    .take(12)
-                    .collect()
-            },
-        )
+    use pinion_api::events::{
+        CanaryAborted, CanaryPromoted, CanaryStarted, FleetState, PinDrift, PinHeld, PinMoved,
+        PinReleased,
     };
+    fn short(digest: &str) -> String {
+        digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect()
+    }
+    /// The event's data as its type's payload; `None` when it does not
+    /// decode as one (a newer server's type, or a changed shape).
+    fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Option<T> {
+        serde_json::from_value(data.clone()).ok()
+    }
     let data = &event.data;
     let what = match event.kind.as_str() {
-        "pin.promoted" | "pin.rolled_back" => format!(
-            "{} -> {} by {}",
-            short(&data["from_digest"]),
-            short(&data["to_digest"]),
-            data["actor"].as_str().unwrap_or("?")
-        ),
-        "pin.stale" | "pin.fresh" => format!(
-            "pin {} tag {} {}",
-            short(&data["image_digest"]),
-            data["tag"].as_str().unwrap_or("?"),
-            short(&data["tag_digest"])
-        ),
-        _ => data.to_string(),
-    };
+        "pin.promoted" | "pin.rolled_back" => typed::<PinMoved>(data).map(|moved| {
+            format!(
+                "{} -> {} by {}",
+                moved
+                    .from_digest
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), short),
+                short(&moved.to_digest),
+                moved.actor
+            )
+        }),
+        "pin.stale" | "pin.fresh" => typed::<PinDrift>(data).map(|drift| {
+            format!(
+                "pin {} tag {} {}",
+                short(&drift.image_digest),
+                drift.tag,
+                short(&drift.tag_digest)
+            )
+        }),
+        "pin.held" => {
+            typed::<PinHeld>(data).map(|held| format!("held by {}: {}", held.actor, held.reason))
+        }
+        "pin.released" => typed::<PinReleased>(data).map(|released| {
+            format!(
+                "released by {} (held by {})",
+                released.actor, released.held_by
+            )
+        }),
+        "canary.started" => typed::<CanaryStarted>(data).map(|canary| {
+            format!(
+                "canary {} at {}% by {}",
+                short(&canary.image_digest),
+                canary.percent,
+                canary.actor
+            )
+        }),
+        "canary.aborted" => typed::<CanaryAborted>(data).map(|canary| {
+            format!(
+                "canary {} aborted ({}) by {}",
+                short(&canary.image_digest),
+                canary.cause,
+                canary.actor
+            )
+        }),
+        "canary.promoted" => typed::<CanaryPromoted>(data).map(|canary| {
+            format!(
+                "canary {} promoted by {}",
+                short(&canary.image_digest),
+                canary.actor
+            )
+        }),
+        "fleet.converged" | "fleet.stalled" => typed::<FleetState>(data).map(|fleet| {
+            format!(
+                "{} current {} behind {} unknown {}",
+                short(&fleet.image_digest),
+                fleet.current,
+                fleet.behind,
+                fleet.unknown
+            )
+        }),
+        _ => None,
+    }
+    .unwrap_or_else(|| data.to_string());
     let place = match (&event.template_name, &event.region) {
         (Some(template), Some(region)) => format!("{template}/{region}"),
         (Some(template), None) => template.clone(),

@@ -694,9 +694,11 @@ fn caps_and_rollbacks_hold_across_two_replicas() {
     assert_eq!(ok.status, 200, "{ok:?}");
     // Once the second replica has read the first's reports, its count of
     // the token's instances is full too.
-    poll_until("the other replica reads them", Duration::from_secs(15), || {
-        (instance_count(&two, &read) == 10).then_some(())
-    });
+    poll_until(
+        "the other replica reads them",
+        Duration::from_secs(15),
+        || (instance_count(&two, &read) == 10).then_some(()),
+    );
     let refused = two.post(REPORT, &a, &report_body("codex", &ids("a-more", 1), 1));
     assert_eq!(refused.status, 429, "{refused:?}");
     assert_eq!(refused.error_code(), "fleet_full");

@@ -74,7 +74,7 @@ pub(super) fn environments(state: &AppState, caller: &Caller) -> Vec<Env> {
         name: state.settings().environment.clone(),
         url: None,
         reading: Some(Arc::new(local(state, caller))),
-        last_seen: Some(OffsetDateTime::now_utc()),
+        last_seen: Some(crate::clock::now()),
         error: None,
     }];
     for reading in state.peers().readings() {
@@ -193,7 +193,7 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -
         template.as_ref(),
         filter,
         &session,
-        OffsetDateTime::now_utc(),
+        crate::clock::now(),
     );
     html_page(StatusCode::OK, markup)
 }

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use maud::{DOCTYPE, Markup, html};
 
+use crate::deadline::Deadline;
 use crate::error::{ApiError, Code, ContractBody};
 use crate::state::AppState;
 use session::Session;
@@ -199,19 +200,15 @@ async fn asset(Path(file): Path<String>) -> Response {
     response
 }
 
-/// A form body (`application/x-www-form-urlencoded`), read up to a limit.
+/// A form body (`application/x-www-form-urlencoded`), read up to a limit
+/// and by the request's deadline, as the API reads its bodies.
 struct Form {
     fields: Vec<(String, String)>,
 }
 
 impl Form {
-    async fn read(body: Body, limit: usize) -> Result<Form, ApiError> {
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            ApiError::new(
-                Code::PayloadTooLarge,
-                format!("the form is larger than {limit} bytes or could not be read"),
-            )
-        })?;
+    async fn read(body: Body, limit: usize, deadline: &Deadline) -> Result<Form, ApiError> {
+        let bytes = crate::body::read(body, limit, deadline).await?;
         Ok(Form {
             fields: form_urlencoded::parse(&bytes).into_owned().collect(),
         })
@@ -228,7 +225,7 @@ impl Form {
 
 /// The first value of a query parameter.
 fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
+    crate::query::Query::parse(query)
+        .get(name)
+        .map(std::borrow::Cow::into_owned)
 }

@@ -119,7 +119,7 @@ async fn render(
         .iter()
         .find(|entry| entry.template_name == template.as_str() && entry.region == region.as_str())
         .cloned();
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now();
     let may_change = caller.scope().allows(Scope::Promote) && caller.may_use(&template);
     let path = pin_path(&template, &region);
     let title = format!("{template} / {region}");
@@ -425,7 +425,11 @@ async fn submitted(
         Ok(None) => return Err(Refused::Page(redirect("/ui/login"))),
         Err(error) => return Err(Refused::Page(super::error_page(&error, None))),
     };
-    let form = match Form::read(body, state.settings().body_limit).await {
+    let form = match Deadline::for_request(headers, state.settings().request_timeout) {
+        Ok(deadline) => Form::read(body, state.settings().body_limit, &deadline).await,
+        Err(error) => Err(error),
+    };
+    let form = match form {
         Ok(form) => form,
         Err(error) => return Err(Refused::Page(super::error_page(&error, Some(&session)))),
     };

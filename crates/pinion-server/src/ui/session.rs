@@ -19,7 +19,6 @@ use maud::html;
 use pinion_store::SessionRecord;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 use super::{Form, html_page, layout, redirect};
 use crate::auth::{Caller, Source};
@@ -84,7 +83,7 @@ pub async fn current(state: &AppState, headers: &HeaderMap) -> Result<Option<Ses
         return Ok(None);
     };
     let id_hash = token::hash(&id);
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now();
     let deadline = Deadline::for_request(headers, state.settings().request_timeout)?;
     let Some(record) = state
         .query(deadline, move |store| store.session(&id_hash, now))
@@ -223,7 +222,13 @@ pub async fn login(
             None,
         );
     }
-    let form = match Form::read(body, state.settings().body_limit).await {
+    // The one form a stranger may post: read by the deadline like any
+    // other, so a body that never arrives holds nothing for long.
+    let form = match Deadline::for_request(&headers, state.settings().request_timeout) {
+        Ok(deadline) => Form::read(body, state.settings().body_limit, &deadline).await,
+        Err(error) => Err(error),
+    };
+    let form = match form {
         Ok(form) => form,
         Err(error) => return super::error_page(&error, None),
     };
@@ -237,7 +242,7 @@ pub async fn login(
         );
     }
     let presented_hash = token::hash(presented);
-    let now = OffsetDateTime::now_utc();
+    let now = crate::clock::now();
     let view = state.view();
     let found = token::find_constant_time(
         &presented_hash,
@@ -271,8 +276,8 @@ pub async fn login(
     let record = SessionRecord {
         id_hash: token::hash(&id),
         token_hash: token.secret_hash,
-        created_ms: unix_ms(now),
-        expires_ms: unix_ms(expires),
+        created_ms: crate::clock::unix_ms(now),
+        expires_ms: crate::clock::unix_ms(expires),
     };
     let deadline = match Deadline::for_request(&headers, state.settings().request_timeout) {
         Ok(deadline) => deadline,
@@ -305,7 +310,11 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Bod
         Ok(None) => return redirect("/ui/login"),
         Err(error) => return super::error_page(&error, None),
     };
-    let form = match Form::read(body, state.settings().body_limit).await {
+    let form = match Deadline::for_request(&headers, state.settings().request_timeout) {
+        Ok(deadline) => Form::read(body, state.settings().body_limit, &deadline).await,
+        Err(error) => Err(error),
+    };
+    let form = match form {
         Ok(form) => form,
         Err(error) => return super::error_page(&error, Some(&session)),
     };
@@ -325,10 +334,6 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Bod
         .headers_mut()
         .append(SET_COOKIE, cleared_cookie(state.settings().secure_cookies));
     response
-}
-
-fn unix_ms(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// A page that needs a session and has none: to the login form, and back

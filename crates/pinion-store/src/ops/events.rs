@@ -3,7 +3,6 @@
 //! outbox), read in pages, pruned, and the drift watcher's flips.
 
 use pinion_core::{Digest, EventType, Region, TemplateName};
-use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{format_time, returned};
@@ -22,6 +21,12 @@ pub(crate) struct NewEvent<'a> {
     pub template: Option<&'a TemplateName>,
     pub region: Option<&'a Region>,
     pub data: serde_json::Value,
+}
+
+/// An event's `data`, from its typed payload (`pinion_api::events`).
+pub(crate) fn data(payload: &impl serde::Serialize) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(payload)
+        .map_err(|err| StoreError::Statement(format!("an event's data does not encode: {err}")))
 }
 
 /// Appends an event and queues its delivery to every enabled webhook whose
@@ -211,12 +216,12 @@ pub(crate) fn record_drift(
         }
         let Some(kind) = kind else { continue };
         let stale_since = seen.stale_since.map(format_time).transpose()?;
-        let data = json!({
-            "image_digest": seen.digest.as_str(),
-            "tag": seen.tag,
-            "tag_digest": seen.tag_digest.as_str(),
-            "stale_since": stale_since,
-        });
+        let data = data(&pinion_api::events::PinDrift {
+            image_digest: seen.digest.to_string(),
+            tag: seen.tag.clone(),
+            tag_digest: seen.tag_digest.to_string(),
+            stale_since,
+        })?;
         ids.push(append(
             db,
             NewEvent {

@@ -4,7 +4,6 @@
 //! and the history that registry clean-ups must keep.
 
 use pinion_core::{Convergence, Digest, EventType, InstanceId, Region, TemplateName, TokenName};
-use serde_json::json;
 
 use super::events::{self, NewEvent};
 use crate::sql::{Columns, Reader, Sql, Value};
@@ -216,13 +215,13 @@ pub(crate) fn record_transitions(
                 at: seen.at,
                 template: Some(&seen.template),
                 region: Some(&seen.region),
-                data: json!({
-                    "image_digest": seen.digest.as_str(),
-                    "revision": seen.revision,
-                    "current": seen.counts.current,
-                    "behind": seen.counts.behind,
-                    "unknown": seen.counts.unknown,
-                }),
+                data: events::data(&pinion_api::events::FleetState {
+                    image_digest: seen.digest.to_string(),
+                    revision: seen.revision,
+                    current: seen.counts.current,
+                    behind: seen.counts.behind,
+                    unknown: seen.counts.unknown,
+                })?,
             },
         )?);
     }

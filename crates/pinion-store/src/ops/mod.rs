@@ -24,8 +24,8 @@ pub(crate) use webhooks::{
     release_claims,
 };
 
-use events::NewEvent;
-use serde_json::json;
+use events::{NewEvent, data};
+use pinion_api::events as payload;
 
 use pinion_core::{
     Ask, CanaryAsk, CanaryDecision, CanaryPin, Digest, EventType, GitSha, HoldReason, ImageRef,
@@ -380,13 +380,13 @@ pub(crate) fn release(db: &mut dyn Sql, release: &Release) -> Result<ReleaseOutc
         &pin,
         EventType::PinReleased,
         release.at,
-        json!({
-            "image_digest": pin.digest.as_str(),
-            "revision": pin.revision,
-            "actor": release.actor.as_str(),
-            "reason": hold.reason.as_str(),
-            "held_by": hold.held_by.as_str(),
-        }),
+        data(&payload::PinReleased {
+            image_digest: pin.digest.to_string(),
+            revision: pin.revision,
+            actor: release.actor.to_string(),
+            reason: hold.reason.as_str().to_owned(),
+            held_by: hold.held_by.to_string(),
+        })?,
     )?;
     Ok(ReleaseOutcome::Released { pin, hold })
 }
@@ -464,12 +464,12 @@ fn set_hold(db: &mut dyn Sql, mut pin: PinRecord, hold: Hold) -> Result<PinRecor
         &pin,
         EventType::PinHeld,
         hold.held_at,
-        json!({
-            "image_digest": pin.digest.as_str(),
-            "revision": pin.revision,
-            "actor": hold.held_by.as_str(),
-            "reason": hold.reason.as_str(),
-        }),
+        data(&payload::PinHeld {
+            image_digest: pin.digest.to_string(),
+            revision: pin.revision,
+            actor: hold.held_by.to_string(),
+            reason: hold.reason.as_str().to_owned(),
+        })?,
     )?;
     pin.hold = Some(Box::new(hold));
     Ok(pin)
@@ -535,11 +535,11 @@ pub(crate) fn put_runtime(
                 at,
                 template: Some(&runtime.name),
                 region: None,
-                data: json!({
-                    "image": runtime.repository.as_ref().map(Repository::as_str),
-                    "pinnable": runtime.pinnable,
-                    "created": !existed,
-                }),
+                data: data(&payload::RuntimeChanged {
+                    image: runtime.repository.as_ref().map(ToString::to_string),
+                    pinnable: runtime.pinnable,
+                    created: !existed,
+                })?,
             },
         )?;
     }
@@ -589,13 +589,16 @@ pub(crate) fn create_token(db: &mut dyn Sql, token: &NewToken) -> Result<(), Sto
                         at: token.created_at,
                         template: None,
                         region: None,
-                        data: json!({
-                            "name": token.name.as_str(),
-                            "scope": token.scope.as_str(),
-                            "templates": token.templates.as_ref().map(|names| names.iter().map(TemplateName::as_str).collect::<Vec<_>>()),
-                            "expires_at": token.expires_at.map(format_time).transpose()?,
-                            "actor": actor.as_str(),
-                        }),
+                        data: data(&payload::TokenCreated {
+                            name: token.name.to_string(),
+                            scope: token.scope.as_str().to_owned(),
+                            templates: token
+                                .templates
+                                .as_ref()
+                                .map(|names| names.iter().map(ToString::to_string).collect()),
+                            expires_at: token.expires_at.map(format_time).transpose()?,
+                            actor: actor.to_string(),
+                        })?,
                     },
                 )?;
             }
@@ -650,7 +653,10 @@ pub(crate) fn revoke_token_by(
                 at,
                 template: None,
                 region: None,
-                data: json!({ "name": name.as_str(), "actor": actor.as_str() }),
+                data: data(&payload::TokenRevoked {
+                    name: name.to_string(),
+                    actor: actor.to_string(),
+                })?,
             },
         )?;
     }
@@ -884,20 +890,24 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             at: change.at,
             template: Some(change.template),
             region: Some(change.region),
-            data: json!({
-                "from_digest": change.from.map(Digest::as_str),
-                "to_digest": change.to.as_str(),
-                "image_ref": change
-                    .repository
-                    .map(|repository| ImageRef::new(repository.clone(), change.to.clone()).to_string()),
-                "revision": pin.revision,
-                "actor": change.actor.as_str(),
-                "git_sha": change.git_sha.map(GitSha::as_str),
-                "notes": change.notes.map(Notes::as_str),
-                "ci_run_url": change.ci.run_url.as_ref().map(RunUrl::as_str),
-                "build_sequence": change.build_sequence,
-                "forced": change.forced,
-            }),
+            data: data(&payload::PinMoved {
+                from_digest: change.from.map(ToString::to_string),
+                to_digest: change.to.to_string(),
+                image_ref: change.repository.map(|repository| {
+                    ImageRef::new(repository.clone(), change.to.clone()).to_string()
+                }),
+                revision: pin.revision,
+                actor: change.actor.to_string(),
+                git_sha: change.git_sha.map(|sha| sha.as_str().to_owned()),
+                notes: change.notes.map(|notes| notes.as_str().to_owned()),
+                ci_run_url: change
+                    .ci
+                    .run_url
+                    .as_ref()
+                    .map(|url| url.as_str().to_owned()),
+                build_sequence: change.build_sequence,
+                forced: change.forced,
+            })?,
         },
     )?;
     let mut pin = pin;
@@ -917,14 +927,14 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
                 at: change.at,
                 template: Some(change.template),
                 region: Some(change.region),
-                data: json!({
-                    "image_digest": canary.digest.as_str(),
-                    "percent": canary.percent.get(),
-                    "started_at": format_time(canary.started_at)?,
-                    "started_by": canary.started_by.as_str(),
-                    "revision": pin.revision,
-                    "actor": change.actor.as_str(),
-                }),
+                data: data(&payload::CanaryPromoted {
+                    image_digest: canary.digest.to_string(),
+                    percent: canary.percent.get(),
+                    started_at: format_time(canary.started_at)?,
+                    started_by: canary.started_by.to_string(),
+                    revision: pin.revision,
+                    actor: change.actor.to_string(),
+                })?,
             },
         )?;
     } else {
@@ -935,17 +945,17 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             &pin,
             EventType::CanaryAborted,
             change.at,
-            json!({
-                "image_digest": canary.digest.as_str(),
-                "percent": canary.percent.get(),
-                "stable_digest": change.to.as_str(),
-                "started_at": format_time(canary.started_at)?,
-                "started_by": canary.started_by.as_str(),
-                "actor": change.actor.as_str(),
-                "cause": "superseded",
-                "health": null,
-                "held": false,
-            }),
+            data(&payload::CanaryAborted {
+                image_digest: canary.digest.to_string(),
+                percent: canary.percent.get(),
+                stable_digest: change.to.to_string(),
+                started_at: format_time(canary.started_at)?,
+                started_by: canary.started_by.to_string(),
+                actor: change.actor.to_string(),
+                cause: "superseded".to_owned(),
+                health: None,
+                held: false,
+            })?,
         )?;
     }
     Ok(pin)
@@ -1015,18 +1025,18 @@ pub(crate) fn start_canary(
         &pin,
         EventType::CanaryStarted,
         request.at,
-        json!({
-            "image_digest": canary.digest.as_str(),
-            "percent": canary.percent.get(),
-            "stable_digest": pin.digest.as_str(),
-            "revision": pin.revision,
-            "actor": request.actor.as_str(),
-            "forced": forced,
-            "replaced": pin.canary.as_ref().map(|old| json!({
-                "image_digest": old.digest.as_str(),
-                "percent": old.percent.get(),
-            })),
-        }),
+        data(&payload::CanaryStarted {
+            image_digest: canary.digest.to_string(),
+            percent: canary.percent.get(),
+            stable_digest: pin.digest.to_string(),
+            revision: pin.revision,
+            actor: request.actor.to_string(),
+            forced,
+            replaced: pin.canary.as_ref().map(|old| payload::ReplacedCanary {
+                image_digest: old.digest.to_string(),
+                percent: old.percent.get(),
+            }),
+        })?,
     )?;
     let replaced = pin.canary.replace(Box::new(canary));
     Ok(CanaryOutcome::Started { pin, replaced })
@@ -1052,17 +1062,17 @@ pub(crate) fn abort_canary(
         AbortCause::Requested => ("requested", None),
         AbortCause::Health(figures) => (
             "health",
-            Some(json!({
-                "canary_instances": figures.canary.instances,
-                "canary_unhealthy": figures.canary.unhealthy,
-                "canary_unhealthy_percent": figures.canary.unhealthy_percent(),
-                "stable_instances": figures.stable.instances,
-                "stable_unhealthy": figures.stable.unhealthy,
-                "stable_unhealthy_percent": figures.stable.unhealthy_percent(),
-                "excess_percent": figures.excess,
-                "max_unhealthy_percent": figures.rule.max_unhealthy,
-                "min_reports": figures.rule.min_reports,
-            })),
+            Some(payload::CanaryHealthFigures {
+                canary_instances: figures.canary.instances,
+                canary_unhealthy: figures.canary.unhealthy,
+                canary_unhealthy_percent: figures.canary.unhealthy_percent(),
+                stable_instances: figures.stable.instances,
+                stable_unhealthy: figures.stable.unhealthy,
+                stable_unhealthy_percent: figures.stable.unhealthy_percent(),
+                excess_percent: figures.excess,
+                max_unhealthy_percent: figures.rule.max_unhealthy,
+                min_reports: figures.rule.min_reports,
+            }),
         ),
     };
     append_pin_event(
@@ -1070,17 +1080,17 @@ pub(crate) fn abort_canary(
         &pin,
         EventType::CanaryAborted,
         abort.at,
-        json!({
-            "image_digest": canary.digest.as_str(),
-            "percent": canary.percent.get(),
-            "stable_digest": pin.digest.as_str(),
-            "started_at": format_time(canary.started_at)?,
-            "started_by": canary.started_by.as_str(),
-            "actor": abort.actor.as_str(),
-            "cause": cause,
-            "health": figures,
-            "held": abort.hold.is_some() && pin.hold.is_none(),
-        }),
+        data(&payload::CanaryAborted {
+            image_digest: canary.digest.to_string(),
+            percent: canary.percent.get(),
+            stable_digest: pin.digest.to_string(),
+            started_at: format_time(canary.started_at)?,
+            started_by: canary.started_by.to_string(),
+            actor: abort.actor.to_string(),
+            cause: cause.to_owned(),
+            health: figures,
+            held: abort.hold.is_some() && pin.hold.is_none(),
+        })?,
     )?;
     if let (Some(reason), None) = (&abort.hold, &pin.hold) {
         let hold = Hold {

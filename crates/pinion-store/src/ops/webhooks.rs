@@ -2,7 +2,6 @@
 //! deliveries (one replica at a time), recording attempts, the delivery log.
 
 use pinion_core::{EventType, NextStep, TemplateName, WebhookName};
-use serde_json::json;
 use time::OffsetDateTime;
 
 use super::events::{self, EVENTS, NewEvent, unix_ms};
@@ -323,11 +322,11 @@ fn disable(db: &mut dyn Sql, attempt: &AttemptRecord) -> Result<bool, StoreError
             at,
             template: None,
             region: None,
-            data: json!({
-                "webhook": attempt.webhook.as_str(),
-                "reason": reason,
-                "event_id": attempt.event_id,
-            }),
+            data: events::data(&pinion_api::events::WebhookDisabled {
+                webhook: attempt.webhook.to_string(),
+                reason: reason.to_owned(),
+                event_id: attempt.event_id,
+            })?,
         },
     )?;
     Ok(true)
