@@ -11,22 +11,37 @@ use serde::{Deserialize, Serialize};
 pub mod events;
 pub mod status;
 
+/// The contract's grammar of template and region names (and token and
+/// webhook names), as the description's patterns.
+pub const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// An OCI manifest digest.
+pub const DIGEST_PATTERN: &str = "^sha256:[0-9a-f]{64}$";
+/// A commit: 4 to 64 hex digits.
+pub const GIT_SHA_PATTERN: &str = "^[0-9a-fA-F]{4,64}$";
+/// A fleet instance's id.
+pub const INSTANCE_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
 /// `POST /cp/admin/runtime-image/promote`. Unknown fields are refused: a typo
 /// in an optional field must not be silently dropped.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub template_name: String,
+    #[schemars(pattern(crate::DIGEST_PATTERN))]
     pub image_digest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::GIT_SHA_PATTERN))]
     pub git_sha: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub region: Option<String>,
     /// Compare-and-swap: refuse with 409 `pin_conflict` unless the pin is at
     /// this digest now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::DIGEST_PATTERN))]
     pub expected_digest: Option<String>,
     /// A CI run number or similar; a promotion older than the pin's newest is
     /// refused with 409 `stale_build` unless `force`.
@@ -52,11 +67,14 @@ pub struct PromoteRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub template_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub region: Option<String>,
     /// Default: the digest the pin had before its current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::DIGEST_PATTERN))]
     pub to_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
@@ -71,6 +89,7 @@ pub struct RollbackRequest {
     /// Compare-and-swap: refuse with 409 `pin_conflict` unless the pin is at
     /// this digest now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::DIGEST_PATTERN))]
     pub expected_digest: Option<String>,
     /// Keep the pin's canary standing (see the promote request's).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -81,8 +100,10 @@ pub struct RollbackRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub template_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub region: Option<String>,
     pub reason: String,
 }
@@ -227,9 +248,12 @@ pub struct PinCanary {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryRequest {
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub template_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub region: Option<String>,
+    #[schemars(pattern(crate::DIGEST_PATTERN))]
     pub image_digest: String,
     pub percent: i64,
     /// With an `admin` token: start it on a held pin.
@@ -462,9 +486,13 @@ pub struct FleetReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceReport {
+    #[schemars(pattern(crate::INSTANCE_ID_PATTERN))]
     pub instance_id: String,
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub template_name: String,
+    #[schemars(pattern(crate::NAME_PATTERN))]
     pub region: String,
+    #[schemars(pattern(crate::DIGEST_PATTERN))]
     pub image_digest: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,

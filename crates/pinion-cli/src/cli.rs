@@ -318,6 +318,17 @@ pub struct ServeArgs {
     /// to, so a name that resolves there later is refused too).
     #[arg(long, env = "PINION_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, value_name = "true|false")]
     pub webhook_allow_private: bool,
+    /// Failed authentications one source (an IPv4 address, an IPv6 /64) may
+    /// make at once before it is answered `429 too_many_auth_failures`; one
+    /// more is allowed each second after. Raise it only for a trusted
+    /// client that is meant to fail often (an API fuzzer).
+    #[arg(
+        long,
+        env = "PINION_AUTH_FAILURE_BURST",
+        default_value_t = 20,
+        value_name = "N"
+    )]
+    pub auth_failure_burst: u32,
 }
 
 #[derive(Debug, Subcommand)]

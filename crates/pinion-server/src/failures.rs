@@ -20,7 +20,7 @@ use std::time::Instant;
 use pinion_store::Refusal;
 use time::OffsetDateTime;
 
-/// Failures a source may make at once.
+/// Failures a source may make at once, by default (`--auth-failure-burst`).
 pub const BURST: f64 = 20.0;
 /// How fast its allowance comes back.
 pub const REFILL_PER_SECOND: f64 = 1.0;
@@ -74,16 +74,16 @@ struct Allowance {
 }
 
 impl Allowance {
-    fn full(now: Instant) -> Allowance {
+    fn full(now: Instant, burst: f64) -> Allowance {
         Allowance {
-            left: BURST,
+            left: burst,
             updated: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
+    fn refill(&mut self, now: Instant, burst: f64) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.left = (self.left + elapsed * REFILL_PER_SECOND).min(BURST);
+        self.left = (self.left + elapsed * REFILL_PER_SECOND).min(burst);
         self.updated = now;
     }
 }
@@ -94,14 +94,32 @@ struct Summary {
     last: OffsetDateTime,
 }
 
-#[derive(Default)]
 pub struct AuthFailures {
     allowances: Mutex<HashMap<Option<IpAddr>, Allowance>>,
     summaries: Mutex<HashMap<(String, &'static str, &'static str), Summary>>,
     totals: [AtomicU64; Reason::ALL.len()],
+    /// Failures a source may make at once.
+    burst: f64,
+}
+
+impl Default for AuthFailures {
+    fn default() -> Self {
+        AuthFailures::new(BURST)
+    }
 }
 
 impl AuthFailures {
+    /// Each source may fail `burst` times at once (refilling at one a
+    /// second).
+    pub fn new(burst: f64) -> AuthFailures {
+        AuthFailures {
+            allowances: Mutex::default(),
+            summaries: Mutex::default(),
+            totals: Default::default(),
+            burst,
+        }
+    }
+
     /// Takes one failure from `source`'s allowance: `Ok` to answer 401,
     /// `Err(seconds)` to answer 429 with that `Retry-After`. Counts it.
     pub fn fail(&self, source: Option<IpAddr>, reason: Reason) -> Result<(), u64> {
@@ -113,8 +131,8 @@ impl AuthFailures {
             .unwrap_or_else(PoisonError::into_inner);
         if !allowances.contains_key(&key) && allowances.len() >= MAX_SOURCES {
             allowances.retain(|_, allowance| {
-                allowance.refill(now);
-                allowance.left < BURST
+                allowance.refill(now, self.burst);
+                allowance.left < self.burst
             });
         }
         // Still full of busy sources: the newcomer shares the allowance of
@@ -126,8 +144,8 @@ impl AuthFailures {
         };
         let allowance = allowances
             .entry(key)
-            .or_insert_with(|| Allowance::full(now));
-        allowance.refill(now);
+            .or_insert_with(|| Allowance::full(now, self.burst));
+        allowance.refill(now, self.burst);
         if allowance.left >= 1.0 {
             allowance.left -= 1.0;
             self.count(reason);

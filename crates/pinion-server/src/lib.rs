@@ -147,6 +147,9 @@ pub struct Settings {
     pub max_streams_per_token: usize,
     /// Webhooks may point at loopback, private and link-local addresses.
     pub webhook_allow_private: bool,
+    /// Failed authentications a source may make at once before it is
+    /// answered `429` (one more allowed each second after).
+    pub auth_failure_burst: u32,
 }
 
 impl Settings {
@@ -185,6 +188,7 @@ impl Settings {
             fleet_max_instances_per_token: None,
             max_streams_per_token: 64,
             webhook_allow_private: false,
+            auth_failure_burst: 20,
         }
     }
 }

@@ -911,9 +911,19 @@ fn describe(operations: &[Operation]) -> Value {
                     "in": param.location,
                     "required": param.required,
                     "description": param.description,
-                    "schema": match param.kind {
-                        Kind::String => json!({"type": "string"}),
-                        Kind::Integer => json!({"type": "integer"}),
+                    "schema": match (param.kind, pattern(param.name)) {
+                        (Kind::String, Some(pattern)) => json!({"type": "string", "pattern": pattern}),
+                        (Kind::String, None) => json!({"type": "string"}),
+                        (Kind::Integer, _) => {
+                            let mut schema = json!({"type": "integer"});
+                            if let Some((min, max)) = bounds(param.name) {
+                                schema["minimum"] = json!(min);
+                                if let Some(max) = max {
+                                    schema["maximum"] = json!(max);
+                                }
+                            }
+                            schema
+                        }
                     },
                 })
             })
@@ -986,6 +996,27 @@ fn describe(operations: &[Operation]) -> Value {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     })
+}
+
+/// The grammar of a parameter, by its name, where the contract fixes one.
+fn pattern(name: &str) -> Option<&'static str> {
+    match name {
+        "template_name" | "region" | "name" => Some(pinion_api::NAME_PATTERN),
+        "instance_id" => Some(pinion_api::INSTANCE_ID_PATTERN),
+        _ => None,
+    }
+}
+
+/// The range of an integer parameter, by its name, as the handlers take
+/// it (`Query::number`: `limit` 1 to 1000 everywhere, `history` 1 to 100).
+fn bounds(name: &str) -> Option<(i64, Option<i64>)> {
+    match name {
+        "limit" => Some((1, Some(1000))),
+        "history" => Some((1, Some(100))),
+        "before" => Some((1, None)),
+        "after" => Some((0, None)),
+        _ => None,
+    }
 }
 
 /// Every event type's payload schema (a reference into the components),

@@ -585,6 +585,7 @@ impl AppState {
         let registry = Arc::new(Registry::new(settings.registry.clone())?);
         let drift = Drift::new(settings.drift_tag.as_str());
         let peers = Arc::new(crate::peers::Peers::new(&settings.peers));
+        let auth_failures = AuthFailures::new(f64::from(settings.auth_failure_burst));
         Ok(AppState {
             inner: Arc::new(Inner {
                 settings,
@@ -600,7 +601,7 @@ impl AppState {
                 checks: Arc::new(SharedChecks::new(Err(ApiError::internal(
                     "no freshness check has run yet",
                 )))),
-                auth_failures: AuthFailures::default(),
+                auth_failures,
                 feed,
                 outbox_wake,
                 feed_store: DropOffRuntime(Some(Mutex::new(feed_store))),

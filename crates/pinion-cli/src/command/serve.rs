@@ -136,6 +136,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     settings.max_streams_per_token = args.max_streams_per_token;
     settings.webhook_allow_private = args.webhook_allow_private;
+    if args.auth_failure_burst == 0 {
+        anyhow::bail!("--auth-failure-burst must be at least 1");
+    }
+    settings.auth_failure_burst = args.auth_failure_burst;
     let workers = args.workers.map_or_else(default_workers, usize::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)

@@ -171,6 +171,33 @@ fn a_report_cannot_move_an_instance_out_of_a_template_its_token_may_not_use() {
     assert_eq!(instance.json()["instances"].as_array().unwrap().len(), 0);
 }
 
+/// Rollbacks of codex from digest 2 to digest 1, each expecting 2, sent to
+/// `addrs` at one instant; their statuses, sorted.
+fn rollbacks_at_once(addrs: &[std::net::SocketAddr], token: &str) -> Vec<u16> {
+    let body = Arc::new(format!(
+        r#"{{"template_name":"codex","to_digest":"{}","expected_digest":"{}"}}"#,
+        digest(1),
+        digest(2)
+    ));
+    let barrier = Arc::new(Barrier::new(addrs.len()));
+    let mut answers: Vec<u16> = addrs
+        .iter()
+        .map(|addr| {
+            let (addr, body, barrier, token) =
+                (*addr, body.clone(), barrier.clone(), token.to_owned());
+            std::thread::spawn(move || {
+                barrier.wait();
+                http(addr, "POST", ROLLBACK, Some(&token), Some(body.as_bytes())).status
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    answers.sort_unstable();
+    answers
+}
+
 /// Two rollbacks of the same pin at the same instant, each expecting the
 /// pin where it is: one moves it, the other is `409 pin_conflict`; they do
 /// not undo each other.
@@ -187,28 +214,14 @@ fn two_rollbacks_at_once_make_one_move_and_one_conflict() {
             201
         );
     }
-    let body = Arc::new(format!(
+    let addr = fixture.server.addr;
+    let answers = rollbacks_at_once(&[addr, addr], &fixture.promote);
+    assert_eq!(answers, [201, 409]);
+    let body = format!(
         r#"{{"template_name":"codex","to_digest":"{}","expected_digest":"{}"}}"#,
         digest(1),
         digest(2)
-    ));
-    let barrier = Arc::new(Barrier::new(2));
-    let addr = fixture.server.addr;
-    let answers: Vec<u16> = (0..2)
-        .map(|_| {
-            let (body, barrier, token) = (body.clone(), barrier.clone(), fixture.promote.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                http(addr, "POST", ROLLBACK, Some(&token), Some(body.as_bytes())).status
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|thread| thread.join().unwrap())
-        .collect();
-    let mut sorted = answers.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, [201, 409], "{answers:?}");
+    );
     assert_eq!(
         fixture
             .server
@@ -707,26 +720,5 @@ fn caps_and_rollbacks_hold_across_two_replicas() {
     assert_eq!(beat.status, 200, "{beat:?}");
 
     promote_n(&one, &ci, 2);
-    let body = std::sync::Arc::new(format!(
-        r#"{{"template_name":"codex","to_digest":"{}","expected_digest":"{}"}}"#,
-        digest(1),
-        digest(2)
-    ));
-    let barrier = Arc::new(Barrier::new(2));
-    let answers: Vec<u16> = [one.addr, two.addr]
-        .into_iter()
-        .map(|addr| {
-            let (body, barrier, token) = (body.clone(), barrier.clone(), ci.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                http(addr, "POST", ROLLBACK, Some(&token), Some(body.as_bytes())).status
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|thread| thread.join().unwrap())
-        .collect();
-    let mut sorted = answers.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, [201, 409], "{answers:?}");
+    assert_eq!(rollbacks_at_once(&[one.addr, two.addr], &ci), [201, 409]);
 }
