@@ -945,20 +945,33 @@ fn write_change(db: &mut dyn Sql, change: &Change<'_>) -> Result<PinRecord, Stor
             &pin,
             EventType::CanaryAborted,
             change.at,
-            data(&payload::CanaryAborted {
-                image_digest: canary.digest.to_string(),
-                percent: canary.percent.get(),
-                stable_digest: change.to.to_string(),
-                started_at: format_time(canary.started_at)?,
-                started_by: canary.started_by.to_string(),
-                actor: change.actor.to_string(),
-                cause: "superseded".to_owned(),
-                health: None,
-                held: false,
-            })?,
+            canary_aborted(&canary, change.to, change.actor, "superseded", None, false)?,
         )?;
     }
     Ok(pin)
+}
+
+/// `canary.aborted`'s data: the canary that ended, the digest the pin
+/// stands at, who ended it and why.
+fn canary_aborted(
+    canary: &Canary,
+    stable: &Digest,
+    actor: &TokenName,
+    cause: &str,
+    health: Option<payload::CanaryHealthFigures>,
+    held: bool,
+) -> Result<serde_json::Value, StoreError> {
+    data(&payload::CanaryAborted {
+        image_digest: canary.digest.to_string(),
+        percent: canary.percent.get(),
+        stable_digest: stable.to_string(),
+        started_at: format_time(canary.started_at)?,
+        started_by: canary.started_by.to_string(),
+        actor: actor.to_string(),
+        cause: cause.to_owned(),
+        health,
+        held,
+    })
 }
 
 fn clear_canary(db: &mut dyn Sql, pin: &PinRecord) -> Result<(), StoreError> {
@@ -1080,17 +1093,14 @@ pub(crate) fn abort_canary(
         &pin,
         EventType::CanaryAborted,
         abort.at,
-        data(&payload::CanaryAborted {
-            image_digest: canary.digest.to_string(),
-            percent: canary.percent.get(),
-            stable_digest: pin.digest.to_string(),
-            started_at: format_time(canary.started_at)?,
-            started_by: canary.started_by.to_string(),
-            actor: abort.actor.to_string(),
-            cause: cause.to_owned(),
-            health: figures,
-            held: abort.hold.is_some() && pin.hold.is_none(),
-        })?,
+        canary_aborted(
+            &canary,
+            &pin.digest,
+            &abort.actor,
+            cause,
+            figures,
+            abort.hold.is_some() && pin.hold.is_none(),
+        )?,
     )?;
     if let (Some(reason), None) = (&abort.hold, &pin.hold) {
         let hold = Hold {
